@@ -1,0 +1,37 @@
+# One entry point for every routine task. The venv is built on first use, so
+# `make demo` and `make test` work on a fresh machine with nothing but Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check sim sim-long bench proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tests.sim.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+# Format, lint, strict typing, import contracts, buf lint, generated-code freshness.
+check: $(STAMP)
+	$(BIN)/python scripts/check.py
+
+# Regenerate sidecar/pb/ from proto/ (commit the result).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+sim-long: $(STAMP)
+	$(BIN)/python -m tests.sim --seeds 5000 --steps 5000
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.raft_core
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,199 @@
+"""Safety checkers that run after every simulated step.
+
+They watch what nodes persist, send and apply, and keep just enough global
+history to check the Raft properties incrementally (Raft Figure 3):
+
+* Election Safety: at most one leader per term.
+* Leader Append-Only: a leader never overwrites or deletes its entries.
+* Log Matching: entries with the same index and term have the same content and
+  the same predecessor term, on every node (by induction, identical prefixes).
+* Leader Completeness: a new leader holds every committed entry.
+* State Machine Safety: every node applies the same entry at each index,
+  each index exactly once per incarnation, and only committed entries.
+* Commit monotonic: the persisted commit index of a node never goes back.
+* Durability: no message leaves a node that depends on state not yet on its disk.
+* Linearizable reads: a ReadIndex answer is at least the commit index that
+  existed, anywhere, when the read was asked.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+from sidecar.raft import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    HardState,
+    Message,
+    Ready,
+    Role,
+    VoteRequest,
+    VoteResponse,
+)
+
+if TYPE_CHECKING:
+    from tests.sim.cluster import SimDisk, SimNode
+
+
+class SafetyViolation(AssertionError):
+    """A Raft safety property failed; the message says which and where."""
+
+
+def chain_digest(digest: int, entry: Entry) -> int:
+    """Fold one applied entry into a state-machine digest (deterministic across runs)."""
+    head = b"%d:%d:%d:" % (entry.index, entry.term, entry.kind.value)
+    return zlib.crc32(head + entry.data, digest)
+
+
+class Checkers:
+    def __init__(self) -> None:
+        self.leaders: dict[int, str] = {}
+        self.committed: list[Entry | None] = [None]  # committed[i] is the entry at index i
+        self.digests: list[int] = [0]  # state-machine digest after applying index i
+        self.entry_facts: dict[
+            tuple[int, int], tuple[int, bytes]
+        ] = {}  # (index, term) -> (prev term, data)
+
+    @property
+    def commit_index(self) -> int:
+        return len(self.committed) - 1
+
+    # ---- persist ---------------------------------------------------------------
+
+    def before_persist(self, node: SimNode, rd: Ready) -> None:
+        """Checks on what a ready batch asks to write, against what is on disk."""
+        disk = node.disk
+        if rd.hard_state is not None and rd.hard_state.commit < disk.hard_state.commit:
+            raise SafetyViolation(
+                f"{node.id}: commit index went back from {disk.hard_state.commit} "
+                f"to {rd.hard_state.commit}"
+            )
+        if rd.hard_state is not None and rd.hard_state.term < disk.hard_state.term:
+            raise SafetyViolation(f"{node.id}: term went back on disk")
+        if node.raft is not None and node.raft.role is Role.LEADER and rd.entries:
+            for e in rd.entries:
+                old = disk.term(e.index)
+                if old is not None and old != e.term:
+                    raise SafetyViolation(
+                        f"Leader Append-Only: leader {node.id} (term {node.raft.term}) "
+                        f"overwrites entry {e.index} of term {old} with term {e.term}"
+                    )
+
+    def after_persist_entries(
+        self, node_id: str, disk: SimDisk, entries: tuple[Entry, ...]
+    ) -> None:
+        """Log Matching, inductively: same (index, term) => same data and same predecessor."""
+        facts = self.entry_facts
+        for e in entries:
+            prev_term = disk.term(e.index - 1)
+            if prev_term is None:
+                raise SafetyViolation(f"{node_id}: persisted entry {e.index} with a gap before it")
+            key = (e.index, e.term)
+            known = facts.get(key)
+            if known is None:
+                facts[key] = (prev_term, e.data)
+            elif known != (prev_term, e.data):
+                raise SafetyViolation(
+                    f"Log Matching: {node_id} holds entry {e.index}/{e.term} with predecessor "
+                    f"term {prev_term} and data {e.data!r}; another node has {known}"
+                )
+
+    # ---- roles -------------------------------------------------------------------
+
+    def on_leader(self, node: SimNode) -> None:
+        raft = node.raft
+        assert raft is not None
+        term = raft.term
+        other = self.leaders.setdefault(term, node.id)
+        if other != node.id:
+            raise SafetyViolation(f"Election Safety: {other} and {node.id} both lead term {term}")
+        # Leader Completeness: entries up to the leader's commit index were
+        # checked when it committed them; check the rest of what is committed.
+        log = raft.log
+        for i in range(max(log.commit, log.base.index) + 1, len(self.committed)):
+            want = self.committed[i]
+            assert want is not None
+            if log.term(i) != want.term:
+                raise SafetyViolation(
+                    f"Leader Completeness: leader {node.id} of term {term} has term "
+                    f"{log.term(i)} at committed index {i} (committed term {want.term})"
+                )
+
+    # ---- commit and apply --------------------------------------------------------
+
+    def on_commit(self, node: SimNode, old_commit: int, new_commit: int) -> None:
+        raft = node.raft
+        assert raft is not None
+        log = raft.log
+        for i in range(max(old_commit, log.base.index) + 1, new_commit + 1):
+            e = log.entry(i)
+            if i < len(self.committed):
+                want = self.committed[i]
+                if want != e:
+                    raise SafetyViolation(
+                        f"State Machine Safety: {node.id} commits {e} at {i}, "
+                        f"but {want} was committed there"
+                    )
+            elif i == len(self.committed):
+                self.committed.append(e)
+                self.digests.append(chain_digest(self.digests[-1], e))
+            else:
+                raise SafetyViolation(
+                    f"{node.id} commits index {i} beyond the known commit index {self.commit_index}"
+                )
+
+    def on_apply(self, node: SimNode, e: Entry) -> None:
+        if e.index != node.sm_index + 1:
+            raise SafetyViolation(
+                f"{node.id} applies index {e.index} after {node.sm_index}: "
+                "not exactly once, in order"
+            )
+        if e.index >= len(self.committed) or self.committed[e.index] != e:
+            raise SafetyViolation(
+                f"State Machine Safety: {node.id} applies {e}, committed there is "
+                f"{self.committed[e.index] if e.index < len(self.committed) else 'nothing'}"
+            )
+
+    def on_restore(self, node_id: str, index: int, digest: int) -> None:
+        if index >= len(self.digests) or self.digests[index] != digest:
+            raise SafetyViolation(
+                f"{node_id} restored a snapshot at {index} "
+                "whose state differs from the committed log"
+            )
+
+    # ---- messages ----------------------------------------------------------------
+
+    def on_send(self, node_id: str, hs: HardState, disk: SimDisk, m: Message) -> None:
+        """Nothing sent may depend on state that is not on the sender's disk."""
+        if isinstance(m, VoteRequest) and m.pre_vote:
+            return
+        if isinstance(m, VoteResponse) and m.pre_vote:
+            return
+        if m.term > hs.term:
+            raise SafetyViolation(
+                f"{node_id} sent {type(m).__name__} in term {m.term}, disk has {hs.term}"
+            )
+        if isinstance(m, VoteResponse) and m.granted and hs.voted_for != m.recipient:
+            raise SafetyViolation(
+                f"{node_id} granted its vote in term {m.term} to {m.recipient}, "
+                f"but its disk records a vote for {hs.voted_for}"
+            )
+        if isinstance(m, VoteRequest) and hs.voted_for != node_id:
+            raise SafetyViolation(
+                f"{node_id} campaigns in term {m.term} without a persisted self-vote"
+            )
+        if isinstance(m, AppendResponse) and m.success and disk.last_index() < m.index:
+            raise SafetyViolation(
+                f"{node_id} acknowledged index {m.index} but its disk ends at {disk.last_index()}"
+            )
+        if isinstance(m, AppendRequest) and m.entries and disk.last_index() < m.entries[-1].index:
+            raise SafetyViolation(f"leader {node_id} sent entries it has not persisted")
+
+    def on_read(self, node_id: str, index: int, required: int) -> None:
+        if index < required:
+            raise SafetyViolation(
+                f"Linearizability: {node_id} answered a read at index {index}, but {required} "
+                f"was already committed when the read was asked"
+            )

@@ -1,0 +1,568 @@
+"""A whole Raft cluster in one thread: fake disks, a faulty network, one seed.
+
+Theory of operation. Time is an integer; every node ticks at its own rate
+(clock skew) and every message is delivered after a random delay, so ordering
+comes from one priority queue of events. A *step* pops one event (a tick or a
+delivery), feeds it to its node, and lets the node's ready batches run to
+completion: persist to the node's SimDisk, send into the network, apply to the
+node's state machine, advance. Then, with probabilities drawn from the seed,
+one action may follow: a client proposal or read, a crash (clean, or torn in
+the middle of a write, losing what was not yet written), a restart from what
+is on disk only, a partition or its healing, a compaction, a membership change
+or a leadership transfer.
+
+After the safety phase comes the liveness phase: the network heals, every
+node restarts, faults stop, and a leader must appear and commit a proposal
+within a bounded number of election timeouts.
+
+Everything random comes from ``random.Random`` instances seeded from the run's
+seed, and every collection that could leak order is iterated sorted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sidecar.raft import (
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    HardState,
+    Membership,
+    Message,
+    PersistentState,
+    Raft,
+    RaftConfig,
+    RaftError,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMetadata,
+    SnapshotRequest,
+)
+from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
+from tests.sim.swarm import TICK_UNITS, SwarmSettings
+
+RaftFactory = Callable[[RaftConfig, random.Random, PersistentState], Raft]
+
+LIVENESS_ELECTION_TIMEOUTS = 30
+"""The liveness phase must elect a leader and commit within this many election timeouts."""
+
+
+class LivenessViolation(AssertionError):
+    pass
+
+
+@dataclass
+class SimDisk:
+    """What survives a crash: only what a ready batch told the node to persist."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: list[Entry] = field(default_factory=list)
+
+    def base_index(self) -> int:
+        return self.snapshot.metadata.index if self.snapshot else 0
+
+    def last_index(self) -> int:
+        return self.base_index() + len(self.entries)
+
+    def term(self, index: int) -> int | None:
+        base = self.base_index()
+        if index == base:
+            return self.snapshot.metadata.term if self.snapshot else 0
+        offset = index - base - 1
+        if 0 <= offset < len(self.entries):
+            return self.entries[offset].term
+        return None
+
+    def write_entries(self, entries: tuple[Entry, ...]) -> None:
+        first = entries[0].index
+        base = self.base_index()
+        if first > self.last_index() + 1 or first <= base:
+            raise SafetyViolation(
+                f"disk write at {first} does not fit log ({base}, {self.last_index()}]"
+            )
+        del self.entries[first - base - 1 :]
+        self.entries.extend(entries)
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """A received snapshot replaces the whole log."""
+        self.snapshot = snapshot
+        self.entries = []
+
+    def compact(self, snapshot: Snapshot) -> None:
+        drop = snapshot.metadata.index - self.base_index()
+        self.snapshot = snapshot
+        del self.entries[:drop]
+
+    def recovered(self) -> PersistentState:
+        return PersistentState(self.hard_state, self.snapshot, tuple(self.entries))
+
+
+@dataclass
+class SimNode:
+    id: str
+    config: RaftConfig
+    tick_interval: int
+    disk: SimDisk = field(default_factory=SimDisk)
+    raft: Raft | None = None
+    incarnation: int = 0
+    sm_index: int = 0
+    sm_digest: int = 0
+    sm_commit_seen: int = 0
+    """The highest commit index the checkers have verified for this node."""
+    role: Role = Role.FOLLOWER
+
+
+def _encode_sm(index: int, digest: int) -> bytes:
+    return b"%d:%d" % (index, digest)
+
+
+def _decode_sm(data: bytes) -> tuple[int, int]:
+    index, digest = data.split(b":")
+    return int(index), int(digest)
+
+
+@dataclass(order=True)
+class _Event:
+    time: int
+    seq: int
+    kind: str = field(compare=False)
+    node: str = field(compare=False)
+    incarnation: int = field(compare=False, default=0)
+    message: Message | None = field(compare=False, default=None)
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        raft_factory: RaftFactory = Raft,
+        settings: SwarmSettings | None = None,
+        trace_length: int = 60,
+    ) -> None:
+        self.seed = seed
+        self.settings = settings or SwarmSettings.draw(seed)
+        self.raft_factory = raft_factory
+        self.rng = random.Random(f"sched:{seed}")
+        self.check = Checkers()
+        self.now = 0
+        self._seq = 0
+        self._events: list[_Event] = []
+        self.trace: deque[tuple[int, str]] = deque(maxlen=trace_length)
+        self.cut: set[tuple[str, str]] = set()
+        self.loss = self.settings.loss
+        self.duplication = self.settings.duplication
+        self.delay_max = self.settings.delay_max
+        self.faults_enabled = True
+        self._proposal_counter = 0
+        self._read_counter = 0
+        self._reads: dict[int, int] = {}  # request id -> commit index required
+        self.stats: dict[str, int] = {
+            "elections": 0,
+            "crashes": 0,
+            "torn_crashes": 0,
+            "snapshots_sent": 0,
+            "conf_changes": 0,
+            "transfers": 0,
+            "reads": 0,
+        }
+
+        s = self.settings
+        ids = [f"n{i}" for i in range(1, s.voters + s.spares + 1)]
+        initial = Membership(voters=frozenset(ids[: s.voters]))
+        self.nodes: dict[str, SimNode] = {}
+        for i, node_id in enumerate(ids):
+            cfg = RaftConfig(
+                node_id=node_id,
+                initial_membership=initial if i < s.voters else Membership(frozenset()),
+                election_timeout_ticks=s.election_timeout_ticks,
+                heartbeat_ticks=s.heartbeat_ticks,
+                max_entries_per_append=s.max_entries_per_append,
+                max_inflight_appends=s.max_inflight_appends,
+                max_uncommitted_entries=200,
+            )
+            skew = self.rng.uniform(1 - s.clock_skew, 1 + s.clock_skew)
+            self.nodes[node_id] = SimNode(node_id, cfg, max(1, round(TICK_UNITS * skew)))
+        for node_id in ids:
+            self.start(self.nodes[node_id])
+
+    # ---- the event loop ------------------------------------------------------------
+
+    def run(self, steps: int) -> None:
+        """Safety phase of ``steps`` steps, then the liveness phase."""
+        for _ in range(steps):
+            self.step()
+        self.liveness_phase()
+
+    def step(self) -> None:
+        if not self._events:  # every node is down: time passes until one restarts
+            self.now += TICK_UNITS
+            self._random_restart()
+            return
+        ev = heapq.heappop(self._events)
+        self.now = ev.time
+        node = self.nodes[ev.node]
+        if ev.kind == "tick":
+            if node.raft is None or ev.incarnation != node.incarnation:
+                return
+            self._schedule(node.tick_interval, "tick", node.id, node.incarnation)
+            node.raft.tick()
+            self.drain(node)
+        else:
+            m = ev.message
+            assert m is not None
+            if node.raft is None or (m.sender, m.recipient) in self.cut:
+                return
+            self._record(f"deliver {m}")
+            node.raft.step(m)
+            self.drain(node)
+        if self.faults_enabled:
+            self._maybe_act()
+
+    def _schedule(
+        self, delay: int, kind: str, node: str, incarnation: int = 0, message: Message | None = None
+    ) -> None:
+        self._seq += 1
+        heapq.heappush(
+            self._events, _Event(self.now + delay, self._seq, kind, node, incarnation, message)
+        )
+
+    def _record(self, text: str) -> None:
+        self.trace.append((self.now, text))
+
+    # ---- one node's ready batches --------------------------------------------------
+
+    def drain(self, node: SimNode) -> None:
+        raft = node.raft
+        while raft is not None and raft.has_ready():
+            rd = raft.ready()
+            if not self._persist(node, rd):
+                return  # crashed half way through the write
+            self._observe(node, rd)
+            for m in rd.messages:
+                self.check.on_send(node.id, node.disk.hard_state, node.disk, m)
+                if isinstance(m, SnapshotRequest):
+                    self.stats["snapshots_sent"] += 1
+                self._send(m)
+            self._apply(node, rd)
+            raft.advance(rd)
+            if (
+                node.role is Role.LEADER
+                and rd.soft_state is not None
+                and self.settings.eager_reconfig
+            ):
+                self._try_reconfig(node)
+
+    def _persist(self, node: SimNode, rd: Ready) -> bool:
+        """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""
+        self.check.before_persist(node, rd)
+        disk = node.disk
+        torn = self.faults_enabled and self.rng.random() < self.settings.p_torn_crash
+        if rd.snapshot is not None:
+            disk.install_snapshot(rd.snapshot)
+        entries = rd.entries
+        if torn:
+            entries = entries[: self.rng.randrange(len(entries) + 1)]
+        if entries:
+            disk.write_entries(entries)
+            self.check.after_persist_entries(node.id, disk, entries)
+        if torn:
+            self.stats["torn_crashes"] += 1
+            self._record(
+                f"torn crash {node.id}: wrote {len(entries)} of {len(rd.entries)} entries, "
+                "no hard state"
+            )
+            self.crash(node)
+            return False
+        if rd.hard_state is not None:
+            disk.hard_state = rd.hard_state
+        return True
+
+    def _observe(self, node: SimNode, rd: Ready) -> None:
+        raft = node.raft
+        assert raft is not None
+        if rd.soft_state is not None:
+            if rd.soft_state.role is not node.role:
+                self._record(
+                    f"{node.id} becomes {rd.soft_state.role.value} in term {rd.soft_state.term}"
+                )
+            node.role = rd.soft_state.role
+            if node.role is Role.LEADER:
+                self.stats["elections"] += 1
+                self.check.on_leader(node)
+        if rd.hard_state is not None and rd.hard_state.commit > node.sm_commit_seen:
+            self.check.on_commit(node, node.sm_commit_seen, rd.hard_state.commit)
+            node.sm_commit_seen = rd.hard_state.commit
+
+    def _apply(self, node: SimNode, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            index, digest = _decode_sm(rd.snapshot.data)
+            self.check.on_restore(node.id, index, digest)
+            node.sm_index, node.sm_digest = index, digest
+        for e in rd.committed_entries:
+            self.check.on_apply(node, e)
+            node.sm_index = e.index
+            node.sm_digest = chain_digest(node.sm_digest, e)
+        for rs in rd.read_states:
+            self.check.on_read(node.id, rs.index, self._reads.pop(rs.request_id))
+        for request_id in rd.failed_reads:
+            self._reads.pop(request_id)
+
+    def _send(self, m: Message) -> None:
+        if self.faults_enabled and self.rng.random() < self.loss:
+            return
+        s = self.settings
+        copies = 2 if self.faults_enabled and self.rng.random() < self.duplication else 1
+        for _ in range(copies):
+            self._schedule(
+                self.rng.randint(s.delay_min, self.delay_max), "deliver", m.recipient, message=m
+            )
+
+    # ---- crash and restart ---------------------------------------------------------
+
+    def start(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node_rng = random.Random(f"node:{self.seed}:{node.id}:{node.incarnation}")
+        node.raft = self.raft_factory(node.config, node_rng, node.disk.recovered())
+        node.role = Role.FOLLOWER
+        if node.disk.snapshot is not None:
+            node.sm_index, node.sm_digest = _decode_sm(node.disk.snapshot.data)
+            self.check.on_restore(node.id, node.sm_index, node.sm_digest)
+        else:
+            node.sm_index, node.sm_digest = 0, 0
+        node.sm_commit_seen = node.raft.commit_index
+        self._schedule(self.rng.randint(1, node.tick_interval), "tick", node.id, node.incarnation)
+        self.drain(node)
+
+    def crash(self, node: SimNode) -> None:
+        node.raft = None
+        node.incarnation += 1
+        node.role = Role.FOLLOWER
+
+    # ---- actions ---------------------------------------------------------------------
+
+    def _maybe_act(self) -> None:
+        s = self.settings
+        r = self.rng.random()
+        for p, action in (
+            (s.p_propose, self._propose),
+            (s.p_read, self._read),
+            (s.p_crash, self._random_crash),
+            (s.p_restart, self._random_restart),
+            (s.p_partition, self._partition),
+            (s.p_heal, self._heal),
+            (s.p_compact, self._compact),
+            (s.p_reconfig, self._reconfig),
+            (s.p_transfer, self._transfer),
+        ):
+            if r < p:
+                action()
+                return
+            r -= p
+
+    def _live(self) -> list[SimNode]:
+        return [n for _, n in sorted(self.nodes.items()) if n.raft is not None]
+
+    def _leaders(self) -> list[SimNode]:
+        return [n for n in self._live() if n.raft is not None and n.raft.role is Role.LEADER]
+
+    def _propose(self) -> None:
+        for node in self._leaders():
+            assert node.raft is not None
+            count = self.rng.choice([1, 1, 1, 3, 10])
+            batch = []
+            for _ in range(count):
+                self._proposal_counter += 1
+                batch.append(b"cmd-%d" % self._proposal_counter)
+            try:
+                node.raft.propose_batch(batch)
+            except RaftError:
+                continue
+            self.drain(node)
+
+    def _read(self) -> None:
+        for node in self._leaders():
+            assert node.raft is not None
+            self._read_counter += 1
+            try:
+                node.raft.read_index(self._read_counter)
+            except RaftError:
+                continue
+            self._reads[self._read_counter] = self.check.commit_index
+            self.stats["reads"] += 1
+            self.drain(node)
+
+    def _random_crash(self) -> None:
+        live = self._live()
+        if live:
+            node = self.rng.choice(live)
+            self.stats["crashes"] += 1
+            self._record(f"crash {node.id}")
+            self.crash(node)
+
+    def _random_restart(self) -> None:
+        dead = [n for _, n in sorted(self.nodes.items()) if n.raft is None]
+        if dead:
+            node = self.rng.choice(dead)
+            self._record(f"restart {node.id}")
+            self.start(node)
+
+    def _partition(self) -> None:
+        ids = sorted(self.nodes)
+        kind = self.rng.choice(["split", "one-way", "bridge", "isolate"])
+        self.rng.shuffle(ids)
+        self.cut.clear()
+        if kind == "isolate":
+            side_a, side_b, bridge = ids[:1], ids[1:], None
+        else:
+            k = self.rng.randint(1, len(ids) - 1)
+            side_a, side_b = ids[:k], ids[k:]
+            bridge = side_b.pop() if kind == "bridge" and len(side_b) > 1 else None
+        for a in side_a:
+            for b in side_b:
+                self.cut.add((a, b))
+                if kind != "one-way":
+                    self.cut.add((b, a))
+        self._record(f"partition {kind}: {side_a} | {side_b} bridge={bridge}")
+
+    def _heal(self) -> None:
+        if self.cut:
+            self._record("heal")
+            self.cut.clear()
+
+    def _compact(self) -> None:
+        live = self._live()
+        if not live:
+            return
+        node = self.rng.choice(live)
+        raft = node.raft
+        assert raft is not None
+        index = raft.applied_index
+        if index <= raft.log.base.index:
+            return
+        term = raft.log.term(index)
+        assert term is not None
+        meta = SnapshotMetadata(index, term, raft.log.membership_at(index))
+        snapshot = Snapshot(meta, _encode_sm(node.sm_index, node.sm_digest))
+        if node.sm_index != index:
+            raise SafetyViolation(
+                f"{node.id}: state machine at {node.sm_index}, raft applied {index}"
+            )
+        node.disk.compact(snapshot)  # durable first, then the core forgets
+        raft.compact(snapshot)
+        self._record(f"compact {node.id} to {index}")
+
+    def _reconfig(self) -> None:
+        for node in self._leaders():
+            self._try_reconfig(node)
+
+    def _try_reconfig(self, node: SimNode) -> None:
+        raft = node.raft
+        assert raft is not None
+        members = raft.membership
+        others = sorted(set(self.nodes) - {node.id})
+        target = self.rng.choice(others)
+        if target in members.learners:
+            kind = (
+                ConfChangeKind.PROMOTE_LEARNER
+                if self.rng.random() < 0.8
+                else ConfChangeKind.REMOVE_NODE
+            )
+        elif target in members.voters:
+            if len(members.voters) <= 2:
+                return
+            kind = ConfChangeKind.REMOVE_NODE
+        else:
+            kind = ConfChangeKind.ADD_LEARNER
+        try:
+            index = raft.propose_conf_change(ConfChange(kind, target))
+        except RaftError:
+            return
+        self.stats["conf_changes"] += 1
+        self._record(f"{node.id} proposes {kind.value} {target} at {index}")
+        self.drain(node)
+
+    def _transfer(self) -> None:
+        for node in self._leaders():
+            raft = node.raft
+            assert raft is not None
+            voters = sorted(raft.membership.voters - {node.id})
+            if not voters:
+                continue
+            target = self.rng.choice(voters)
+            try:
+                raft.transfer_leadership(target)
+            except RaftError:
+                continue
+            self.stats["transfers"] += 1
+            self._record(f"{node.id} transfers leadership to {target}")
+            self.drain(node)
+
+    # ---- liveness ----------------------------------------------------------------------
+
+    def liveness_phase(self) -> None:
+        """Heal everything, then demand a leader and a committed proposal.
+
+        A leader must appear within LIVENESS_ELECTION_TIMEOUTS election
+        timeouts. The proposal must then commit within as many again, plus
+        the round trips that flow control needs to ship the backlog of
+        uncommitted entries that stands before it.
+        """
+        self.faults_enabled = False
+        self.cut.clear()
+        s = self.settings
+        # Raft needs round trips well inside an election timeout to make
+        # progress (Raft §5.6); the safety phase may be slower than that.
+        self.delay_max = min(
+            s.delay_max, max(s.delay_min, s.election_timeout_ticks * TICK_UNITS // 4)
+        )
+        self._record("liveness phase: heal, restart all, no faults")
+        for node_id in sorted(self.nodes):
+            if self.nodes[node_id].raft is None:
+                self.start(self.nodes[node_id])
+        slowest = max(n.tick_interval for n in self.nodes.values())
+        budget = LIVENESS_ELECTION_TIMEOUTS * 2 * s.election_timeout_ticks * slowest
+        deadline = self.now + budget
+        marker = b"liveness-%d" % self.seed
+        proposed_in: dict[str, int] = {}
+        commit_deadline: int | None = None
+        scanned = 0
+        while self.now <= deadline:
+            for node in self._leaders():
+                raft = node.raft
+                assert raft is not None
+                if commit_deadline is None:
+                    per_round_trip = s.max_entries_per_append * s.max_inflight_appends
+                    backlog = raft.log.last_index - raft.commit_index
+                    round_trips = backlog // per_round_trip + 3
+                    commit_deadline = self.now + budget + round_trips * 2 * self.delay_max
+                    deadline = max(deadline, commit_deadline)
+                if proposed_in.get(node.id) == raft.term:
+                    continue
+                try:
+                    raft.propose(marker)
+                except RaftError:
+                    continue  # back-pressure or a transfer: try again next step
+                proposed_in[node.id] = raft.term
+                self.drain(node)
+            committed = self.check.committed
+            while scanned + 1 < len(committed):
+                scanned += 1
+                entry = committed[scanned]
+                if entry is not None and entry.data == marker:
+                    return
+            self.step()
+        roles = {
+            n.id: (n.raft.role.value, n.raft.term, n.raft.commit_index) if n.raft else "down"
+            for n in self.nodes.values()
+        }
+        raise LivenessViolation(
+            f"{'no leader' if commit_deadline is None else 'no commit'} within the liveness "
+            f"budget after healing; (role, term, commit) by node: {roles}"
+        )
