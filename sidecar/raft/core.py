@@ -357,7 +357,12 @@ class Raft:
                     return False
                 if m.pre_vote:
                     return True
+                # Figure 2: only a current leader or a granted vote resets the
+                # election timer. Resetting it here would let a candidate that
+                # cannot win (stale log, fast clock) starve the one that can.
+                elapsed = self.election_elapsed
                 self._become_follower(m.term, None)
+                self.election_elapsed = elapsed
                 return True
             if isinstance(m, VoteResponse) and m.pre_vote and m.granted:
                 return True

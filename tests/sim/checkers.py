@@ -3,7 +3,8 @@
 They watch what nodes persist, send and apply, and keep just enough global
 history to check the Raft properties incrementally (Raft Figure 3):
 
-* Election Safety: at most one leader per term.
+* Election Safety: at most one leader per term, and each leader holds votes
+  granted for its own term by a majority of the voters it knows.
 * Leader Append-Only: a leader never overwrites or deletes its entries.
 * Log Matching: entries with the same index and term have the same content and
   the same predecessor term, on every node (by induction, identical prefixes).
@@ -50,6 +51,7 @@ def chain_digest(digest: int, entry: Entry) -> int:
 class Checkers:
     def __init__(self) -> None:
         self.leaders: dict[int, str] = {}
+        self.votes: dict[tuple[int, str], str] = {}  # (term, voter) -> candidate granted
         self.committed: list[Entry | None] = [None]  # committed[i] is the entry at index i
         self.digests: list[int] = [0]  # state-machine digest after applying index i
         self.entry_facts: dict[
@@ -109,6 +111,13 @@ class Checkers:
         other = self.leaders.setdefault(term, node.id)
         if other != node.id:
             raise SafetyViolation(f"Election Safety: {other} and {node.id} both lead term {term}")
+        voters = raft.membership.voters
+        granted = sorted(v for v in voters if v == node.id or self.votes.get((term, v)) == node.id)
+        if len(granted) < len(voters) // 2 + 1:
+            raise SafetyViolation(
+                f"Election Safety: {node.id} leads term {term} with votes of {granted} only, "
+                f"not a majority of {sorted(voters)}"
+            )
         # Leader Completeness: entries up to the leader's commit index were
         # checked when it committed them; check the rest of what is committed.
         log = raft.log
@@ -175,11 +184,13 @@ class Checkers:
             raise SafetyViolation(
                 f"{node_id} sent {type(m).__name__} in term {m.term}, disk has {hs.term}"
             )
-        if isinstance(m, VoteResponse) and m.granted and hs.voted_for != m.recipient:
-            raise SafetyViolation(
-                f"{node_id} granted its vote in term {m.term} to {m.recipient}, "
-                f"but its disk records a vote for {hs.voted_for}"
-            )
+        if isinstance(m, VoteResponse) and m.granted:
+            if hs.voted_for != m.recipient:
+                raise SafetyViolation(
+                    f"{node_id} granted its vote in term {m.term} to {m.recipient}, "
+                    f"but its disk records a vote for {hs.voted_for}"
+                )
+            self.votes[(m.term, node_id)] = m.recipient
         if isinstance(m, VoteRequest) and hs.voted_for != node_id:
             raise SafetyViolation(
                 f"{node_id} campaigns in term {m.term} without a persisted self-vote"

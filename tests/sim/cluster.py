@@ -31,6 +31,7 @@ from sidecar.raft import (
     ConfChange,
     ConfChangeKind,
     Entry,
+    EntryKind,
     HardState,
     Membership,
     Message,
@@ -43,6 +44,7 @@ from sidecar.raft import (
     Snapshot,
     SnapshotMetadata,
     SnapshotRequest,
+    decode_conf_entry,
 )
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
 from tests.sim.swarm import TICK_UNITS, SwarmSettings
@@ -89,6 +91,15 @@ class SimDisk:
             )
         del self.entries[first - base - 1 :]
         self.entries.extend(entries)
+
+    def persist(self, rd: Ready) -> None:
+        """All of a ready batch: snapshot, then entries, then hard state."""
+        if rd.snapshot is not None:
+            self.install_snapshot(rd.snapshot)
+        if rd.entries:
+            self.write_entries(rd.entries)
+        if rd.hard_state is not None:
+            self.hard_state = rd.hard_state
 
     def install_snapshot(self, snapshot: Snapshot) -> None:
         """A received snapshot replaces the whole log."""
@@ -186,6 +197,8 @@ class Simulation:
                 max_entries_per_append=s.max_entries_per_append,
                 max_inflight_appends=s.max_inflight_appends,
                 max_uncommitted_entries=200,
+                pre_vote=s.pre_vote,
+                check_quorum=s.check_quorum,
             )
             skew = self.rng.uniform(1 - s.clock_skew, 1 + s.clock_skew)
             self.nodes[node_id] = SimNode(node_id, cfg, max(1, round(TICK_UNITS * skew)))
@@ -208,6 +221,10 @@ class Simulation:
         ev = heapq.heappop(self._events)
         self.now = ev.time
         node = self.nodes[ev.node]
+        if ev.kind in _NEMESIS:
+            if self.faults_enabled and ev.incarnation == node.incarnation:
+                _NEMESIS[ev.kind](self, node)
+            return
         if ev.kind == "tick":
             if node.raft is None or ev.incarnation != node.incarnation:
                 return
@@ -240,6 +257,7 @@ class Simulation:
 
     def drain(self, node: SimNode) -> None:
         raft = node.raft
+        became_leader = False
         while raft is not None and raft.has_ready():
             rd = raft.ready()
             if not self._persist(node, rd):
@@ -252,12 +270,9 @@ class Simulation:
                 self._send(m)
             self._apply(node, rd)
             raft.advance(rd)
-            if (
-                node.role is Role.LEADER
-                and rd.soft_state is not None
-                and self.settings.eager_reconfig
-            ):
-                self._try_reconfig(node)
+            became_leader |= rd.soft_state is not None and node.role is Role.LEADER
+        if became_leader and self.settings.eager_reconfig and self.faults_enabled:
+            self._try_reconfig(node)
 
     def _persist(self, node: SimNode, rd: Ready) -> bool:
         """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""
@@ -296,6 +311,7 @@ class Simulation:
             if node.role is Role.LEADER:
                 self.stats["elections"] += 1
                 self.check.on_leader(node)
+                self._strike_new_leader(node)
         if rd.hard_state is not None and rd.hard_state.commit > node.sm_commit_seen:
             self.check.on_commit(node, node.sm_commit_seen, rd.hard_state.commit)
             node.sm_commit_seen = rd.hard_state.commit
@@ -320,9 +336,11 @@ class Simulation:
         s = self.settings
         copies = 2 if self.faults_enabled and self.rng.random() < self.duplication else 1
         for _ in range(copies):
-            self._schedule(
-                self.rng.randint(s.delay_min, self.delay_max), "deliver", m.recipient, message=m
-            )
+            delay = self.rng.randint(s.delay_min, self.delay_max)
+            if self.faults_enabled and self.rng.random() < s.long_delay:
+                timeout = s.election_timeout_ticks * TICK_UNITS
+                delay += self.rng.randint(timeout, 5 * timeout)
+            self._schedule(delay, "deliver", m.recipient, message=m)
 
     # ---- crash and restart ---------------------------------------------------------
 
@@ -346,6 +364,38 @@ class Simulation:
         node.role = Role.FOLLOWER
 
     # ---- actions ---------------------------------------------------------------------
+
+    def _strike_new_leader(self, node: SimNode) -> None:
+        """Nemesis: faults aimed at a fresh leader, when its log is most in flux."""
+        if not self.faults_enabled:
+            return
+        s = self.settings
+        soon = self.rng.randint(1, 3 * s.delay_max)
+        if self.rng.random() < s.p_kill_new_leader:
+            self._schedule(soon, "crash", node.id, node.incarnation)
+        elif self.rng.random() < s.p_isolate_new_leader:
+            self._schedule(soon, "isolate", node.id, node.incarnation)
+
+    def _nemesis_crash(self, node: SimNode) -> None:
+        self.stats["crashes"] += 1
+        self._record(f"nemesis: crash {node.id}")
+        self.crash(node)
+        timeout = self.settings.election_timeout_ticks * TICK_UNITS
+        later = self.rng.randint(timeout // 2, 3 * timeout)
+        self._schedule(later, "restart", node.id, node.incarnation)
+
+    def _nemesis_restart(self, node: SimNode) -> None:
+        if node.raft is None:
+            self._record(f"nemesis: restart {node.id}")
+            self.start(node)
+
+    def _nemesis_isolate(self, node: SimNode) -> None:
+        self.cut.clear()
+        for other in sorted(self.nodes):
+            if other != node.id:
+                self.cut.add((node.id, other))
+                self.cut.add((other, node.id))
+        self._record(f"nemesis: isolate {node.id}")
 
     def _maybe_act(self) -> None:
         s = self.settings
@@ -399,7 +449,8 @@ class Simulation:
             self.drain(node)
 
     def _random_crash(self) -> None:
-        live = self._live()
+        live = self._leaders() if self.rng.random() < 0.5 else []
+        live = live or self._live()
         if live:
             node = self.rng.choice(live)
             self.stats["crashes"] += 1
@@ -418,7 +469,11 @@ class Simulation:
         kind = self.rng.choice(["split", "one-way", "bridge", "isolate"])
         self.rng.shuffle(ids)
         self.cut.clear()
+        leaders = [n.id for n in self._leaders()]
         if kind == "isolate":
+            if leaders and self.rng.random() < 0.5:
+                ids.remove(leaders[0])
+                ids.insert(0, leaders[0])
             side_a, side_b, bridge = ids[:1], ids[1:], None
         else:
             k = self.rng.randint(1, len(ids) - 1)
@@ -506,6 +561,12 @@ class Simulation:
 
     # ---- liveness ----------------------------------------------------------------------
 
+    def _committed_membership(self) -> Membership:
+        for entry in reversed(self.check.committed):
+            if entry is not None and entry.kind is EntryKind.CONF_CHANGE:
+                return decode_conf_entry(entry.data)[1]
+        return next(iter(self.nodes.values())).config.initial_membership
+
     def liveness_phase(self) -> None:
         """Heal everything, then demand a leader and a committed proposal.
 
@@ -522,10 +583,18 @@ class Simulation:
         self.delay_max = min(
             s.delay_max, max(s.delay_min, s.election_timeout_ticks * TICK_UNITS // 4)
         )
-        self._record("liveness phase: heal, restart all, no faults")
+        self._record("liveness phase: heal, restart members, shut down removed nodes")
+        # As an operator would, shut down servers removed from the committed
+        # configuration: without PreVote or CheckQuorum a removed server that
+        # never learnt of its removal disrupts elections for ever (§4.2.3).
+        members = self._committed_membership().members
         for node_id in sorted(self.nodes):
-            if self.nodes[node_id].raft is None:
-                self.start(self.nodes[node_id])
+            node = self.nodes[node_id]
+            if node_id not in members:
+                if node.raft is not None:
+                    self.crash(node)
+            elif node.raft is None:
+                self.start(node)
         slowest = max(n.tick_interval for n in self.nodes.values())
         budget = LIVENESS_ELECTION_TIMEOUTS * 2 * s.election_timeout_ticks * slowest
         deadline = self.now + budget
@@ -566,3 +635,10 @@ class Simulation:
             f"{'no leader' if commit_deadline is None else 'no commit'} within the liveness "
             f"budget after healing; (role, term, commit) by node: {roles}"
         )
+
+
+_NEMESIS: dict[str, Callable[[Simulation, SimNode], None]] = {
+    "crash": Simulation._nemesis_crash,
+    "restart": Simulation._nemesis_restart,
+    "isolate": Simulation._nemesis_isolate,
+}

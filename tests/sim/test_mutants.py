@@ -1,0 +1,42 @@
+"""The checkers can fail: each classic bug, re-introduced, turns the simulator red.
+
+Random-campaign mutants must be caught within the default seed budget (the
+first 500 seeds, 2,000 steps each); the search stops at the first failing
+seed, so a caught mutant costs a few seeds. The membership erratum needs a
+choreography too precise for random seeds and is caught by a scripted
+scenario run on the same simulator and checkers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.raft import Raft
+from tests.sim.checkers import SafetyViolation
+from tests.sim.mutants import MUTANTS, ChangesMembershipBeforeOwnTermCommit
+from tests.sim.runner import run_campaign
+from tests.sim.scenarios import membership_change_before_own_term_commit
+from tests.sim.test_simulation import SEEDS, STEPS
+
+RANDOM_CAMPAIGN_MUTANTS = [
+    name for name, cls in MUTANTS.items() if cls is not ChangesMembershipBeforeOwnTermCommit
+]
+
+
+@pytest.mark.parametrize("name", RANDOM_CAMPAIGN_MUTANTS)
+def test_default_seed_budget_catches(name: str) -> None:
+    failures, _ = run_campaign(range(SEEDS), STEPS, MUTANTS[name], stop_at_first=True)
+    assert failures, f"mutant {name!r} survived {SEEDS} seeds x {STEPS} steps"
+    print(f"{name}: caught by seed {failures[0].seed}: {failures[0].error}")
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])
+def test_membership_erratum_scenario_holds_on_the_real_core(seed: int) -> None:
+    accepted = membership_change_before_own_term_commit(Raft, seed)
+    assert not accepted, "the new leader must refuse a change before committing its own entry"
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])
+def test_membership_erratum_scenario_catches_the_mutant(seed: int) -> None:
+    with pytest.raises(SafetyViolation, match="Leader Completeness"):
+        membership_change_before_own_term_commit(ChangesMembershipBeforeOwnTermCommit, seed)

@@ -1,0 +1,269 @@
+"""Rules of the Raft paper (§5) checked on small, hand-driven clusters.
+
+Each test is named after the section and the sentence it checks. Clusters come
+from ``tests.unit.cluster``: nothing moves unless the test ticks a node or
+delivers a message, so every intermediate state can be asserted.
+"""
+
+from __future__ import annotations
+
+from sidecar.raft import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    HardState,
+    PersistentState,
+    Role,
+    VoteRequest,
+    VoteResponse,
+)
+from tests.unit.cluster import Cluster
+
+
+def _log(*terms: int) -> tuple[Entry, ...]:
+    """Entries 1..n with the given terms."""
+    return tuple(Entry(term, i) for i, term in enumerate(terms, start=1))
+
+
+def _state(term: int, *log_terms: int, commit: int = 0) -> PersistentState:
+    return PersistentState(HardState(term, None, commit), None, _log(*log_terms))
+
+
+def _vote_request(sender: str, to: str, term: int, last_index: int, last_term: int) -> VoteRequest:
+    return VoteRequest(
+        term=term,
+        sender=sender,
+        recipient=to,
+        last_log_index=last_index,
+        last_log_term=last_term,
+    )
+
+
+# ---- §5.1 terms -------------------------------------------------------------------
+
+
+def test_5_1_stale_term_message_is_rejected_and_sender_told_new_term() -> None:
+    """§5.1: "If a server receives a request with a stale term number, it rejects
+    the request", and "if a candidate or leader discovers that its term is out of
+    date, it immediately reverts to follower state"."""
+    c = Cluster(3, check_quorum=False)
+    a = c.elect("a")
+    assert a.term == 1
+    # b moves to term 5 (a vote request from c, which it does not grant: c's log is stale).
+    c.nodes["b"].step(_vote_request("c", "b", 5, 0, 0))
+    c.process_ready("b")
+    c.queue.clear()
+    assert c["b"].term == 5
+
+    c.propose("a", b"stale")
+    to_b = c.take(AppendRequest, to="b")
+    assert to_b and to_b[0].term == 1
+    before = c["b"].log.last_index
+    c.deliver(to_b[0])
+    [answer] = c.take(AppendResponse, sender="b")
+    assert not answer.success
+    assert answer.term == 5
+    assert c["b"].log.last_index == before, "a stale append must not touch the log"
+
+    c.deliver(answer)
+    assert a.role is Role.FOLLOWER
+    assert a.term == 5
+
+
+# ---- §5.2 leader election ------------------------------------------------------------
+
+
+def test_5_2_follower_grants_at_most_one_vote_per_term() -> None:
+    """§5.2: "Each server will vote for at most one candidate in a given term"."""
+    c = Cluster(3)
+    b = c["b"]
+    b.step(_vote_request("a", "b", 1, 0, 0))
+    c.process_ready("b")
+    b.step(_vote_request("c", "b", 1, 0, 0))
+    c.process_ready("b")
+    b.step(_vote_request("a", "b", 1, 0, 0))  # a retry from the same candidate
+    c.process_ready("b")
+    answers = c.take(VoteResponse, sender="b")
+    assert [(m.recipient, m.granted) for m in answers] == [("a", True), ("c", False), ("a", True)]
+    assert c.disks["b"].hard_state == HardState(1, "a", 0)
+    # A new term frees the vote.
+    b.step(_vote_request("c", "b", 2, 0, 0))
+    c.process_ready("b")
+    [answer] = c.take(VoteResponse, sender="b")
+    assert answer.granted
+    assert c.disks["b"].hard_state == HardState(2, "c", 0)
+
+
+def test_5_2_candidate_that_hears_from_leader_of_its_term_becomes_follower() -> None:
+    """§5.2: a candidate that receives AppendEntries from a leader whose term is at
+    least as large "recognizes the leader as legitimate and returns to follower"."""
+    c = Cluster(3, pre_vote=False)
+    c.tick("b", 2 * c.configs["b"].election_timeout_ticks)
+    assert c["b"].role is Role.CANDIDATE
+    term = c["b"].term
+    c.drop_all()
+    c["b"].step(
+        AppendRequest(
+            term=term,
+            sender="c",
+            recipient="b",
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=(),
+            leader_commit=0,
+        )
+    )
+    c.process_ready("b")
+    assert c.role("b") is Role.FOLLOWER
+    assert c["b"].leader_id == "c"
+    assert c["b"].term == term
+
+
+# ---- §5.3 log replication ---------------------------------------------------------------
+
+
+def test_5_3_follower_rejects_append_with_mismatched_prev_and_hints_conflict() -> None:
+    """§5.3: "If the follower does not find an entry in its log with the same index
+    and term, then it refuses the new entries"; the hint names the last index
+    whose term is at most the leader's prev_log_term (fast backtracking)."""
+    c = Cluster(3, persisted={"b": _state(3, 1, 1, 3, 3)})
+    b = c["b"]
+    b.step(
+        AppendRequest(
+            term=3,
+            sender="a",
+            recipient="b",
+            prev_log_index=4,
+            prev_log_term=2,
+            entries=(Entry(3, 5),),
+            leader_commit=0,
+        )
+    )
+    c.process_ready("b")
+    [answer] = c.take(AppendResponse, sender="b")
+    assert not answer.success
+    assert answer.index == 4
+    assert (answer.reject_hint_index, answer.reject_hint_term) == (2, 1)
+    assert [e.term for e in c.disks["b"].entries] == [1, 1, 3, 3], "log untouched"
+    assert b.log.last_index == 4
+
+    # prev beyond the end of the log: the hint is clamped to our last index.
+    b.step(
+        AppendRequest(
+            term=3,
+            sender="a",
+            recipient="b",
+            prev_log_index=9,
+            prev_log_term=3,
+            entries=(),
+            leader_commit=0,
+        )
+    )
+    c.process_ready("b")
+    [answer] = c.take(AppendResponse, sender="b")
+    assert not answer.success
+    assert (answer.index, answer.reject_hint_index, answer.reject_hint_term) == (9, 4, 3)
+
+
+def test_5_3_follower_deletes_conflicting_suffix_and_appends() -> None:
+    """§5.3: "If an existing entry conflicts with a new one (same index but
+    different terms), delete the existing entry and all that follow it"."""
+    c = Cluster(3, persisted={"b": _state(3, 1, 2, 2, 2)})
+    b = c["b"]
+    b.step(
+        AppendRequest(
+            term=3,
+            sender="a",
+            recipient="b",
+            prev_log_index=1,
+            prev_log_term=1,
+            entries=(Entry(3, 2), Entry(3, 3)),
+            leader_commit=3,
+        )
+    )
+    c.process_ready("b")
+    [answer] = c.take(AppendResponse, sender="b")
+    assert answer.success and answer.index == 3
+    assert [(e.index, e.term) for e in c.disks["b"].entries] == [(1, 1), (2, 3), (3, 3)]
+    assert b.commit_index == 3
+
+
+def test_5_3_leader_backtracks_and_repairs_divergent_follower_log() -> None:
+    """§5.3: "the leader decrements nextIndex and retries ... Eventually nextIndex
+    will reach a point where the leader and follower logs match", then the
+    follower's conflicting entries are removed and the leader's appended."""
+    c = Cluster(
+        3,
+        persisted={
+            "a": _state(3, 1, 1, 3),
+            "b": _state(2, 1, 2, 2, 2, 2),  # an old term-2 leader's uncommitted entries
+            "c": _state(3, 1, 1),
+        },
+    )
+    a = c.elect("a")
+    c.deliver_all()
+    assert a.term == 4
+    expected = [(e.index, e.term) for e in c.disks["a"].entries]
+    assert expected == [(1, 1), (2, 1), (3, 3), (4, 4)]
+    for node in ("b", "c"):
+        assert [(e.index, e.term) for e in c.disks[node].entries] == expected
+        assert c[node].commit_index == 4 or c[node].log.last_index == 4
+    rejections = [m for m in c.sent if isinstance(m, AppendResponse) and not m.success]
+    assert 1 <= len(rejections) <= 3, "fast backtracking needs only a few round trips"
+    # Heartbeats carry the commit index to everyone.
+    c.tick("a")
+    c.deliver_all()
+    assert [c[i].commit_index for i in c.ids] == [4, 4, 4]
+
+
+# ---- §5.4 safety ----------------------------------------------------------------------------
+
+
+def test_5_4_1_vote_denied_to_candidate_with_stale_log() -> None:
+    """§5.4.1: "the voter denies its vote if its own log is more up-to-date than
+    that of the candidate", comparing last terms first, then lengths."""
+    c = Cluster(3, persisted={"b": _state(1, 1, 1)})
+    b = c["b"]
+    b.step(_vote_request("c", "b", 2, 1, 1))  # same last term, shorter log
+    c.process_ready("b")
+    [answer] = c.take(VoteResponse, sender="b")
+    assert not answer.granted
+    assert b.term == 2, "the higher term is still adopted (§5.1)"
+    assert b.voted_for is None
+
+    b.step(_vote_request("a", "b", 2, 2, 1))  # same last term, as long
+    c.process_ready("b")
+    [answer] = c.take(VoteResponse, sender="b")
+    assert answer.granted
+
+    b.step(_vote_request("c", "b", 3, 1, 2))  # shorter but a later last term
+    c.process_ready("b")
+    [answer] = c.take(VoteResponse, sender="b")
+    assert answer.granted
+
+
+def test_5_4_2_leader_does_not_commit_earlier_term_entry_by_counting_replicas() -> None:
+    """§5.4.2 / Figure 8: "Raft never commits log entries from previous terms by
+    counting replicas. Only log entries from the leader's current term are
+    committed by counting replicas"."""
+    c = Cluster(
+        3,
+        max_entries_per_append=1,  # so entry 2 travels alone, before the leader's no-op
+        persisted={"a": _state(2, 1, 2, commit=1), "b": _state(2, 1, commit=1)},
+    )
+    c.isolate("c")
+    a = c["a"]
+    c.tick("a", 2 * c.configs["a"].election_timeout_ticks)
+    assert a.role is not Role.FOLLOWER
+    commit_when_replicated: int | None = None
+    while c.queue:
+        m = c.queue.popleft()
+        if c.connected(m):
+            c.deliver(m)
+        pr = a.progress.get("b")
+        if a.role is Role.LEADER and pr is not None and pr.match == 2:
+            commit_when_replicated = a.commit_index
+    assert a.role is Role.LEADER and a.term == 3
+    assert commit_when_replicated == 1, "entry 2 (term 2) sat on a majority, yet stays uncommitted"
+    assert a.commit_index == 3, "committing the leader's own no-op commits entry 2 with it"
+    assert [e.index for e in c.applied["a"]] == [1, 2, 3]
