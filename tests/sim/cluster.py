@@ -48,6 +48,7 @@ from sidecar.raft import (
 )
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
 from tests.sim.swarm import TICK_UNITS, SwarmSettings
+from tests.sim.trace import TraceEvent
 
 RaftFactory = Callable[[RaftConfig, random.Random, PersistentState], Raft]
 
@@ -165,7 +166,7 @@ class Simulation:
         self.now = 0
         self._seq = 0
         self._events: list[_Event] = []
-        self.trace: deque[tuple[int, str]] = deque(maxlen=trace_length)
+        self.trace: deque[tuple[int, TraceEvent]] = deque(maxlen=trace_length)
         self.cut: set[tuple[str, str]] = set()
         self.loss = self.settings.loss
         self.duplication = self.settings.duplication
@@ -236,7 +237,7 @@ class Simulation:
             assert m is not None
             if node.raft is None or (m.sender, m.recipient) in self.cut:
                 return
-            self._record(f"deliver {m}")
+            self._record(m)
             node.raft.step(m)
             self.drain(node)
         if self.faults_enabled:
@@ -250,8 +251,8 @@ class Simulation:
             self._events, _Event(self.now + delay, self._seq, kind, node, incarnation, message)
         )
 
-    def _record(self, text: str) -> None:
-        self.trace.append((self.now, text))
+    def _record(self, event: TraceEvent) -> None:
+        self.trace.append((self.now, event))
 
     # ---- one node's ready batches --------------------------------------------------
 

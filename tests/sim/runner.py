@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sidecar.raft import Raft
 from tests.sim.cluster import RaftFactory, Simulation
+from tests.sim.trace import describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ def run_seed(seed: int, steps: int, raft_factory: RaftFactory = Raft) -> SeedFai
             f"replay: python -m tests.sim --seed {seed} --steps {steps}",
             f"settings: {sim.settings}",
             "last events (time: event):",
-            *(f"  {t:>8}: {text}" for t, text in sim.trace),
+            *(f"  {t:>8}: {describe(event)}" for t, event in sim.trace),
         ]
         if not isinstance(exc, AssertionError):
             lines.append("".join(traceback.format_exception(exc)))
