@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.raft import EntryKind, Membership, Message, Raft, RaftConfig, Role
-from tests.sim.cluster import SimDisk, Simulation
+from sidecar.storage.memory import MemoryStorage
+from tests.sim.cluster import Simulation
 
 IDS = ("a", "b", "c")
 BATCH = 100
@@ -41,7 +42,7 @@ class BenchCluster:
     def __init__(self, seed: int = 0) -> None:
         membership = Membership(frozenset(IDS))
         self.nodes: dict[str, Raft] = {}
-        self.disks: dict[str, SimDisk] = {}
+        self.disks: dict[str, MemoryStorage] = {}
         for node_id in IDS:
             cfg = RaftConfig(
                 node_id=node_id,
@@ -49,7 +50,7 @@ class BenchCluster:
                 max_uncommitted_entries=BATCH * PIPELINE * 4,
             )
             self.nodes[node_id] = Raft(cfg, random.Random(f"{seed}:{node_id}"))
-            self.disks[node_id] = SimDisk()
+            self.disks[node_id] = MemoryStorage()
         self.queue: deque[Message] = deque()
         self.steps = 0
         self.applied = 0
@@ -60,7 +61,7 @@ class BenchCluster:
         disk = self.disks[node_id]
         while raft.has_ready():
             rd = raft.ready()
-            disk.persist(rd)
+            disk.persist(rd.hard_state, rd.snapshot, rd.entries)
             self.queue.extend(rd.messages)
             if raft.role is Role.LEADER:
                 self.applied += sum(1 for e in rd.committed_entries if e.kind is EntryKind.NORMAL)

@@ -29,6 +29,16 @@ def _cmd_version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_storage_inspect(args: argparse.Namespace) -> int:
+    """Exit status 0 when every checksum verifies, 1 otherwise (2 for bad usage)."""
+    from sidecar.storage.fs import OsFileSystem  # noqa: PLC0415 - keep `version` light
+    from sidecar.storage.inspect import format_report, inspect_directory  # noqa: PLC0415
+
+    report = inspect_directory(OsFileSystem(), args.directory)
+    print(format_report(report))
+    return 0 if report.verified else 1
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -40,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     version = subcommands.add_parser("version", help="print the version and exit")
     version.set_defaults(handler=_cmd_version)
+    storage = subcommands.add_parser("storage", help="look at a data directory")
+    storage_commands = storage.add_subparsers(
+        dest="storage_command", metavar="SUBCOMMAND", required=True
+    )
+    inspect = storage_commands.add_parser(
+        "inspect",
+        help="print indices, terms, segments, snapshots and hard state; verify every checksum",
+        description="Reads DIRECTORY without changing it. Exits 1 when a checksum or "
+        "consistency check fails.",
+    )
+    inspect.add_argument("directory", help="the sidecar's data directory")
+    inspect.set_defaults(handler=_cmd_storage_inspect)
     return parser
 
 

@@ -35,7 +35,8 @@ from sidecar.raft import (
 )
 
 if TYPE_CHECKING:
-    from tests.sim.cluster import SimDisk, SimNode
+    from sidecar.storage.memory import MemoryStorage
+    from tests.sim.cluster import SimNode
 
 
 class SafetyViolation(AssertionError):
@@ -84,7 +85,7 @@ class Checkers:
                     )
 
     def after_persist_entries(
-        self, node_id: str, disk: SimDisk, entries: tuple[Entry, ...]
+        self, node_id: str, disk: MemoryStorage, entries: tuple[Entry, ...]
     ) -> None:
         """Log Matching, inductively: same (index, term) => same data and same predecessor."""
         facts = self.entry_facts
@@ -174,7 +175,7 @@ class Checkers:
 
     # ---- messages ----------------------------------------------------------------
 
-    def on_send(self, node_id: str, hs: HardState, disk: SimDisk, m: Message) -> None:
+    def on_send(self, node_id: str, hs: HardState, disk: MemoryStorage, m: Message) -> None:
         """Nothing sent may depend on state that is not on the sender's disk."""
         if isinstance(m, VoteRequest) and m.pre_vote:
             return

@@ -4,7 +4,7 @@ Theory of operation. Time is an integer; every node ticks at its own rate
 (clock skew) and every message is delivered after a random delay, so ordering
 comes from one priority queue of events. A *step* pops one event (a tick or a
 delivery), feeds it to its node, and lets the node's ready batches run to
-completion: persist to the node's SimDisk, send into the network, apply to the
+completion: persist to the node's MemoryStorage, send into the network, apply to the
 node's state machine, advance. Then, with probabilities drawn from the seed,
 one action may follow: a client proposal or read, a crash (clean, or torn in
 the middle of a write, losing what was not yet written), a restart from what
@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from sidecar.raft import (
     ConfChange,
     ConfChangeKind,
-    Entry,
     EntryKind,
-    HardState,
     Membership,
     Message,
     PersistentState,
@@ -46,6 +44,7 @@ from sidecar.raft import (
     SnapshotRequest,
     decode_conf_entry,
 )
+from sidecar.storage.memory import MemoryStorage
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
 from tests.sim.swarm import TICK_UNITS, SwarmSettings
 from tests.sim.trace import TraceEvent
@@ -61,67 +60,11 @@ class LivenessViolation(AssertionError):
 
 
 @dataclass
-class SimDisk:
-    """What survives a crash: only what a ready batch told the node to persist."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot | None = None
-    entries: list[Entry] = field(default_factory=list)
-
-    def base_index(self) -> int:
-        return self.snapshot.metadata.index if self.snapshot else 0
-
-    def last_index(self) -> int:
-        return self.base_index() + len(self.entries)
-
-    def term(self, index: int) -> int | None:
-        base = self.base_index()
-        if index == base:
-            return self.snapshot.metadata.term if self.snapshot else 0
-        offset = index - base - 1
-        if 0 <= offset < len(self.entries):
-            return self.entries[offset].term
-        return None
-
-    def write_entries(self, entries: tuple[Entry, ...]) -> None:
-        first = entries[0].index
-        base = self.base_index()
-        if first > self.last_index() + 1 or first <= base:
-            raise SafetyViolation(
-                f"disk write at {first} does not fit log ({base}, {self.last_index()}]"
-            )
-        del self.entries[first - base - 1 :]
-        self.entries.extend(entries)
-
-    def persist(self, rd: Ready) -> None:
-        """All of a ready batch: snapshot, then entries, then hard state."""
-        if rd.snapshot is not None:
-            self.install_snapshot(rd.snapshot)
-        if rd.entries:
-            self.write_entries(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
-
-    def install_snapshot(self, snapshot: Snapshot) -> None:
-        """A received snapshot replaces the whole log."""
-        self.snapshot = snapshot
-        self.entries = []
-
-    def compact(self, snapshot: Snapshot) -> None:
-        drop = snapshot.metadata.index - self.base_index()
-        self.snapshot = snapshot
-        del self.entries[:drop]
-
-    def recovered(self) -> PersistentState:
-        return PersistentState(self.hard_state, self.snapshot, tuple(self.entries))
-
-
-@dataclass
 class SimNode:
     id: str
     config: RaftConfig
     tick_interval: int
-    disk: SimDisk = field(default_factory=SimDisk)
+    disk: MemoryStorage = field(default_factory=MemoryStorage)
     raft: Raft | None = None
     incarnation: int = 0
     sm_index: int = 0
@@ -278,16 +221,16 @@ class Simulation:
     def _persist(self, node: SimNode, rd: Ready) -> bool:
         """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""
         self.check.before_persist(node, rd)
-        disk = node.disk
         torn = self.faults_enabled and self.rng.random() < self.settings.p_torn_crash
-        if rd.snapshot is not None:
-            disk.install_snapshot(rd.snapshot)
-        entries = rd.entries
         if torn:
-            entries = entries[: self.rng.randrange(len(entries) + 1)]
+            node.disk.stage(rd.hard_state, rd.snapshot, rd.entries)
+            entries = rd.entries[: self.rng.randrange(len(rd.entries) + 1)]
+            node.disk = node.disk.crash(keep_prefix=len(entries))
+        else:
+            node.disk.persist(rd.hard_state, rd.snapshot, rd.entries)
+            entries = rd.entries
         if entries:
-            disk.write_entries(entries)
-            self.check.after_persist_entries(node.id, disk, entries)
+            self.check.after_persist_entries(node.id, node.disk, entries)
         if torn:
             self.stats["torn_crashes"] += 1
             self._record(
@@ -296,8 +239,6 @@ class Simulation:
             )
             self.crash(node)
             return False
-        if rd.hard_state is not None:
-            disk.hard_state = rd.hard_state
         return True
 
     def _observe(self, node: SimNode, rd: Ready) -> None:
@@ -348,7 +289,7 @@ class Simulation:
     def start(self, node: SimNode) -> None:
         node.incarnation += 1
         node_rng = random.Random(f"node:{self.seed}:{node.id}:{node.incarnation}")
-        node.raft = self.raft_factory(node.config, node_rng, node.disk.recovered())
+        node.raft = self.raft_factory(node.config, node_rng, node.disk.recover())
         node.role = Role.FOLLOWER
         if node.disk.snapshot is not None:
             node.sm_index, node.sm_digest = _decode_sm(node.disk.snapshot.data)
@@ -510,7 +451,7 @@ class Simulation:
             raise SafetyViolation(
                 f"{node.id}: state machine at {node.sm_index}, raft applied {index}"
             )
-        node.disk.compact(snapshot)  # durable first, then the core forgets
+        node.disk.save_snapshot(snapshot)  # durable first, then the core forgets
         raft.compact(snapshot)
         self._record(f"compact {node.id} to {index}")
 

@@ -31,7 +31,7 @@ from sidecar.raft import (
     Snapshot,
     SnapshotMetadata,
 )
-from tests.sim.cluster import SimDisk
+from sidecar.storage.memory import MemoryStorage
 
 M = TypeVar("M")
 
@@ -68,7 +68,7 @@ class Cluster:
         self.seed = seed
         self.configs: dict[str, RaftConfig] = {}
         self.nodes: dict[str, Raft] = {}
-        self.disks: dict[str, SimDisk] = {}
+        self.disks: dict[str, MemoryStorage] = {}
         self.applied: dict[str, list[Entry]] = {}
         """Entries handed out for applying, per node, in order (restarts included)."""
         self.installed: dict[str, list[Snapshot]] = {}
@@ -86,7 +86,7 @@ class Cluster:
             self.configs[node_id] = RaftConfig(
                 node_id=node_id, initial_membership=initial, **config
             )
-            self.disks[node_id] = SimDisk()
+            self.disks[node_id] = MemoryStorage()
             self.applied[node_id] = []
             self.installed[node_id] = []
             self.read_states[node_id] = []
@@ -95,7 +95,7 @@ class Cluster:
             self._incarnation[node_id] = 0
             state = (persisted or {}).get(node_id)
             if state is not None:
-                self.disks[node_id] = SimDisk(state.hard_state, state.snapshot, list(state.entries))
+                self.disks[node_id] = MemoryStorage(state)
             self.restart(node_id)
 
     # ---- lifecycle -----------------------------------------------------------
@@ -104,7 +104,7 @@ class Cluster:
         """(Re)start a node from what is on its disk only, with a fresh seeded RNG."""
         self._incarnation[node_id] += 1
         rng = random.Random(f"{self.seed}:{node_id}:{self._incarnation[node_id]}")
-        raft = Raft(self.configs[node_id], rng, self.disks[node_id].recovered())
+        raft = Raft(self.configs[node_id], rng, self.disks[node_id].recover())
         self.nodes[node_id] = raft
         return raft
 
@@ -123,7 +123,7 @@ class Cluster:
         out: list[Ready] = []
         while raft.has_ready():
             rd = raft.ready()
-            self.disks[node_id].persist(rd)
+            self.disks[node_id].persist(rd.hard_state, rd.snapshot, rd.entries)
             self.queue.extend(rd.messages)
             self.sent.extend(rd.messages)
             if rd.snapshot is not None:
@@ -273,6 +273,6 @@ class Cluster:
     def compact(self, node_id: str, data: bytes = b"") -> Snapshot:
         """Snapshot ``node_id`` at its applied index: durable first, then the core forgets."""
         snapshot = self.snapshot_of(node_id, data)
-        self.disks[node_id].compact(snapshot)
+        self.disks[node_id].save_snapshot(snapshot)
         self.nodes[node_id].compact(snapshot)
         return snapshot

@@ -302,7 +302,7 @@ def test_7_lagging_follower_receives_snapshot_and_catches_up() -> None:
     assert c["c"].log.last_index == a.log.last_index == 12
     assert c["c"].commit_index == a.commit_index == 12
     assert c.commands("c") == [b"after"], "only what follows the snapshot is applied"
-    assert [e.index for e in c.disks["c"].entries] == [12]
+    assert [e.index for e in c.disks["c"].entries()] == [12]
 
 
 # ---- §4.1 membership changes ------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_4_1_conf_change_takes_effect_on_append_and_reverts_on_truncation() -> N
     assert c.leader() == winner
     assert c["a"].membership == old, "truncating the entry reverts the configuration"
     assert c["b"].membership == old
-    assert all(e.index != index or e.term != 1 for e in c.disks["a"].entries)
+    assert all(e.index != index or e.term != 1 for e in c.disks["a"].entries())
 
 
 def test_4_1_leader_cannot_remove_itself() -> None:

@@ -144,7 +144,7 @@ def test_5_3_follower_rejects_append_with_mismatched_prev_and_hints_conflict() -
     assert not answer.success
     assert answer.index == 4
     assert (answer.reject_hint_index, answer.reject_hint_term) == (2, 1)
-    assert [e.term for e in c.disks["b"].entries] == [1, 1, 3, 3], "log untouched"
+    assert [e.term for e in c.disks["b"].entries()] == [1, 1, 3, 3], "log untouched"
     assert b.log.last_index == 4
 
     # prev beyond the end of the log: the hint is clamped to our last index.
@@ -184,7 +184,7 @@ def test_5_3_follower_deletes_conflicting_suffix_and_appends() -> None:
     c.process_ready("b")
     [answer] = c.take(AppendResponse, sender="b")
     assert answer.success and answer.index == 3
-    assert [(e.index, e.term) for e in c.disks["b"].entries] == [(1, 1), (2, 3), (3, 3)]
+    assert [(e.index, e.term) for e in c.disks["b"].entries()] == [(1, 1), (2, 3), (3, 3)]
     assert b.commit_index == 3
 
 
@@ -203,10 +203,10 @@ def test_5_3_leader_backtracks_and_repairs_divergent_follower_log() -> None:
     a = c.elect("a")
     c.deliver_all()
     assert a.term == 4
-    expected = [(e.index, e.term) for e in c.disks["a"].entries]
+    expected = [(e.index, e.term) for e in c.disks["a"].entries()]
     assert expected == [(1, 1), (2, 1), (3, 3), (4, 4)]
     for node in ("b", "c"):
-        assert [(e.index, e.term) for e in c.disks[node].entries] == expected
+        assert [(e.index, e.term) for e in c.disks[node].entries()] == expected
         assert c[node].commit_index == 4 or c[node].log.last_index == 4
     rejections = [m for m in c.sent if isinstance(m, AppendResponse) and not m.success]
     assert 1 <= len(rejections) <= 3, "fast backtracking needs only a few round trips"

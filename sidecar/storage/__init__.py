@@ -1,0 +1,1 @@
+"""Durable storage of the Raft state: write-ahead log, hard state, snapshots."""
