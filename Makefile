@@ -32,6 +32,7 @@ sim-long: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.raft_core
+	$(BIN)/python -m bench.storage
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
