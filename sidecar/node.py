@@ -1,0 +1,387 @@
+"""The runtime loop: one asyncio task owns the Raft core.
+
+Theory of operation
+-------------------
+Everything that touches the core happens in ``RaftNode._run``, one task, so
+the core needs no locks. Inputs wait in bounded queues: peer messages
+(``deliver``, called by the transport) and proposals (``propose``, called by
+the API). Each turn of the loop
+
+1. waits for an input or the next tick of the monotonic clock;
+2. steps every queued input into the core (at most ``max_inputs_per_turn``),
+   proposals of one turn going in as one ``propose_batch``;
+3. handles the ready batches in the order the core requires: persist (in a
+   worker thread: fsync must not stall the loop), then send, then apply to
+   the state machine and answer the waiting proposals and reads, then
+   ``advance``.
+
+Proposals wait on futures keyed by log index; the entry applied at that index
+is theirs only if it carries the term they were proposed in (otherwise a new
+leader overwrote it, and the caller hears ``ProposalLost``). A storage error
+stops the loop: the node must exit rather than run on a disk it cannot trust.
+
+Every queue has a bound; a full one refuses at once (``Overloaded``) rather
+than grow memory behind a slow disk or a dead peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from sidecar.raft import (
+    Entry,
+    EntryKind,
+    Message,
+    NotLeader,
+    Raft,
+    RaftConfig,
+    RaftError,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMetadata,
+    SoftState,
+)
+from sidecar.storage.interface import RaftStorage
+
+_log = structlog.get_logger("sidecar.node")
+
+
+class NodeError(Exception):
+    """Root of the runtime's refusals."""
+
+
+class Overloaded(NodeError):
+    """A bounded queue is full; retry later."""
+
+
+class ProposalLost(NodeError):
+    """The entry was overwritten by a new leader before it committed."""
+
+
+class NodeStopped(NodeError):
+    """The node stopped (shutdown or a fatal storage error)."""
+
+
+class StateMachine(Protocol):
+    """What the node applies committed commands to."""
+
+    def apply(self, index: int, data: bytes) -> object: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, index: int, data: bytes) -> None: ...
+
+
+class Outbox(Protocol):
+    def send(self, messages: Sequence[Message]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    tick_seconds: float = 0.015
+    """One Raft tick; election timeout = election_timeout_ticks x this."""
+    max_inbox: int = 10_000
+    max_pending_proposals: int = 10_000
+    max_inputs_per_turn: int = 1_000
+    snapshot_every_entries: int = 10_000
+    """Compact the log once this many entries were applied since the last snapshot."""
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: bytes
+    done: asyncio.Future[tuple[int, object]]
+
+
+class RaftNode:
+    def __init__(
+        self,
+        raft_config: RaftConfig,
+        storage: RaftStorage,
+        outbox: Outbox,
+        state_machine: StateMachine,
+        *,
+        settings: NodeSettings | None = None,
+        rng: random.Random | None = None,
+        on_soft_state: Callable[[SoftState], None] | None = None,
+    ) -> None:
+        self.settings = settings or NodeSettings()
+        self._storage = storage
+        self._outbox = outbox
+        self._sm = state_machine
+        recovered = storage.recover()
+        self._raft = Raft(raft_config, rng or random.Random(), recovered)
+        if recovered.snapshot is not None:
+            meta = recovered.snapshot.metadata
+            self._sm.restore(meta.index, recovered.snapshot.data)
+        self._snapshot_index = recovered.snapshot.metadata.index if recovered.snapshot else 0
+        self._on_soft_state = on_soft_state
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue(self.settings.max_inbox)
+        self._proposals: asyncio.Queue[_Proposal] = asyncio.Queue(
+            self.settings.max_pending_proposals
+        )
+        self._waiting: dict[int, tuple[int, asyncio.Future[tuple[int, object]]]] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ids = 0
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # Only the loop task touches the core, so requests from other tasks
+        # wait here until its next turn (a ready batch may be in flight).
+        self._read_requests: list[int] = []
+        self._transfer_to: str | None = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped: BaseException | None = None
+        self.soft_state = SoftState(Role.FOLLOWER, None, recovered.hard_state.term)
+
+    # ---- public API (called from other tasks) ---------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._raft.id
+
+    @property
+    def raft(self) -> Raft:
+        """Read-only view for status and metrics; never mutate it from outside."""
+        return self._raft
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"raft-node-{self.id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_waiters(NodeStopped("the node stopped"))
+        self._storage.close()
+
+    def deliver(self, messages: Sequence[Message]) -> None:
+        """Queue peer messages; drops what does not fit (Raft tolerates loss)."""
+        for m in messages:
+            try:
+                self._inbox.put_nowait(m)
+            except asyncio.QueueFull:
+                _log.warning("inbox_full_dropping", node_id=self.id, dropped=type(m).__name__)
+                break
+        self._wakeup.set()
+
+    async def propose(self, data: bytes) -> tuple[int, object]:
+        """Replicate ``data``; returns (index, state machine result) once applied here.
+
+        Raises NotLeader (with a leader hint), Overloaded, ProposalLost, NodeStopped.
+        """
+        self._check_running()
+        if self._raft.role is not Role.LEADER:
+            raise NotLeader(self._raft.leader_id)
+        done: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
+        try:
+            self._proposals.put_nowait(_Proposal(data, done))
+        except asyncio.QueueFull:
+            raise Overloaded("too many proposals waiting") from None
+        self._wakeup.set()
+        return await done
+
+    async def read_barrier(self) -> int:
+        """Wait until this leader may serve a linearizable read (Raft §6.4).
+
+        Returns the read index; the local state machine has applied it on return.
+        Raises NotLeader, Overloaded, NodeStopped.
+        """
+        self._check_running()
+        if self._raft.role is not Role.LEADER:
+            raise NotLeader(self._raft.leader_id)
+        if len(self._read_requests) >= self.settings.max_pending_proposals:
+            raise Overloaded("too many reads waiting")
+        self._read_ids += 1
+        request_id = self._read_ids
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[request_id] = done
+        self._read_requests.append(request_id)
+        self._wakeup.set()
+        index = await done
+        await self.wait_applied(index)
+        return index
+
+    async def wait_applied(self, index: int) -> None:
+        if self._raft.applied_index >= index:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, done))
+        await done
+
+    def transfer_leadership(self, target: str) -> None:
+        """Ask the core to hand leadership to ``target`` at the next turn of the loop."""
+        self._transfer_to = target
+        self._wakeup.set()
+
+    # ---- the loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        tick = self.settings.tick_seconds
+        next_tick = time.monotonic() + tick
+        try:
+            while True:
+                timeout = max(0.0, next_tick - time.monotonic())
+                idle = self._inbox.empty() and self._proposals.empty()
+                idle = idle and not self._read_requests and self._transfer_to is None
+                if idle and not self._raft.has_ready():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                self._wakeup.clear()
+                now = time.monotonic()
+                while now >= next_tick:
+                    self._raft.tick()
+                    next_tick += tick
+                self._step_inputs()
+                while self._raft.has_ready():
+                    await self._handle_ready(self._raft.ready())
+                self._maybe_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._stopped = exc
+            _log.critical("node_stopped", node_id=self.id, error=str(exc), exc_info=exc)
+            self._fail_waiters(NodeStopped(f"the node stopped: {exc}"))
+            raise
+
+    def _step_inputs(self) -> None:
+        if self._transfer_to is not None:
+            target, self._transfer_to = self._transfer_to, None
+            try:
+                self._raft.transfer_leadership(target)
+            except RaftError as exc:
+                _log.warning("transfer_refused", node_id=self.id, target=target, error=str(exc))
+        requests, self._read_requests = self._read_requests, []
+        for request_id in requests:
+            try:
+                self._raft.read_index(request_id)
+            except RaftError as exc:
+                read = self._reads.pop(request_id, None)
+                if read is not None and not read.done():
+                    read.set_exception(exc)
+        budget = self.settings.max_inputs_per_turn
+        while budget and not self._inbox.empty():
+            budget -= 1
+            m = self._inbox.get_nowait()
+            try:
+                self._raft.step(m)
+            except RaftError as exc:
+                _log.warning("message_refused", node_id=self.id, error=str(exc))
+        batch: list[_Proposal] = []
+        while budget and not self._proposals.empty():
+            budget -= 1
+            batch.append(self._proposals.get_nowait())
+        if not batch:
+            return
+        try:
+            indices = self._raft.propose_batch([p.data for p in batch])
+        except RaftError as exc:
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        term = self._raft.term
+        for p, index in zip(batch, indices, strict=True):
+            self._waiting[index] = (term, p.done)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await asyncio.to_thread(self._storage.persist, rd.hard_state, rd.snapshot, rd.entries)
+        if rd.messages:
+            self._outbox.send(rd.messages)
+        if rd.snapshot is not None:
+            meta = rd.snapshot.metadata
+            self._sm.restore(meta.index, rd.snapshot.data)
+            self._snapshot_index = meta.index
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        for request_id in rd.failed_reads:
+            fut = self._reads.pop(request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NotLeader(self._raft.leader_id))
+        if rd.soft_state is not None:
+            self.soft_state = rd.soft_state
+            if rd.soft_state.role is not Role.LEADER:
+                self._fail_proposals_on_lost_leadership()
+            if self._on_soft_state is not None:
+                self._on_soft_state(rd.soft_state)
+        self._raft.advance(rd)
+        self._release_applied_waiters()
+
+    def _apply(self, entry: Entry) -> None:
+        result: object = None
+        if entry.kind is EntryKind.NORMAL:
+            result = self._sm.apply(entry.index, entry.data)
+        waiting = self._waiting.pop(entry.index, None)
+        if waiting is None:
+            return
+        term, fut = waiting
+        if fut.done():
+            return
+        if term == entry.term:
+            fut.set_result((entry.index, result))
+        else:
+            fut.set_exception(ProposalLost(f"entry {entry.index} was overwritten by a new leader"))
+
+    def _fail_proposals_on_lost_leadership(self) -> None:
+        # Entries proposed in a term we no longer lead may still commit (the
+        # new leader may keep them); keep waiting for them, but answer
+        # proposals that never made it into the log.
+        while not self._proposals.empty():
+            p = self._proposals.get_nowait()
+            if not p.done.done():
+                p.done.set_exception(NotLeader(self._raft.leader_id))
+
+    def _release_applied_waiters(self) -> None:
+        applied = self._raft.applied_index
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for index, fut in self._applied_waiters:
+            if index <= applied:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((index, fut))
+        self._applied_waiters = still
+
+    def _maybe_snapshot(self) -> None:
+        applied = self._raft.applied_index
+        if applied - self._snapshot_index < self.settings.snapshot_every_entries:
+            return
+        term = self._raft.log.term(applied)
+        if term is None:
+            return
+        meta = SnapshotMetadata(applied, term, self._raft.log.membership_at(applied))
+        snapshot = Snapshot(meta, self._sm.snapshot())
+        self._storage.save_snapshot(snapshot)
+        self._raft.compact(snapshot)
+        self._snapshot_index = applied
+        _log.info("snapshot_taken", node_id=self.id, index=applied, term=term)
+
+    def _check_running(self) -> None:
+        if self._stopped is not None:
+            raise NodeStopped(f"the node stopped: {self._stopped}")
+
+    def _fail_waiters(self, exc: NodeError) -> None:
+        for _, fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiting.clear()
+        for read in self._reads.values():
+            if not read.done():
+                read.set_exception(exc)
+        self._reads.clear()
+        for _, waiter in self._applied_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._applied_waiters.clear()
