@@ -1,0 +1,213 @@
+"""Every setting of ``raft-sidecar serve``, as a flag and an environment variable.
+
+One place defines each setting once: its flag, its environment variable
+(``RAFT_SIDECAR_`` + the flag in upper snake case), its default and its
+check. A flag beats the environment, which beats the default. ``load``
+validates everything at start and reports every problem at once, so an
+operator fixes a manifest in one round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ENV_PREFIX = "RAFT_SIDECAR_"
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """One or more settings are invalid; the message lists each, one per line."""
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    node_id: str
+    peers: dict[str, str]
+    """Every voter of the initial cluster, this node included: id -> peer address."""
+    cluster_id: str
+    data_dir: str
+    peer_listen: str
+    api_listen: str
+    metrics_listen: str
+    tick_ms: int
+    election_timeout_ticks: int
+    heartbeat_ticks: int
+    ttl_min_ms: int
+    ttl_max_ms: int
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    name: str
+    help: str
+    default: str | None
+    parse: Callable[[str], Any]
+
+
+def _int(value: str) -> int:
+    return int(value, 10)
+
+
+def _peers(value: str) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        node_id, sep, address = item.partition("=")
+        if not sep:
+            raise ValueError(f"peer {item!r} is not of the form id=host:port")
+        if node_id in peers:
+            raise ValueError(f"peer {node_id!r} is listed twice")
+        peers[node_id] = address
+    return peers
+
+
+SETTINGS: tuple[_Setting, ...] = (
+    _Setting("node-id", "this sidecar's id; one of --peers", None, str),
+    _Setting(
+        "peers",
+        "every voter of the initial cluster, this node included: id=host:port,id=host:port",
+        None,
+        _peers,
+    ),
+    _Setting("cluster-id", "refuse peers of another cluster", "raft-sidecar", str),
+    _Setting("data-dir", "directory of the Raft log, hard state and snapshots", None, str),
+    _Setting("peer-listen", "host:port for the peer Raft API", "0.0.0.0:7400", str),
+    _Setting(
+        "api-listen",
+        "host:port or unix:/path for the worker API (keep it inside the pod)",
+        "127.0.0.1:7401",
+        str,
+    ),
+    _Setting("metrics-listen", "host:port for Prometheus /metrics", "0.0.0.0:7402", str),
+    _Setting("tick-ms", "one Raft tick in milliseconds", "15", _int),
+    _Setting(
+        "election-timeout-ticks",
+        "ticks before a follower campaigns (randomized in [T, 2T))",
+        "10",
+        _int,
+    ),
+    _Setting("heartbeat-ticks", "ticks between leader heartbeats", "2", _int),
+    _Setting("ttl-min-ms", "smallest lease TTL a worker may ask for", "1000", _int),
+    _Setting("ttl-max-ms", "largest lease TTL a worker may ask for", "60000", _int),
+    _Setting("log-level", "debug, info, warning or error", "info", str),
+)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper().replace("-", "_")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for s in SETTINGS:
+        default = f" (default {s.default})" if s.default is not None else " (required)"
+        parser.add_argument(
+            f"--{s.name}",
+            dest=s.name.replace("-", "_"),
+            default=None,
+            help=f"{s.help}{default}; env {env_name(s.name)}",
+        )
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Build the configuration from flags, then environment, then defaults.
+
+    Raises ConfigError listing every invalid or missing setting.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for s in SETTINGS:
+        raw = getattr(args, s.name.replace("-", "_"), None)
+        source = f"--{s.name}"
+        if raw is None:
+            raw, source = env.get(env_name(s.name)), env_name(s.name)
+        if raw is None:
+            raw, source = s.default, "default"
+        if raw is None:
+            problems.append(f"--{s.name} (or {env_name(s.name)}) is required: {s.help}")
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            problems.append(f"{source}={raw!r}: {exc}")
+    problems.extend(_check(values))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return SidecarConfig(
+        node_id=values["node-id"],
+        peers=values["peers"],
+        cluster_id=values["cluster-id"],
+        data_dir=values["data-dir"],
+        peer_listen=values["peer-listen"],
+        api_listen=values["api-listen"],
+        metrics_listen=values["metrics-listen"],
+        tick_ms=values["tick-ms"],
+        election_timeout_ticks=values["election-timeout-ticks"],
+        heartbeat_ticks=values["heartbeat-ticks"],
+        ttl_min_ms=values["ttl-min-ms"],
+        ttl_max_ms=values["ttl-max-ms"],
+        log_level=values["log-level"],
+    )
+
+
+def _check(v: Mapping[str, Any]) -> Sequence[str]:
+    problems: list[str] = []
+    node_id, peers = v.get("node-id"), v.get("peers")
+    if node_id is not None and not _NODE_ID.match(node_id):
+        problems.append(f"--node-id={node_id!r}: use 1-63 of [A-Za-z0-9._-], starting alphanumeric")
+    if peers is not None:
+        if not peers:
+            problems.append("--peers is empty: list every voter, this node included")
+        for peer_id, address in sorted(peers.items()):
+            if not _NODE_ID.match(peer_id):
+                problems.append(f"--peers: bad node id {peer_id!r}")
+            if not _valid_address(address):
+                problems.append(f"--peers: {peer_id}={address!r} is not host:port")
+        if node_id is not None and peers and node_id not in peers:
+            problems.append(
+                f"--node-id={node_id!r} is not one of --peers ({', '.join(sorted(peers))})"
+            )
+    for name in ("peer-listen", "metrics-listen"):
+        if name in v and not _valid_address(v[name]):
+            problems.append(f"--{name}={v[name]!r} is not host:port")
+    api = v.get("api-listen")
+    if (
+        api is not None
+        and not (api.startswith("unix:") and len(api) > 5)
+        and not _valid_address(api)
+    ):
+        problems.append(f"--api-listen={api!r} is neither host:port nor unix:/path")
+    ranges = {
+        "tick-ms": (1, 10_000),
+        "election-timeout-ticks": (2, 10_000),
+        "heartbeat-ticks": (1, 10_000),
+        "ttl-min-ms": (1, 3_600_000),
+        "ttl-max-ms": (1, 3_600_000),
+    }
+    for name, (lo, hi) in ranges.items():
+        if name in v and not lo <= v[name] <= hi:
+            problems.append(f"--{name}={v[name]} is outside [{lo}, {hi}]")
+    if v.get("heartbeat-ticks", 0) >= v.get("election-timeout-ticks", 10**9):
+        problems.append("--heartbeat-ticks must be smaller than --election-timeout-ticks")
+    if v.get("ttl-min-ms", 0) > v.get("ttl-max-ms", 10**12):
+        problems.append("--ttl-min-ms must not exceed --ttl-max-ms")
+    election_ms = v.get("tick-ms", 0) * v.get("election-timeout-ticks", 0)
+    if "ttl-min-ms" in v and election_ms and v["ttl-min-ms"] < 2 * election_ms:
+        problems.append(
+            f"--ttl-min-ms={v['ttl-min-ms']} is below two election timeouts "
+            f"({2 * election_ms} ms): a Raft leader change alone could outlast a lease"
+        )
+    if v.get("log-level") not in (None, "debug", "info", "warning", "error"):
+        problems.append(f"--log-level={v['log-level']!r}: use debug, info, warning or error")
+    return problems
+
+
+def _valid_address(address: str) -> bool:
+    match = _HOST_PORT.match(address)
+    return match is not None and 0 < int(match.group("port")) < 65536

@@ -1,0 +1,71 @@
+"""raft-sidecar serve settings: flags beat environment beat defaults; all errors at once."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from sidecar.config import ConfigError, add_arguments, load
+
+PEERS = "s0=10.0.0.1:7400,s1=10.0.0.2:7400,s2=10.0.0.3:7400"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flags_beat_environment_beat_defaults() -> None:
+    env = {
+        "RAFT_SIDECAR_NODE_ID": "s1",
+        "RAFT_SIDECAR_PEERS": PEERS,
+        "RAFT_SIDECAR_DATA_DIR": "/env/data",
+        "RAFT_SIDECAR_TICK_MS": "20",
+    }
+    config = load(parse("--data-dir", "/flag/data"), env)
+    assert config.node_id == "s1"
+    assert config.data_dir == "/flag/data"
+    assert config.tick_ms == 20
+    assert config.peers == {"s0": "10.0.0.1:7400", "s1": "10.0.0.2:7400", "s2": "10.0.0.3:7400"}
+    assert config.api_listen == "127.0.0.1:7401"  # default
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(
+            parse(
+                "--node-id", "s9",
+                "--peers", "s0=host:99999,s1",
+                "--tick-ms", "abc",
+                "--ttl-min-ms", "5000",
+                "--ttl-max-ms", "100",
+            ),
+            {},
+        )  # fmt: skip
+    text = str(err.value)
+    assert "--data-dir (or RAFT_SIDECAR_DATA_DIR) is required" in text
+    assert "'s1' is not of the form id=host:port" in text
+    assert "--tick-ms='abc'" in text
+    assert "--ttl-min-ms must not exceed --ttl-max-ms" in text
+
+
+def test_node_must_be_one_of_the_peers_and_addresses_must_parse() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(parse("--node-id", "s9", "--peers", "s0=h:1,s1=h:99999", "--data-dir", "/d"), {})
+    text = str(err.value)
+    assert "--node-id='s9' is not one of --peers (s0, s1)" in text
+    assert "s1='h:99999' is not host:port" in text
+
+
+def test_lease_shorter_than_two_election_timeouts_is_refused() -> None:
+    args = parse("--node-id", "s0", "--peers", PEERS, "--data-dir", "/d", "--ttl-min-ms", "200")
+    with pytest.raises(ConfigError, match="below two election timeouts"):
+        load(args, {})
+
+
+def test_unix_socket_api_address_is_accepted() -> None:
+    args = parse("--node-id", "s0", "--peers", PEERS, "--data-dir", "/d")
+    config = load(args, {"RAFT_SIDECAR_API_LISTEN": "unix:/run/sidecar.sock"})
+    assert config.api_listen == "unix:/run/sidecar.sock"
