@@ -24,30 +24,45 @@ Durability. ``append`` returns only after its records were written and
 fsynced. A new segment is created with its header written and fsynced, then
 the directory fsynced, before any record goes into it. Files are never
 preallocated, so bytes after the last good record can only be a torn write.
+Every write-and-fsync is a *batch*: the first record of each carries the
+``BATCH_START`` flag (format version 2), so that recovery can see where
+batches begin. A segment header starts the batch that creates its segment.
 
 Group commit. Appenders encode their records under the lock into a pending
 buffer and wait. The first waiter whose records are not yet durable and finds
 no flush running becomes the flusher: it takes the whole buffer, writes it
 with one write and one fsync (outside the lock), then wakes everyone it
-covered. Appenders arriving meanwhile form the next group. Records reach the
-disk in call order. The buffer is bounded (``MAX_PENDING_BYTES``): appenders
+covered (it sets ``BATCH_START`` on the buffer's first record, outside the
+lock). Appenders arriving meanwhile form the next group. Records reach the
+disk in call order, and a batch is written only once the previous one's fsync
+returned. The buffer is bounded (``MAX_PENDING_BYTES``): appenders
 wait while it is full. A failed write or fsync fails every caller of that
 group and every later call: after a failed fsync the file's contents are
 unknown, so the log is never written again by this process.
 
 Recovery (``open``). Segments are read in ``seq`` order; the header chain is
-checked (a gap in ``seq`` or in indices names the file). A record that cannot
-be read (short frame, short payload, checksum mismatch) is a *torn tail* only
-when it is in the last segment and no whole, checksummed record starts
-anywhere after it: the file is then truncated to the last good record and
-fsynced (or, when even the header of a newer last segment is torn, the file is
-deleted), and ``WalContents.torn_tail`` reports what was cut. Anywhere else
-it is ``CorruptionError``. The same rule covers a final record that was
-written and fsynced intact but later damaged: a corrupt final record is
-indistinguishable from a torn write, so it is cut off like one (and
-reported). Conversely a torn write in which a later record of the same batch
-reached the disk intact but an earlier one did not is reported as corruption:
-the log never silently returns a shorter log when good data follows damage.
+checked (a gap in ``seq`` or in indices names the file). Only the final batch
+can be damaged by a power cut, and in any way: a disk may persist its sectors
+out of order, leaving a later record of it intact after a torn earlier one.
+Hence a record that cannot be read (short frame, short payload, checksum
+mismatch) is a *torn tail* exactly when it is in the last segment and no
+whole, checksummed record carrying ``BATCH_START`` starts anywhere after it:
+no batch begins after the damage, so the damage lies in the final batch, whose
+fsync never returned, and every earlier (acknowledged) batch lies before it.
+The file is then truncated at the damage and fsynced (or, when even the
+header of a newer last segment is damaged, the file is deleted), and
+``WalContents.torn_tail`` reports what was cut, including intact records of
+the final batch after the damage. Records of the final batch before the
+damage are kept: a prefix of unacknowledged records is a valid log. Anywhere
+else (an earlier segment, or a batch starting after the damage) it is
+``CorruptionError`` naming file and offset: acknowledged data was damaged,
+and the log never silently returns a shorter log. What the rule cannot tell
+apart: a final batch written and fsynced intact but damaged later is cut off
+like a torn one (and reported). Segments of format version 1 carry no batch
+flags: there any whole record after the damage makes it corruption (the rule
+of version 1), as it does after a damaged header when the segment before is
+not of version 2 (the damaged segment's version is unknown). The log never
+appends to a version 1 segment: it rolls to a new one first.
 
 Compaction deletes the oldest segments once a snapshot covers them: a prefix
 of closed segments can go when the log at their end is at most the snapshot
@@ -85,11 +100,14 @@ from sidecar.storage.record import (
     any_record_after,
     decode_at,
     encode,
+    mark_batch_start,
 )
 
 MAGIC = b"RWAL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: batches start with a ``BATCH_START`` record. 1 (read, never appended to): no flags."""
 HEADER_DATA = MAGIC + struct.pack("<H", FORMAT_VERSION)
+_HEADER_VERSIONS = {MAGIC + struct.pack("<H", v): v for v in (1, FORMAT_VERSION)}
 DEFAULT_SEGMENT_BYTES = 64 << 20
 MAX_PENDING_BYTES = 8 << 20
 """Bound of the group-commit buffer; appenders wait while it is full."""
@@ -141,6 +159,8 @@ class _Segment:
     """Smallest index of any ENTRY record in the segment."""
     end_index: int | None = None
     """Last index at the end of the segment, once it is closed (the next base_index)."""
+    version: int = FORMAT_VERSION
+    """Format version from the header: records of version 1 carry no BATCH_START flags."""
 
 
 class _Group:
@@ -332,16 +352,27 @@ class WriteAheadLog:
             if isinstance(decoded, Damage):
                 # Only a newer segment's header can be torn (created, not yet synced).
                 # The very first segment may also be a log that never finished its birth.
+                # The header starts a batch: a batch starting after it was acknowledged.
                 newborn = bool(segments) or (seq == 0 and first == 1)
-                if is_last and newborn and any_record_after(buf, 0) is None:
+                flagged = bool(segments) and segments[-1].version >= 2
+                if (
+                    is_last
+                    and newborn
+                    and any_record_after(buf, 0, batch_start_only=flagged) is None
+                ):
                     fs.unlink(path)
                     fs.sync_dir(directory)
                     torn = TornTail(path, 0, len(buf))
                     break
                 raise CorruptionError(path, 0, f"bad segment header: {decoded.reason}")
             header, offset = decoded
-            if header.kind is not RecordKind.SEGMENT_HEADER or header.data != HEADER_DATA:
-                raise CorruptionError(path, 0, "first record is not a segment header of version 1")
+            version = _HEADER_VERSIONS.get(header.data)
+            if header.kind is not RecordKind.SEGMENT_HEADER or version is None:
+                raise CorruptionError(
+                    path,
+                    0,
+                    f"first record is not a segment header of version 1 to {FORMAT_VERSION}",
+                )
             base, base_term = header.index, header.term
             if first != base + 1:
                 raise CorruptionError(path, 0, f"header continues from {base}, name says {first}")
@@ -361,14 +392,16 @@ class WriteAheadLog:
             while offset < size:
                 decoded = decode_at(buf, offset)
                 if isinstance(decoded, Damage):
-                    if is_last and any_record_after(buf, offset) is None:
+                    # Torn iff no batch starts after the damage (in version 1: no record).
+                    flagged = version >= 2
+                    if is_last and any_record_after(buf, offset, batch_start_only=flagged) is None:
                         torn = TornTail(path, offset, size - offset)
                         break
                     raise CorruptionError(path, offset, decoded.reason)
                 rec, end = decoded
                 replay.apply(rec, path, offset)
                 offset = end
-            segments.append(_Segment(seq, path, base, base_term, replay.min_entry))
+            segments.append(_Segment(seq, path, base, base_term, replay.min_entry, version=version))
             active_bytes = offset
 
         if replay is None or not segments:  # only a stillborn first segment was found
@@ -398,7 +431,7 @@ class WriteAheadLog:
     ) -> tuple[WriteAheadLog, WalContents]:
         path = posixpath.join(directory, segment_name(0, 1))
         active = fs.open_truncate(path)
-        header = encode(RecordKind.SEGMENT_HEADER, 0, 0, HEADER_DATA)
+        header = encode(RecordKind.SEGMENT_HEADER, 0, 0, HEADER_DATA, batch_start=True)
         active.write(header)
         active.sync()
         fs.sync_dir(directory)
@@ -626,7 +659,7 @@ class WriteAheadLog:
         self._flushing = True
         group = self._inflight = self._gathering
         self._gathering = _Group(self._mu)
-        batch = b"".join(self._pending)
+        records = self._pending
         min_entry = self._pending_min_entry
         end_state = (self._base_index + len(self._terms), self._term_at_last(), self._commit)
         self._pending = []
@@ -635,7 +668,7 @@ class WriteAheadLog:
         self._room.notify_all()
         self._mu.release()
         try:
-            self._write(batch, min_entry, end_state)
+            self._write(records, min_entry, end_state)
         except BaseException as exc:
             self._mu.acquire()
             self._flushing = False
@@ -662,11 +695,18 @@ class WriteAheadLog:
 
     # ---- file I/O (no _mu held) -----------------------------------------------
 
-    def _write(self, batch: bytes, min_entry: int | None, end_state: tuple[int, int, int]) -> None:
+    def _write(
+        self, records: list[bytes], min_entry: int | None, end_state: tuple[int, int, int]
+    ) -> None:
+        records[0] = mark_batch_start(records[0])
+        batch = b"".join(records)
         with self._io:
             if self._failure is not None:  # a compaction failed while we waited for _io
                 raise _after_failure(self._failure)
-            if self._active_bytes >= self._segment_bytes:
+            if (
+                self._active_bytes >= self._segment_bytes
+                or self._segments[-1].version != FORMAT_VERSION
+            ):
                 self._roll()
             self._active.write(batch)
             self._active_bytes += len(batch)
@@ -681,8 +721,8 @@ class WriteAheadLog:
         base, base_term = self._w_last_index, self._w_last_term
         seq = self._segments[-1].seq + 1
         path = posixpath.join(self._dir, segment_name(seq, base + 1))
-        header = encode(RecordKind.SEGMENT_HEADER, base, base_term, HEADER_DATA)
-        if self._w_commit:
+        header = encode(RecordKind.SEGMENT_HEADER, base, base_term, HEADER_DATA, batch_start=True)
+        if self._w_commit:  # same batch as the header
             header += encode(RecordKind.COMMIT, self._w_commit, 0)
         new = self._fs.open_truncate(path)
         new.write(header)

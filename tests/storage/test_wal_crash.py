@@ -3,9 +3,10 @@
 Each seed runs a few *epochs* on one simulated disk. An epoch opens the log
 through ``PowerCut``, which lets a random number of mutating file-system
 operations through and then cuts the power: it takes ``CrashFileSystem.crash()``
-(only fsynced bytes and dir-synced names survive), lets a random prefix of each
-file's unsynced bytes reach the disk (a torn write), may persist a not yet
-synced create or unlink, and fails every later operation. The workload
+(only fsynced bytes and dir-synced names survive), lets some of each file's
+unsynced bytes reach the disk (a torn write: a random prefix, or random
+"sectors" of it in any order, the lost ones read as zeros), may persist a not
+yet synced create or unlink, and fails every later operation. The workload
 appends (with overwrites of the uncommitted suffix), records commits, resets,
 compacts and rolls segments (small ``segment_bytes``).
 
@@ -67,7 +68,8 @@ class PowerCut:
             if name not in durable:
                 if rng.random() < 0.3:  # the create reached the disk, some of the data too
                     data = self.inner.read_bytes(path)
-                    _put(after, path, data[: rng.randint(0, len(data))])
+                    keep = rng.random() < 0.7 and data
+                    _put(after, path, _tear(data, rng) if keep else data[: rng.randint(0, 4)])
                 continue
             if name not in current:
                 if rng.random() < 0.5:  # the unlink reached the disk before its dir sync
@@ -76,10 +78,7 @@ class PowerCut:
                 continue
             old, new = after.read_bytes(path), self.inner.read_bytes(path)
             if len(new) > len(old) and new.startswith(old) and rng.random() < 0.6:
-                torn = new[len(old) : len(old) + rng.randint(1, len(new) - len(old))]
-                if rng.random() < 0.2:
-                    torn = bytes(len(torn))  # blocks allocated, data never written
-                _put(after, path, old + torn)
+                _put(after, path, old + _tear(new[len(old) :], rng))
         return after
 
     # ---- FileSystem ----------------------------------------------------------
@@ -116,6 +115,21 @@ class PowerCut:
     def sync_dir(self, path: str) -> None:
         self.tick(path)
         self.inner.sync_dir(path)
+
+
+def _tear(unsynced: bytes, rng: random.Random) -> bytes:
+    """What of ``unsynced`` (written, not fsynced, one batch) a power cut leaves on disk."""
+    roll = rng.random()
+    if roll < 0.3:  # sectors persisted out of order: any subset of them
+        sector = rng.choice([7, 16, 64])
+        return b"".join(
+            unsynced[i : i + sector] if rng.random() < 0.5 else bytes(len(unsynced[i : i + sector]))
+            for i in range(0, len(unsynced), sector)
+        )
+    torn = unsynced[: rng.randint(1, len(unsynced))]
+    if roll < 0.45:
+        torn = bytes(len(torn))  # blocks allocated, data never written
+    return torn
 
 
 def _put(fs: CrashFileSystem, path: str, data: bytes) -> None:

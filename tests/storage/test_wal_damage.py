@@ -1,9 +1,11 @@
 """Recovery from damaged segments: torn tails are cut and reported, anything else is corruption.
 
 The rule under test (``sidecar.storage.wal``): a record that cannot be read is
-a torn tail only when it is in the last segment and no whole record follows
-it; then the file is cut back to the last good record, durably. Everywhere
-else ``CorruptionError`` names the file and the damaged record's offset.
+a torn tail only when it is in the last segment and no whole record that
+starts a batch (one write and one fsync) follows it; then the file is cut back
+to the last good record, durably. Everywhere else ``CorruptionError`` names
+the file and the damaged record's offset. Out-of-order damage inside the
+final batch is in ``test_wal_torn_batch.py``.
 """
 
 from __future__ import annotations
@@ -116,9 +118,22 @@ def test_flipped_byte_in_an_earlier_segment_is_corruption(name: str) -> None:
             assert start <= err.value.offset < end, f"byte {pos}: {err.value}"
 
 
-def test_flipped_byte_before_the_last_record_of_the_last_segment_is_corruption() -> None:
+def _final_batch(buf: bytes) -> int:
+    """The position (in ``record_offsets``) of the first record of the final batch."""
+    starts = []
+    for k, (start, _) in enumerate(record_offsets(buf)):
+        decoded = decode_at(buf, start)
+        assert isinstance(decoded, tuple)
+        if decoded[0].batch_start:
+            starts.append(k)
+    return starts[-1]
+
+
+def test_flipped_byte_before_the_final_batch_of_the_last_segment_is_corruption() -> None:
     records = record_offsets(FILES[LAST])
-    for start, end in records[:-1]:
+    final = _final_batch(FILES[LAST])
+    assert final == 2  # header and commit (the roll's batch), then the 6 tail entries
+    for start, end in records[:final]:
         for pos in range(start, end):
             with pytest.raises(CorruptionError) as err:
                 WriteAheadLog.open(copy_fs(_flip(FILES, LAST, pos)), D)
@@ -137,13 +152,33 @@ def test_flipped_byte_in_the_final_record_reads_as_a_torn_tail() -> None:
         assert got.torn_tail == TornTail(posixpath.join(D, LAST), start, end - start)
 
 
-def test_zeros_after_the_last_record_are_a_torn_tail_but_good_data_after_them_is_not() -> None:
+def test_flipped_byte_anywhere_in_the_final_batch_reads_as_a_torn_tail() -> None:
+    # Later records of the batch stay intact, as when a disk persists a batch's sectors
+    # out of order; the damage cannot be told from that, so it is cut (and reported).
+    buf = FILES[LAST]
+    records = record_offsets(buf)
+    for start, end in records[_final_batch(buf) :]:
+        index = _index_of(buf, start)
+        assert index is not None
+        for pos in range(start, end):
+            _, got = WriteAheadLog.open(copy_fs(_flip(FILES, LAST, pos)), D)
+            assert got.entries == ENTRIES[: index - 1], f"byte {pos}"
+            assert got.torn_tail == TornTail(posixpath.join(D, LAST), start, len(buf) - start)
+
+
+def test_zeros_after_the_last_record_are_a_torn_tail_but_a_batch_after_them_is_not() -> None:
     buf = FILES[LAST]
     zeros = {**FILES, LAST: buf + bytes(100)}
     _, got = WriteAheadLog.open(copy_fs(zeros), D)
     assert got.entries == ENTRIES
     assert got.torn_tail == TornTail(posixpath.join(D, LAST), len(buf), 100)
-    more = encode(RecordKind.ENTRY, len(ENTRIES) + 1, 4, b"\x01late")
+    # A batch whose first record is lost: the rest of it is still a torn tail.
+    more = encode(RecordKind.ENTRY, len(ENTRIES) + 2, 4, b"\x01late")
+    _, got = WriteAheadLog.open(copy_fs({**FILES, LAST: buf + bytes(30) + more}), D)
+    assert got.entries == ENTRIES
+    assert got.torn_tail == TornTail(posixpath.join(D, LAST), len(buf), 30 + len(more))
+    # A batch starting after the damage: the damage was acknowledged.
+    more = encode(RecordKind.ENTRY, len(ENTRIES) + 2, 4, b"\x01late", batch_start=True)
     hole = {**FILES, LAST: buf + bytes(30) + more}
     with pytest.raises(CorruptionError) as err:
         WriteAheadLog.open(copy_fs(hole), D)
