@@ -154,13 +154,25 @@ class RaftNode:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"raft-node-{self.id}")
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the loop stopped by itself (a storage error), or None."""
+        return self._stopped
+
+    async def wait(self) -> None:
+        """Return when the loop ends; raises what ended it (e.g. StorageIOError)."""
+        if self._task is not None:
+            await self._task
+
     async def stop(self) -> None:
+        """End the loop and close storage; a failure that ended it was already logged."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._fail_waiters(NodeStopped("the node stopped"))
-        self._storage.close()
+        with contextlib.suppress(Exception):
+            self._storage.close()
 
     def deliver(self, messages: Sequence[Message]) -> None:
         """Queue peer messages; drops what does not fit (Raft tolerates loss)."""
