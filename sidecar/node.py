@@ -11,7 +11,7 @@ the API). Each turn of the loop
 2. steps every queued input into the core (at most ``max_inputs_per_turn``),
    proposals of one turn going in as one ``propose_batch``;
 3. handles the ready batches in the order the core requires: persist (in a
-   worker thread: fsync must not stall the loop), then send, then apply to
+   the node's disk thread: fsync must not stall the loop), then send, then apply to
    the state machine and answer the waiting proposals and reads, then
    ``advance``.
 
@@ -31,6 +31,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -137,6 +138,9 @@ class RaftNode:
         self._transfer_to: str | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One thread of our own for fsyncs: writes stay in order, and stop()
+        # can shut it down instead of leaving it to the loop's default pool.
+        self._disk_thread = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{raft_config.node_id}")
         self._stopped: BaseException | None = None
         self.soft_state = SoftState(Role.FOLLOWER, None, recovered.hard_state.term)
 
@@ -171,6 +175,7 @@ class RaftNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._fail_waiters(NodeStopped("the node stopped"))
+        self._disk_thread.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self._storage.close()
 
@@ -244,8 +249,13 @@ class RaftNode:
                 idle = self._inbox.empty() and self._proposals.empty()
                 idle = idle and not self._read_requests and self._transfer_to is None
                 if idle and not self._raft.has_ready():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    # Not asyncio.wait_for: on Python 3.11 it can swallow a
+                    # cancellation that races with the event, and stop() hangs.
+                    alarm = asyncio.get_running_loop().call_later(timeout, self._wakeup.set)
+                    try:
+                        await self._wakeup.wait()
+                    finally:
+                        alarm.cancel()
                 self._wakeup.clear()
                 now = time.monotonic()
                 while now >= next_tick:
@@ -305,7 +315,9 @@ class RaftNode:
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await asyncio.to_thread(self._storage.persist, rd.hard_state, rd.snapshot, rd.entries)
+            await asyncio.get_running_loop().run_in_executor(
+                self._disk_thread, self._storage.persist, rd.hard_state, rd.snapshot, rd.entries
+            )
         if rd.messages:
             self._outbox.send(rd.messages)
         if rd.snapshot is not None:

@@ -14,7 +14,7 @@ import pytest
 from sidecar.node import NodeError, RaftNode
 from sidecar.raft import RaftError
 from sidecar.storage.errors import StorageIOError
-from tests.node.test_node_runtime import IDS, Wiring, leader_of, make_node, until
+from tests.node.test_node_runtime import IDS, Wiring, leader_of, make_node, run, until
 
 
 @pytest.fixture
@@ -78,4 +78,4 @@ def test_full_disk_stops_nodes_and_restart_loses_nothing_acknowledged(small_disk
         for node in list(wiring.nodes.values()):
             await node.stop()
 
-    asyncio.run(asyncio.wait_for(main(), 120))
+    run(main, 120)

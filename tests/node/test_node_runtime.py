@@ -83,8 +83,20 @@ def leader_of(wiring: Wiring) -> RaftNode | None:
     return leaders[0] if len(leaders) == 1 else None
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 60))
+def run(test: Callable[[], Awaitable[None]], seconds: float = 60) -> None:
+    """Run an async test; on a hang, print every task's stack and fail."""
+
+    async def guarded() -> None:
+        task = asyncio.ensure_future(test())
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            for other in asyncio.all_tasks():
+                other.print_stack(limit=8)
+            task.cancel()
+            raise AssertionError(f"the test did not finish within {seconds} s")
+        task.result()
+
+    asyncio.run(guarded())
 
 
 def test_elects_replicates_applies_and_survives_leader_loss(tmp_path: Path) -> None:
