@@ -1,0 +1,25 @@
+"""Errors of the peer transport.
+
+Split as h11 does: ``TransportUsageError`` means the local runtime misused the
+API (a bug here); ``WireFormatError`` means a peer sent something malformed
+(the peer misbehaved). Neither ever reaches a peer as a stack trace: the
+server maps them to gRPC status codes at the boundary.
+"""
+
+from __future__ import annotations
+
+
+class TransportError(Exception):
+    """Root of every error the transport raises."""
+
+
+class TransportUsageError(TransportError):
+    """The runtime broke the transport's contract, e.g. ``send`` before ``start``."""
+
+
+class WireFormatError(TransportError):
+    """A peer sent a message that does not decode to a valid Raft message."""
+
+
+class InboxFull(TransportError):
+    """The local inbox cannot take the batch now; the server answers RESOURCE_EXHAUSTED."""

@@ -1,0 +1,848 @@
+"""The gRPC peer transport: a server for inbound Raft messages, a client per peer.
+
+Theory of operation
+-------------------
+Raft tolerates lost, duplicated and delayed messages but not blocked ones: a
+runtime loop that waits on a dead peer stops ticking and the whole node stalls.
+So nothing here ever blocks the caller, and every buffer has a bound; when a
+bound is hit, messages are dropped and counted, and the core's own timers
+(heartbeats, append retries, snapshot resends) repair the loss.
+
+Outbound (``PeerClient``, one per remote peer):
+
+* ``send(msg)`` encodes the message at once (so a bad message fails at the
+  call site) and appends it to a bounded deque; it never awaits.
+* A sender task takes up to ``max_batch_messages`` / ``max_batch_bytes`` off
+  the front and ships them in one ``Deliver`` call, in order.
+* If the call fails with UNAVAILABLE or DEADLINE_EXCEEDED, the batch goes back
+  to the front of the deque (it is the oldest) and the oldest messages beyond
+  the bound are dropped; any other failure drops the batch. Either way the
+  task then waits a capped, jittered exponential backoff (tenacity's
+  ``wait_random_exponential``) before the next attempt; a success resets it.
+  Memory while a peer is down is therefore the deque's bound, nothing more.
+* ``SnapshotRequest`` messages bypass the deque: they go to a one-slot mailbox
+  (a newer snapshot replaces an unsent older one, counted as a drop) served
+  by a second task that streams them through ``InstallSnapshot`` in chunks.
+  Heartbeats keep flowing while a large snapshot is on the wire.
+
+Inbound (``PeerServicer`` on a ``grpc.aio`` server):
+
+* ``cluster_id`` and ``to_node`` must match this node, else
+  FAILED_PRECONDITION; a batch that does not decode is INVALID_ARGUMENT and
+  nothing of it is delivered; the decoded batch goes to the injected async
+  ``deliver`` callback, which may raise ``InboxFull`` (RESOURCE_EXHAUSTED,
+  batch dropped). ``Inbox`` is a bounded ready-made callback.
+* ``InstallSnapshot`` reads the header, refuses an announced size above
+  ``max_snapshot_bytes`` before reading any data, collects chunks, refuses
+  more bytes than announced, and delivers a ``SnapshotRequest`` only when the
+  byte count matches exactly (``accepted=False`` otherwise).
+
+Task ownership: each ``PeerClient`` owns its two tasks and its channel and
+ends all of them in ``stop()``; ``PeerServer`` owns the ``grpc.aio`` server;
+``Transport`` owns both and is the only object the runtime talks to. All of
+it runs on one event loop; none of it is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc  # type: ignore[import-untyped]
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
+from sidecar.raft.messages import Message, SnapshotRequest
+from sidecar.raft.types import NodeId
+from sidecar.transport.codec import (
+    check_snapshot_header,
+    from_wire,
+    snapshot_from_header_and_data,
+    snapshot_header,
+    to_wire,
+)
+from sidecar.transport.errors import InboxFull, TransportUsageError, WireFormatError
+
+__all__ = [
+    "DeliverCallback",
+    "Inbox",
+    "PeerClient",
+    "PeerServer",
+    "PeerServicer",
+    "PeerStats",
+    "Transport",
+    "TransportConfig",
+]
+
+_log = structlog.get_logger("sidecar.transport")
+
+MiB = 1 << 20
+
+DeliverCallback = Callable[[list[Message]], Awaitable[None]]
+"""Hands a decoded batch to the local node; may raise ``InboxFull``."""
+
+# Failures after which the same batch is worth another try: the peer is down
+# or slow. Anything else (FAILED_PRECONDITION, INVALID_ARGUMENT,
+# RESOURCE_EXHAUSTED...) would fail again the same way, so the batch is dropped.
+_RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Bounds and timings of the transport; checked on construction."""
+
+    max_queue_messages: int = 1024
+    """Outbound messages held per peer; beyond it the oldest are dropped."""
+    max_queue_bytes: int = 64 * MiB
+    """Encoded bytes held per peer; beyond it the oldest are dropped."""
+    max_batch_messages: int = 64
+    """Messages per Deliver call."""
+    max_batch_bytes: int = 2 * MiB
+    """Encoded bytes per Deliver call (a single larger message travels alone)."""
+    max_inbound_batch_messages: int = 256
+    """Messages per inbound Deliver call a server accepts (room for peers
+    configured with a larger ``max_batch_messages``)."""
+    max_message_bytes: int = 16 * MiB
+    """gRPC send/receive limit; must exceed the largest single Raft message."""
+    snapshot_chunk_bytes: int = 1 * MiB
+    """Data per InstallSnapshot chunk, well below the gRPC message limit."""
+    max_snapshot_bytes: int = 1024 * MiB
+    """Largest snapshot a server accepts; the header is refused above it."""
+    max_concurrent_snapshots: int = 2
+    """Inbound snapshot streams held in memory at once; more are refused."""
+    rpc_timeout_s: float = 2.0
+    """Deadline of one Deliver call."""
+    snapshot_timeout_s: float = 60.0
+    """Deadline of one whole InstallSnapshot stream."""
+    backoff_multiplier_s: float = 0.05
+    """Scale of the exponential backoff between failed attempts."""
+    backoff_max_s: float = 2.0
+    """Cap of the backoff, and of gRPC's own reconnect backoff."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_queue_messages",
+            "max_queue_bytes",
+            "max_batch_messages",
+            "max_batch_bytes",
+            "max_inbound_batch_messages",
+            "max_message_bytes",
+            "snapshot_chunk_bytes",
+            "max_snapshot_bytes",
+            "max_concurrent_snapshots",
+        ):
+            if getattr(self, name) < 1:
+                raise TransportUsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rpc_timeout_s", "snapshot_timeout_s", "backoff_multiplier_s"):
+            if getattr(self, name) <= 0:
+                raise TransportUsageError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.backoff_max_s < self.backoff_multiplier_s:
+            raise TransportUsageError("backoff_max_s must be >= backoff_multiplier_s")
+        if self.snapshot_chunk_bytes + 4096 > self.max_message_bytes:
+            raise TransportUsageError("snapshot_chunk_bytes must fit well inside max_message_bytes")
+        if self.max_batch_bytes > self.max_message_bytes:
+            raise TransportUsageError("max_batch_bytes must not exceed max_message_bytes")
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            # gRPC's own reconnect backoff defaults to 1 s growing to 120 s;
+            # cap it like ours so a returning peer is found within seconds.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", max(100, int(self.backoff_max_s * 1000))),
+        ]
+
+
+# --- inbound ------------------------------------------------------------------
+
+
+class Inbox:
+    """A bounded inbox usable as the server's ``deliver`` callback.
+
+    A batch is taken whole or not at all: ``deliver`` raises ``InboxFull``
+    when the batch does not fit, and the server answers RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, max_messages: int = 4096) -> None:
+        if max_messages < 1:
+            raise TransportUsageError(f"max_messages must be >= 1, got {max_messages}")
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=max_messages)
+        self.dropped_batches = 0
+
+    async def deliver(self, messages: list[Message]) -> None:
+        """Enqueue the whole batch; raises ``InboxFull`` if it does not fit."""
+        free = self._queue.maxsize - self._queue.qsize()
+        if len(messages) > free:
+            self.dropped_batches += 1
+            raise InboxFull(f"inbox full: {len(messages)} messages offered, room for {free}")
+        for m in messages:
+            self._queue.put_nowait(m)
+
+    async def get(self) -> Message:
+        """The next message, waiting for one."""
+        return await self._queue.get()
+
+    def drain(self) -> list[Message]:
+        """Every message queued now, oldest first, without waiting."""
+        out: list[Message] = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+
+class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
+    """``RaftPeerService`` of one node: checks, decodes and hands over messages.
+
+    Every refusal is an ``abort`` with a status code and a one-line message;
+    an unexpected error in ``deliver`` is logged here and answered INTERNAL,
+    so a peer never sees a stack trace.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        cluster_id: str,
+        deliver: DeliverCallback,
+        config: TransportConfig = TransportConfig(),
+        current_term: Callable[[], int] | None = None,
+    ) -> None:
+        if not node_id or not cluster_id:
+            raise TransportUsageError("node_id and cluster_id must not be empty")
+        self._node_id = node_id
+        self._cluster_id = cluster_id
+        self._deliver = deliver
+        self._cfg = config
+        self._current_term = current_term or (lambda: 0)
+        # Invariant: 0 <= snapshots_in_progress <= max_concurrent_snapshots
+        # (one event loop, so a plain counter needs no lock).
+        self.snapshots_in_progress = 0
+        self.delivered_messages = 0
+        self.refused_requests = 0
+        self.snapshots_received = 0
+
+    async def Deliver(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.DeliverRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.DeliverResponse:
+        await self._check_addressing(request.cluster_id, request.to_node, context)
+        if request.from_node == request.to_node:
+            await self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "from_node and to_node are the same"
+            )
+        if len(request.messages) > self._cfg.max_inbound_batch_messages:
+            await self._refuse(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch of {len(request.messages)} messages exceeds the limit of "
+                f"{self._cfg.max_inbound_batch_messages}",
+            )
+        messages: list[Message] = []
+        for i, pb in enumerate(request.messages):
+            try:
+                messages.append(from_wire(pb, request.from_node, request.to_node))
+            except WireFormatError as e:
+                await self._refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed messages[{i}]: {e}"
+                )
+        if messages:
+            await self._hand_over(messages, context)
+        return peer_pb2.DeliverResponse()
+
+    async def InstallSnapshot(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[peer_pb2.InstallSnapshotRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> peer_pb2.InstallSnapshotResponse:
+        if self.snapshots_in_progress >= self._cfg.max_concurrent_snapshots:
+            await self._refuse(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"already receiving {self._cfg.max_concurrent_snapshots} snapshots",
+            )
+        self.snapshots_in_progress += 1
+        try:
+            return await self._receive_snapshot(request_iterator, context)
+        finally:
+            self.snapshots_in_progress -= 1
+
+    async def _receive_snapshot(
+        self,
+        request_iterator: AsyncIterator[peer_pb2.InstallSnapshotRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> peer_pb2.InstallSnapshotResponse:
+        header: peer_pb2.InstallSnapshotHeader | None = None
+        sender = ""
+        chunks: list[bytes] = []
+        received = 0
+        async for req in request_iterator:
+            await self._check_addressing(req.cluster_id, req.to_node, context)
+            payload = req.WhichOneof("payload")
+            if header is None:
+                if payload != "header":
+                    await self._refuse(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "snapshot stream must open with a header",
+                    )
+                header, sender = req.header, req.from_node
+                try:
+                    check_snapshot_header(header, sender)
+                except WireFormatError as e:
+                    await self._refuse(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, f"bad snapshot header: {e}"
+                    )
+                if header.total_size_bytes > self._cfg.max_snapshot_bytes:
+                    await self._refuse(
+                        context,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"snapshot of {header.total_size_bytes} bytes exceeds the limit of "
+                        f"{self._cfg.max_snapshot_bytes} bytes",
+                    )
+                continue
+            if payload != "chunk" or req.from_node != sender:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "after the header a snapshot stream carries only chunks from the same sender",
+                )
+            received += len(req.chunk)
+            if received > header.total_size_bytes:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"snapshot stream carries more than the announced "
+                    f"{header.total_size_bytes} bytes",
+                )
+            chunks.append(req.chunk)
+        if header is None:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "empty snapshot stream")
+        term = self._current_term()
+        if received != header.total_size_bytes:
+            _log.warning(
+                "snapshot_truncated",
+                node_id=self._node_id,
+                sender=sender,
+                received_bytes=received,
+                total_size_bytes=header.total_size_bytes,
+            )
+            return peer_pb2.InstallSnapshotResponse(
+                term=term, accepted=False, received_bytes=received
+            )
+        data = b"".join(chunks)
+        chunks.clear()
+        try:
+            msg = snapshot_from_header_and_data(header, data, sender, self._node_id)
+        except WireFormatError as e:  # pragma: no cover - checked above already
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        await self._hand_over([msg], context)
+        self.snapshots_received += 1
+        return peer_pb2.InstallSnapshotResponse(term=term, accepted=True, received_bytes=received)
+
+    async def _check_addressing(
+        self, cluster_id: str, to_node: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        if cluster_id != self._cluster_id:
+            await self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cluster_id {cluster_id!r} is not this node's cluster {self._cluster_id!r}",
+            )
+        if to_node != self._node_id:
+            await self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"request for node {to_node!r} reached node {self._node_id!r}",
+            )
+
+    async def _hand_over(self, messages: list[Message], context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self._deliver(messages)
+        except InboxFull as e:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except Exception:
+            _log.exception("deliver_failed", node_id=self._node_id, messages=len(messages))
+            await self._refuse(
+                context, grpc.StatusCode.INTERNAL, "the node failed to take the batch"
+            )
+        self.delivered_messages += len(messages)
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
+    ) -> NoReturn:
+        """Abort the RPC; never returns (``context.abort`` raises)."""
+        self.refused_requests += 1
+        _log.info("peer_request_refused", node_id=self._node_id, code=code.name, details=details)
+        await context.abort(code, details)
+        raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
+
+
+class PeerServer:
+    """A ``grpc.aio`` server carrying ``PeerServicer`` on one address.
+
+    TLS hook: pass ``server_credentials`` (``grpc.ssl_server_credentials``)
+    to serve over TLS instead of plaintext.
+    """
+
+    def __init__(
+        self,
+        servicer: PeerServicer,
+        listen_address: str,
+        *,
+        config: TransportConfig = TransportConfig(),
+        server_credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.servicer = servicer
+        self._listen_address = listen_address
+        self._cfg = config
+        self._credentials = server_credentials
+        self._server: Any = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with ``host:0``).
+
+        Raises ``TransportUsageError`` if already started or the address
+        cannot be bound.
+        """
+        if self._server is not None:
+            raise TransportUsageError("PeerServer already started")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", self._cfg.max_message_bytes),
+                ("grpc.max_receive_message_length", self._cfg.max_message_bytes),
+                # Without SO_REUSEPORT a second process on the same port fails
+                # to bind loudly instead of silently sharing the peer traffic.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        peer_pb2_grpc.add_RaftPeerServiceServicer_to_server(self.servicer, server)
+        try:
+            if self._credentials is None:
+                port = server.add_insecure_port(self._listen_address)
+            else:
+                port = server.add_secure_port(self._listen_address, self._credentials)
+        except RuntimeError as e:
+            raise TransportUsageError(f"cannot listen on {self._listen_address}: {e}") from e
+        if port == 0:
+            raise TransportUsageError(f"cannot listen on {self._listen_address}")
+        await server.start()
+        self._server, self.port = server, int(port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving; in-flight RPCs get ``grace_s`` seconds to finish."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace_s)
+
+
+# --- outbound -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """Counters of one outbound peer, for metrics."""
+
+    sent: int
+    """Messages the peer acknowledged (Deliver batches and accepted snapshots)."""
+    dropped: int
+    """Messages given up: queue overflow, non-retryable failures, replaced snapshots."""
+    failed_rpcs: int
+    """Deliver and InstallSnapshot calls that failed."""
+    snapshots_sent: int
+    queue_len: int
+    last_rtt_s: float | None
+    """Duration of the last successful Deliver call, None before the first."""
+    reachable: bool
+    """False from a failed call until the next successful one."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    pb: peer_pb2.RaftMessage
+    size: int
+
+
+class _RetryLater(Exception):
+    """The last Deliver failed; back off before the next attempt."""
+
+
+class PeerClient:
+    """Sends one node's messages to one remote peer, never blocking the caller.
+
+    Drop policy: when the outbound queue is full, the **oldest** messages are
+    dropped. Raft messages go stale: a heartbeat, vote request or append from
+    before the peer went away carries an old term and commit index, and the
+    core resends whatever is still needed. Keeping the newest ones means that
+    when the peer returns it first hears the sender's current term and state,
+    rather than replaying a backlog that its answers would only contradict.
+    The queue stays an in-order suffix of what the core sent. Drops are
+    counted in ``dropped``.
+
+    TLS hook: pass ``channel_credentials`` (``grpc.ssl_channel_credentials``)
+    to dial the peer over TLS.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        peer_id: NodeId,
+        address: str,
+        cluster_id: str,
+        config: TransportConfig = TransportConfig(),
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if not node_id or not peer_id or not cluster_id or not address:
+            raise TransportUsageError("node_id, peer_id, cluster_id and address must be set")
+        self.node_id = node_id
+        self.peer_id = peer_id
+        self.address = address
+        self._cluster_id = cluster_id
+        self._cfg = config
+        self._credentials = channel_credentials
+        # Invariant: len(_queue) <= max_queue_messages and
+        # _queued_bytes == sum of sizes <= max_queue_bytes, after every call.
+        self._queue: deque[_Queued] = deque()
+        self._queued_bytes = 0
+        self._has_work = asyncio.Event()
+        self._pending_snapshot: SnapshotRequest | None = None
+        self._has_snapshot = asyncio.Event()
+        self._channel: Any = None
+        self._stub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self.sent = 0
+        self.dropped = 0
+        self.failed_rpcs = 0
+        self.snapshots_sent = 0
+        self.last_rtt_s: float | None = None
+        self.reachable = True
+
+    # -- the caller's side (plain functions: they cannot block) --
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for the peer and return at once.
+
+        Raises ``TransportUsageError`` if ``msg`` is addressed to another
+        node or cannot be encoded (a bug in the caller).
+        """
+        if msg.recipient != self.peer_id:
+            raise TransportUsageError(f"message for {msg.recipient!r} given to {self.peer_id!r}")
+        if self._stopped:
+            self.dropped += 1
+            return
+        if isinstance(msg, SnapshotRequest):
+            if self._pending_snapshot is not None:
+                self.dropped += 1  # superseded before it left
+            self._pending_snapshot = msg
+            self._has_snapshot.set()
+            return
+        try:
+            pb = to_wire(msg)
+        except ValueError as e:
+            raise TransportUsageError(f"cannot encode {msg}: {e}") from e
+        self._queue.append(_Queued(pb, pb.ByteSize()))
+        self._queued_bytes += self._queue[-1].size
+        self._trim()
+        self._has_work.set()
+
+    def stats(self) -> PeerStats:
+        return PeerStats(
+            sent=self.sent,
+            dropped=self.dropped,
+            failed_rpcs=self.failed_rpcs,
+            snapshots_sent=self.snapshots_sent,
+            queue_len=len(self._queue),
+            last_rtt_s=self.last_rtt_s,
+            reachable=self.reachable,
+        )
+
+    @property
+    def queue_len(self) -> int:
+        return len(self._queue)
+
+    def _trim(self) -> None:
+        """Drop the oldest messages until both queue bounds hold."""
+        while self._queue and (
+            len(self._queue) > self._cfg.max_queue_messages
+            or self._queued_bytes > self._cfg.max_queue_bytes
+        ):
+            self._queued_bytes -= self._queue.popleft().size
+            self.dropped += 1
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        """Open the channel and start the sender tasks (no connection is awaited)."""
+        if self._channel is not None or self._stopped:
+            raise TransportUsageError(f"PeerClient for {self.peer_id!r} already started")
+        options = self._cfg.channel_options()
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.address, self._credentials, options=options
+            )
+        self._stub = peer_pb2_grpc.RaftPeerServiceStub(self._channel)
+        self._tasks = [
+            asyncio.create_task(self._run_deliveries(), name=f"peer-send-{self.peer_id}"),
+            asyncio.create_task(self._run_snapshots(), name=f"peer-snapshot-{self.peer_id}"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        # The tasks only end by cancellation; anything else is a bug that would
+        # silently cut this peer off, so say so at once (stop() re-reports it).
+        if not task.cancelled() and task.exception() is not None:
+            _log.error(
+                "peer_task_died",
+                node_id=self.node_id,
+                peer=self.peer_id,
+                task=task.get_name(),
+                error=repr(task.exception()),
+            )
+
+    async def stop(self) -> None:
+        """Cancel both tasks, wait for them, close the channel. Queued messages are dropped."""
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for r in results:
+            if isinstance(r, Exception):
+                _log.error("peer_task_failed", peer=self.peer_id, error=repr(r))
+        self.dropped += len(self._queue) + (self._pending_snapshot is not None)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._pending_snapshot = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    # -- the sender tasks --
+
+    async def _run_deliveries(self) -> None:
+        wait = wait_random_exponential(
+            multiplier=self._cfg.backoff_multiplier_s, max=self._cfg.backoff_max_s
+        )
+        while True:
+            # One AsyncRetrying per success: the backoff grows over consecutive
+            # failures only. reraise=True lets cancellation out unchanged.
+            async for attempt in AsyncRetrying(
+                wait=wait, retry=retry_if_exception_type(_RetryLater), reraise=True
+            ):
+                with attempt:
+                    await self._deliver_one_batch()
+
+    async def _deliver_one_batch(self) -> None:
+        while not self._queue:
+            self._has_work.clear()
+            await self._has_work.wait()
+        batch = self._take_batch()
+        request = peer_pb2.DeliverRequest(
+            cluster_id=self._cluster_id,
+            from_node=self.node_id,
+            to_node=self.peer_id,
+            messages=[q.pb for q in batch],
+        )
+        started = time.monotonic()
+        try:
+            await self._stub.Deliver(request, timeout=self._cfg.rpc_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            self.failed_rpcs += 1
+            if e.code() in _RETRYABLE_CODES:
+                self._requeue(batch)
+            else:
+                self.dropped += len(batch)
+            self._mark_unreachable("Deliver", e)
+            raise _RetryLater from e
+        self.last_rtt_s = time.monotonic() - started
+        self.sent += len(batch)
+        self._mark_reachable()
+
+    def _take_batch(self) -> list[_Queued]:
+        batch = [self._queue.popleft()]
+        size = batch[0].size
+        while (
+            self._queue
+            and len(batch) < self._cfg.max_batch_messages
+            and size + self._queue[0].size <= self._cfg.max_batch_bytes
+        ):
+            batch.append(self._queue.popleft())
+            size += batch[-1].size
+        self._queued_bytes -= size
+        return batch
+
+    def _requeue(self, batch: list[_Queued]) -> None:
+        """Put a failed batch back in front (it is older than anything queued), then trim."""
+        self._queue.extendleft(reversed(batch))
+        self._queued_bytes += sum(q.size for q in batch)
+        self._trim()
+
+    async def _run_snapshots(self) -> None:
+        while True:
+            await self._has_snapshot.wait()
+            self._has_snapshot.clear()
+            msg, self._pending_snapshot = self._pending_snapshot, None
+            if msg is not None:
+                await self._send_snapshot(msg)
+
+    async def _send_snapshot(self, msg: SnapshotRequest) -> None:
+        header = snapshot_header(msg)
+        data = msg.snapshot.data
+        chunk = self._cfg.snapshot_chunk_bytes
+        cluster_id, from_node, to_node = self._cluster_id, self.node_id, self.peer_id
+
+        async def requests() -> AsyncIterator[peer_pb2.InstallSnapshotRequest]:
+            # Every message names cluster and nodes, so the server checks each.
+            yield peer_pb2.InstallSnapshotRequest(
+                cluster_id=cluster_id, from_node=from_node, to_node=to_node, header=header
+            )
+            for offset in range(0, len(data), chunk):
+                yield peer_pb2.InstallSnapshotRequest(
+                    cluster_id=cluster_id,
+                    from_node=from_node,
+                    to_node=to_node,
+                    chunk=data[offset : offset + chunk],
+                )
+
+        try:
+            response = await self._stub.InstallSnapshot(
+                requests(), timeout=self._cfg.snapshot_timeout_s
+            )
+        except grpc.aio.AioRpcError as e:
+            self.failed_rpcs += 1
+            self.dropped += 1
+            self._mark_unreachable("InstallSnapshot", e)
+            return
+        if response.accepted:
+            self.sent += 1
+            self.snapshots_sent += 1
+        else:
+            self.dropped += 1
+            _log.warning(
+                "snapshot_not_accepted",
+                peer=self.peer_id,
+                received_bytes=response.received_bytes,
+                total_size_bytes=len(data),
+            )
+        self._mark_reachable()
+
+    def _mark_unreachable(self, rpc: str, error: Any) -> None:
+        if self.reachable:
+            _log.warning(
+                "peer_unreachable",
+                node_id=self.node_id,
+                peer=self.peer_id,
+                address=self.address,
+                rpc=rpc,
+                code=error.code().name,
+                details=error.details(),
+            )
+        self.reachable = False
+
+    def _mark_reachable(self) -> None:
+        if not self.reachable:
+            _log.info("peer_reachable", node_id=self.node_id, peer=self.peer_id)
+        self.reachable = True
+
+
+# --- the whole transport ------------------------------------------------------
+
+
+class Transport:
+    """The peer transport of one node: a server and a client per static peer.
+
+    ``peers`` maps node ids to ``host:port`` addresses; an entry for this node
+    itself is ignored. ``deliver`` receives every decoded inbound batch.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        cluster_id: str,
+        listen_address: str,
+        peers: Mapping[NodeId, str],
+        deliver: DeliverCallback,
+        config: TransportConfig = TransportConfig(),
+        server_credentials: grpc.ServerCredentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        current_term: Callable[[], int] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.servicer = PeerServicer(
+            node_id=node_id,
+            cluster_id=cluster_id,
+            deliver=deliver,
+            config=config,
+            current_term=current_term,
+        )
+        self.server = PeerServer(
+            self.servicer, listen_address, config=config, server_credentials=server_credentials
+        )
+        self.clients: dict[NodeId, PeerClient] = {
+            peer_id: PeerClient(
+                node_id=node_id,
+                peer_id=peer_id,
+                address=peers[peer_id],
+                cluster_id=cluster_id,
+                config=config,
+                channel_credentials=channel_credentials,
+            )
+            for peer_id in sorted(peers)
+            if peer_id != node_id
+        }
+        self.unroutable = 0
+        """Messages for a node that is not in the peer map (dropped)."""
+        self._started = False
+
+    @property
+    def port(self) -> int:
+        """The bound server port (0 before ``start``)."""
+        return self.server.port
+
+    async def start(self) -> None:
+        """Start serving and sending. Raises ``TransportUsageError`` if already started."""
+        if self._started:
+            raise TransportUsageError("Transport already started")
+        self._started = True
+        await self.server.start()
+        for peer_id in sorted(self.clients):
+            await self.clients[peer_id].start()
+
+    async def stop(self, grace_s: float | None = 0.5) -> None:
+        """Stop every client task and the server; no task is left behind."""
+        for peer_id in sorted(self.clients):
+            await self.clients[peer_id].stop()
+        await self.server.stop(grace_s)
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Route each message to its recipient's client; never blocks.
+
+        Messages for unknown nodes are dropped and counted in ``unroutable``.
+        """
+        for msg in messages:
+            client = self.clients.get(msg.recipient)
+            if client is None:
+                self.unroutable += 1
+                _log.debug("unroutable_message", node_id=self.node_id, recipient=msg.recipient)
+                continue
+            client.send(msg)
+
+    def stats(self) -> dict[NodeId, PeerStats]:
+        """Per-peer counters and last Deliver RTT, sorted by node id."""
+        return {peer_id: self.clients[peer_id].stats() for peer_id in sorted(self.clients)}
