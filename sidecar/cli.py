@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
 
+from sidecar.config import add_arguments
+
 DISTRIBUTION = "raft-sidecar"
 
 
@@ -26,6 +28,43 @@ def package_version() -> str:
 
 def _cmd_version(_args: argparse.Namespace) -> int:
     print(f"{DISTRIBUTION} {package_version()}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Exit status 2 for invalid settings, 1 when the node stopped on an error."""
+    from sidecar.app import run  # noqa: PLC0415 - keep `version` light
+    from sidecar.config import ConfigError, load  # noqa: PLC0415
+
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"raft-sidecar serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Print the cluster as one sidecar sees it; exit 1 when it cannot be reached."""
+    import grpc  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc  # noqa: PLC0415
+
+    try:
+        with grpc.insecure_channel(args.api) as channel:
+            stub = worker_pb2_grpc.ElectionServiceStub(channel)
+            status = stub.Status(worker_pb2.StatusRequest(), timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(
+            f"raft-sidecar status: {args.api}: {exc.code().name}: {exc.details()}", file=sys.stderr
+        )
+        return 1
+    role = worker_pb2.RaftRole.Name(status.role).removeprefix("RAFT_ROLE_").lower()
+    print(f"node {status.node_id}: {role}, term {status.term}, leader {status.leader_id or '-'}")
+    print(f"commit index {status.commit_index}, applied index {status.applied_index}")
+    for peer in status.peers:
+        kind = worker_pb2.PeerRole.Name(peer.role).removeprefix("PEER_ROLE_").lower()
+        print(f"  {peer.id:<20} {kind:<8} {peer.address:<24} match {peer.match_index}")
     return 0
 
 
@@ -50,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     version = subcommands.add_parser("version", help="print the version and exit")
     version.set_defaults(handler=_cmd_version)
+    serve = subcommands.add_parser("serve", help="run the sidecar")
+    add_arguments(serve)
+    serve.set_defaults(handler=_cmd_serve)
+    status = subcommands.add_parser("status", help="print the cluster as one sidecar sees it")
+    status.add_argument("--api", default="127.0.0.1:7401", help="the sidecar's worker API address")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    status.set_defaults(handler=_cmd_status)
     storage = subcommands.add_parser("storage", help="look at a data directory")
     storage_commands = storage.add_subparsers(
         dest="storage_command", metavar="SUBCOMMAND", required=True

@@ -1,0 +1,1 @@
+"""The worker-facing gRPC API of the sidecar."""

@@ -1,0 +1,280 @@
+"""``ElectionService``: the worker API, on top of the node and the elections state.
+
+Theory of operation. Writes (Campaign, Resign) become elections commands,
+proposed through the Raft leader and answered once applied. A queued
+Campaign then waits, until the call's deadline, for the apply that grants it.
+Reads (Leader, ListGrants, Status) answer from the local applied state;
+ValidateToken first passes a ReadIndex barrier, so its answer is
+linearizable. Every refusal is a gRPC status with a one-line message, mapped
+here and only here; no stack trace ever reaches a worker, and a refused
+request changes no state.
+
+This first slice answers UNAVAILABLE on a follower, naming the leader; the
+worker's client library retries. Forwarding to the leader, KeepAlive,
+Observe and lease expiry follow (until then the generated base class
+answers UNIMPLEMENTED for KeepAlive and Observe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc  # type: ignore[import-untyped]
+
+from sidecar.config import SidecarConfig
+from sidecar.elections import (
+    ApplyResult,
+    Campaign,
+    ElectionsError,
+    EndReason,
+    Grant,
+    InvalidArgument,
+    Outcome,
+    RejectReason,
+    Resign,
+    encode_command,
+    validate_name,
+    validate_token,
+    validate_ttl_ms,
+)
+from sidecar.machine import ElectionsMachine
+from sidecar.node import NodeError, Overloaded, RaftNode
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from sidecar.raft import NotLeader, RaftError, Role
+
+_ROLES = {
+    Role.FOLLOWER: worker_pb2.RAFT_ROLE_FOLLOWER,
+    Role.PRE_CANDIDATE: worker_pb2.RAFT_ROLE_PRE_CANDIDATE,
+    Role.CANDIDATE: worker_pb2.RAFT_ROLE_CANDIDATE,
+    Role.LEADER: worker_pb2.RAFT_ROLE_LEADER,
+}
+
+_END_REASONS = {
+    EndReason.RESIGNED: worker_pb2.GRANT_END_REASON_RESIGNED,
+    EndReason.EXPIRED: worker_pb2.GRANT_END_REASON_EXPIRED,
+    EndReason.REVOKED: worker_pb2.GRANT_END_REASON_REVOKED,
+}
+
+T = TypeVar("T")
+
+
+class _Abort(Exception):
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _token(grant: Grant) -> worker_pb2.LeadershipToken:
+    return worker_pb2.LeadershipToken(
+        election=grant.election,
+        candidate_id=grant.holder,
+        fencing_token=grant.token,
+        ttl_ms=grant.ttl_ms,
+        granted_at_index=grant.granted_index,
+    )
+
+
+class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
+    def __init__(self, config: SidecarConfig, node: RaftNode, machine: ElectionsMachine) -> None:
+        self._config = config
+        self._node = node
+        self._machine = machine
+        self._grant_waiters: dict[tuple[str, str], list[asyncio.Future[Grant]]] = {}
+        machine.listeners.append(self._on_apply)
+
+    # ---- plumbing ------------------------------------------------------------------
+
+    def _on_apply(self, result: ApplyResult) -> None:
+        granted = result.granted
+        if granted is None:
+            return
+        for waiter in self._grant_waiters.pop((granted.election, granted.holder), []):
+            if not waiter.done():
+                waiter.set_result(granted)
+
+    async def _guard(self, context: Any, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, turning every refusal into a status with a clear message."""
+        try:
+            return await call()
+        except _Abort as abort:
+            await context.abort(abort.code, abort.message)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotLeader as exc:
+            hint = exc.leader_hint or "unknown (an election is under way)"
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"this sidecar is not the Raft leader; leader: {hint}"
+            )
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except (NodeError, RaftError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"try again: {exc}")
+        except ElectionsError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def _propose(self, command: Any) -> ApplyResult:
+        _, result = await self._node.propose(encode_command(command))
+        if not isinstance(result, ApplyResult):
+            raise AssertionError(f"unexpected apply result {result!r}")
+        return result
+
+    @staticmethod
+    def _check_rejection(result: ApplyResult) -> None:
+        if result.outcome is not Outcome.REJECTED:
+            return
+        reason = result.reason
+        if reason is RejectReason.UNKNOWN_ELECTION:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no election named {result.election!r}")
+        if reason in (RejectReason.QUEUE_FULL, RejectReason.TOO_MANY_ELECTIONS):
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{reason.value} for {result.election!r}"
+            )
+        raise _Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{reason.value if reason else 'rejected'}: the token is not the current holder's",
+        )
+
+    # ---- RPCs ----------------------------------------------------------------------
+
+    async def Campaign(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def call() -> Any:
+            command = Campaign(
+                election=validate_name("election", request.election),
+                candidate=validate_name("candidate_id", request.candidate_id),
+                ttl_ms=validate_ttl_ms(
+                    request.ttl_ms,
+                    min_ttl_ms=self._config.ttl_min_ms,
+                    max_ttl_ms=self._config.ttl_max_ms,
+                ),
+                proposed_at_unix_ms=_now_ms(),
+            )
+            key = (command.election, command.candidate)
+            waiter: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+            self._grant_waiters.setdefault(key, []).append(waiter)
+            try:
+                result = await self._propose(command)
+                self._check_rejection(result)
+                if result.outcome in (Outcome.GRANTED, Outcome.ALREADY_HOLDER) and result.holder:
+                    return worker_pb2.CampaignResponse(token=_token(result.holder))
+                remaining = context.time_remaining()
+                try:
+                    grant = await asyncio.wait_for(asyncio.shield(waiter), remaining)
+                except TimeoutError:
+                    raise _Abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"{command.candidate} is queued for {command.election!r} "
+                        f"(position {result.queue_position}); not granted before the deadline",
+                    ) from None
+                return worker_pb2.CampaignResponse(token=_token(grant))
+            finally:
+                waiters = self._grant_waiters.get(key, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._grant_waiters.pop(key, None)
+
+        return await self._guard(context, call)
+
+    async def Resign(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def call() -> Any:
+            command = Resign(
+                election=validate_name("election", request.election),
+                token=validate_token(request.fencing_token),
+                proposed_at_unix_ms=_now_ms(),
+            )
+            result = await self._propose(command)
+            self._check_rejection(result)
+            return worker_pb2.ResignResponse(ended_at_index=result.index)
+
+        return await self._guard(context, call)
+
+    async def Leader(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def call() -> Any:
+            election = validate_name("election", request.election)
+            grant = self._machine.state.holder(election)
+            if grant is None:
+                return worker_pb2.LeaderResponse()
+            return worker_pb2.LeaderResponse(holder=_token(grant))
+
+        return await self._guard(context, call)
+
+    async def ValidateToken(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def call() -> Any:
+            election = validate_name("election", request.election)
+            token = validate_token(request.fencing_token)
+            await self._node.read_barrier()
+            grant = self._machine.state.holder(election)
+            current = grant.token if grant is not None else 0
+            return worker_pb2.ValidateTokenResponse(valid=current == token, current_token=current)
+
+        return await self._guard(context, call)
+
+    async def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
+        raft = self._node.raft
+        membership = raft.membership
+        peers = []
+        for peer_id in sorted(membership.members):
+            progress = raft.progress.get(peer_id)
+            peers.append(
+                worker_pb2.Peer(
+                    id=peer_id,
+                    address=self._config.peers.get(peer_id, ""),
+                    match_index=progress.match if progress else 0,
+                    role=worker_pb2.PEER_ROLE_VOTER
+                    if peer_id in membership.voters
+                    else worker_pb2.PEER_ROLE_LEARNER,
+                )
+            )
+        return worker_pb2.StatusResponse(
+            node_id=raft.id,
+            role=_ROLES[raft.role],
+            term=raft.term,
+            commit_index=raft.commit_index,
+            applied_index=raft.applied_index,
+            leader_id=raft.leader_id or "",
+            peers=peers,
+        )
+
+    async def KeepAlive(  # noqa: N802
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KeepAlive is not implemented yet")
+        yield worker_pb2.KeepAliveResponse()  # never reached: abort raises
+
+    async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Observe is not implemented yet")
+        yield worker_pb2.ObserveResponse()  # never reached: abort raises
+
+    async def ListGrants(self, request: Any, context: Any) -> Any:  # noqa: N802
+        async def call() -> Any:
+            election = validate_name("election", request.election)
+            limit = min(request.max_records or 100, 1000)
+            records = self._machine.state.audit(
+                election, after_token=request.after_fencing_token, limit=limit + 1
+            )
+            grants = [
+                worker_pb2.GrantRecord(
+                    fencing_token=r.token,
+                    holder=r.holder,
+                    granted_at_index=r.granted_index,
+                    ended_at_index=r.ended_index or 0,
+                    granted_at_unix_ms=r.granted_at_unix_ms,
+                    ended_at_unix_ms=r.ended_at_unix_ms or 0,
+                    end_reason=_END_REASONS[r.end_reason]
+                    if r.end_reason is not None
+                    else worker_pb2.GRANT_END_REASON_UNSPECIFIED,
+                )
+                for r in records[:limit]
+            ]
+            return worker_pb2.ListGrantsResponse(grants=grants, more=len(records) > limit)
+
+        return await self._guard(context, call)

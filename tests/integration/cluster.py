@@ -1,0 +1,162 @@
+"""Real sidecar processes on loopback, for integration tests.
+
+Each node is ``python -m sidecar.cli serve`` with its own data directory,
+peer port and API port, exactly as an operator would start it; tests talk to
+it with the generated gRPC stubs and kill it with real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+
+T = TypeVar("T")
+
+
+_PORTS = random.Random()
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768 and up here), so
+    that no outgoing connection can take it between this check and the bind."""
+    for _ in range(1000):
+        port = _PORTS.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
+@dataclass
+class Sidecar:
+    node_id: str
+    data_dir: Path
+    peer_port: int
+    api_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    channel: grpc.Channel | None = field(default=None, repr=False)
+
+    @property
+    def api(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def stub(self) -> Any:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.api)
+        return worker_pb2_grpc.ElectionServiceStub(self.channel)
+
+    def status(self) -> Any:
+        return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
+
+
+class Cluster:
+    def __init__(self, root: Path, size: int = 3, tick_ms: int = 10) -> None:
+        self.root = root
+        self.tick_ms = tick_ms
+        self.nodes = [
+            Sidecar(
+                f"s{i}",
+                root / f"s{i}",
+                free_port(),
+                free_port(),
+                root / f"s{i}.log",
+            )
+            for i in range(size)
+        ]
+        self.peers = ",".join(f"{n.node_id}=127.0.0.1:{n.peer_port}" for n in self.nodes)
+
+    def start(self, node: Sidecar) -> None:
+        command = [
+            sys.executable, "-m", "sidecar.cli", "serve",
+            "--node-id", node.node_id,
+            "--peers", self.peers,
+            "--data-dir", str(node.data_dir),
+            "--peer-listen", f"127.0.0.1:{node.peer_port}",
+            "--api-listen", node.api,
+            "--metrics-listen", f"127.0.0.1:{free_port()}",
+            "--tick-ms", str(self.tick_ms),
+            "--ttl-min-ms", "500",
+        ]  # fmt: skip
+        log = node.log_path.open("ab")
+        node.process = subprocess.Popen(command, stdout=log, stderr=log, env=os.environ.copy())
+
+    def start_all(self) -> None:
+        """Start every node and wait until each answers on its worker API."""
+        for node in self.nodes:
+            self.start(node)
+        for node in self.nodes:
+            eventually(lambda n=node: _answers(n), f"{node.node_id} to serve its API")
+
+    def kill(self, node: Sidecar, sig: int = signal.SIGKILL) -> int:
+        assert node.process is not None
+        node.process.send_signal(sig)
+        code = node.process.wait(timeout=20)
+        node.process = None
+        if node.channel is not None:
+            node.channel.close()
+            node.channel = None
+        return code
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.process is not None:
+                self.kill(node, signal.SIGTERM)
+
+    def leader(self, among: list[Sidecar] | None = None) -> Sidecar:
+        """The one live node that reports itself leader, waiting for an election."""
+
+        def find() -> Sidecar | None:
+            leaders = []
+            for node in among or self.nodes:
+                if node.process is None:
+                    continue
+                try:
+                    if node.status().role == worker_pb2.RAFT_ROLE_LEADER:
+                        leaders.append(node)
+                except grpc.RpcError:
+                    continue
+            return leaders[0] if len(leaders) == 1 else None
+
+        return eventually(find, "a single leader")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n.node_id} ---\n{n.log_path.read_text(errors='replace')[-3000:]}"
+            for n in self.nodes
+            if n.log_path.exists()
+        )
+
+
+def _answers(node: Sidecar) -> bool | None:
+    try:
+        node.status()
+    except grpc.RpcError:
+        return None
+    return True
+
+
+def eventually(probe: Callable[[], T | None], what: str, seconds: float = 20.0) -> T:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,158 @@
+"""Three real sidecar processes on loopback: elections, grants, handover,
+fencing tokens across failover and full restarts, and bad input."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration.cluster import Cluster, eventually
+
+ELECTION = "settlement-eur"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    c.start_all()
+    try:
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def campaign(stub: Any, candidate: str, timeout: float = 10, ttl_ms: int = 5000) -> Any:
+    request = worker_pb2.CampaignRequest(election=ELECTION, candidate_id=candidate, ttl_ms=ttl_ms)
+    return stub.Campaign(request, timeout=timeout).token
+
+
+def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def test_grant_handover_failover_and_restart(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    stub = leader.stub()
+    first = campaign(stub, "worker-a")
+    assert first.fencing_token > 0 and first.candidate_id == "worker-a"
+    assert campaign(stub, "worker-a").fencing_token == first.fencing_token, "idempotent"
+
+    # worker-b queues behind worker-a and is granted, in FIFO order, on resign.
+    granted: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: granted.update(b=campaign(stub, "worker-b", 20)))
+    waiter.start()
+    eventually(lambda: waiter.is_alive() or None, "worker-b waiting")
+    stub.Resign(
+        worker_pb2.ResignRequest(election=ELECTION, fencing_token=first.fencing_token), timeout=5
+    )
+    waiter.join(20)
+    second = granted["b"]
+    assert second.candidate_id == "worker-b"
+    assert second.fencing_token > first.fencing_token
+
+    valid = stub.ValidateToken(
+        worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=second.fencing_token),
+        timeout=5,
+    )
+    stale = stub.ValidateToken(
+        worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=first.fencing_token),
+        timeout=5,
+    )
+    assert valid.valid and not stale.valid and stale.current_token == second.fencing_token
+
+    # The Raft leader dies: a new one takes over and the holder keeps its token.
+    assert cluster.kill(leader, signal.SIGKILL) == -signal.SIGKILL
+    survivors = [n for n in cluster.nodes if n.process is not None]
+    new_leader = cluster.leader(survivors)
+    assert new_leader is not leader
+    holder = eventually(
+        lambda: (
+            new_leader.stub()
+            .Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2)
+            .holder.fencing_token
+            or None
+        ),
+        "the holder on the new leader",
+    )
+    assert holder == second.fencing_token
+
+    # Full-cluster restart: tokens keep increasing.
+    cluster.stop_all()
+    cluster.start_all()
+    restarted = cluster.leader()
+    rstub = restarted.stub()
+    rstub.Resign(
+        worker_pb2.ResignRequest(election=ELECTION, fencing_token=second.fencing_token), timeout=5
+    )
+    third = campaign(rstub, "worker-c")
+    assert third.fencing_token > second.fencing_token
+
+
+def test_bad_input_gets_clear_status_codes(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    stub = leader.stub()
+    code, details = code_of(lambda: campaign(stub, "", timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "candidate" in details
+    code, details = code_of(
+        lambda: stub.Campaign(
+            worker_pb2.CampaignRequest(election="x" * 200, candidate_id="w", ttl_ms=5000),
+            timeout=5,
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "election" in details
+    code, details = code_of(lambda: campaign(stub, "w", timeout=5, ttl_ms=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ttl_ms" in details
+    code, details = code_of(
+        lambda: stub.Resign(
+            worker_pb2.ResignRequest(election="no-such-election", fencing_token=7), timeout=5
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND, details
+    token = campaign(stub, "holder").fencing_token
+    code, details = code_of(
+        lambda: stub.Resign(
+            worker_pb2.ResignRequest(election=ELECTION, fencing_token=token + 1000), timeout=5
+        )
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    follower = next(n for n in cluster.nodes if n is not leader)
+    code, details = code_of(lambda: campaign(follower.stub(), "w2", timeout=5))
+    assert code == grpc.StatusCode.UNAVAILABLE and leader.node_id in details
+    code, _ = code_of(lambda: campaign(stub, "late", timeout=0.5))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Nothing above changed the holder.
+    holder = stub.Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2).holder
+    assert holder.fencing_token == token
+
+
+def test_sigterm_exits_cleanly_and_hands_over_leadership(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    assert cluster.kill(leader, signal.SIGTERM) == 0
+    survivors = [n for n in cluster.nodes if n.process is not None]
+    assert cluster.leader(survivors) is not leader
+
+
+def test_invalid_settings_exit_2_with_every_problem() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve", "--node-id", "zz", "--peers", "a=h:1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--data-dir" in result.stderr and "is not one of --peers" in result.stderr
+    assert "Traceback" not in result.stderr
