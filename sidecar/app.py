@@ -21,11 +21,13 @@ from sidecar import logging as sidecar_logging
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.machine import ElectionsMachine
-from sidecar.node import NodeSettings, RaftNode
+from sidecar.node import NodeError, NodeSettings, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
-from sidecar.raft import Membership, Message, RaftConfig, Role
+from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.errors import StorageError
+from sidecar.transport.errors import ForwardRefused
+from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import Transport
 
 _log = structlog.get_logger("sidecar.app")
@@ -49,14 +51,32 @@ async def serve(config: SidecarConfig) -> int:
             if holder:
                 holder[0].deliver(messages)
 
+        async def propose_for_peer(command: bytes) -> tuple[int, int]:
+            try:
+                return await holder[0].append_for_peer(command)
+            except NotLeader as exc:
+                raise ForwardRefused(str(exc), exc.leader_hint) from exc
+            except NodeError as exc:
+                raise ForwardRefused(f"{config.node_id} cannot take proposals: {exc}") from exc
+
+        async def read_for_peer() -> int:
+            try:
+                return await holder[0].read_barrier()
+            except (NotLeader, NodeError) as exc:
+                raise ForwardRefused(str(exc)) from exc
+
+        others = {k: v for k, v in config.peers.items() if k != config.node_id}
         transport = Transport(
             node_id=config.node_id,
             cluster_id=config.cluster_id,
             listen_address=config.peer_listen,
-            peers={k: v for k, v in config.peers.items() if k != config.node_id},
+            peers=others,
             deliver=deliver,
             current_term=lambda: holder[0].raft.term if holder else 0,
+            propose=propose_for_peer,
+            read_index=read_for_peer,
         )
+        forwarder = Forwarder(node_id=config.node_id, cluster_id=config.cluster_id, peers=others)
         node = RaftNode(
             raft_config,
             storage,
@@ -69,6 +89,7 @@ async def serve(config: SidecarConfig) -> int:
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
     holder.append(node)
+    node.forwarder = forwarder
 
     api = grpc.aio.server()
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(
@@ -117,6 +138,7 @@ async def serve(config: SidecarConfig) -> int:
     await api.stop(grace=0.5)
     await node.stop()
     await transport.stop()
+    await forwarder.close()
     _log.info("sidecar_stopped", status=status)
     return status
 

@@ -72,6 +72,12 @@ class NodeStopped(NodeError):
     """The node stopped (shutdown or a fatal storage error)."""
 
 
+def _consume(fut: asyncio.Future[tuple[int, object]]) -> None:
+    """Retrieve a result nobody awaits, so asyncio does not warn about it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class StateMachine(Protocol):
     """What the node applies committed commands to."""
 
@@ -99,6 +105,19 @@ class NodeSettings:
 class _Proposal:
     data: bytes
     done: asyncio.Future[tuple[int, object]]
+    appended: asyncio.Future[tuple[int, int]] | None = None
+    """Resolved with (index, term) as soon as the entry is in the leader's log."""
+
+
+class Forwarder(Protocol):
+    """How a follower reaches the leader (sidecar.transport.forward)."""
+
+    async def propose(self, leader: str, command: bytes) -> tuple[int, int]: ...
+    async def read_index(self, leader: str) -> int: ...
+
+
+RECENT_RESULTS = 4096
+"""Apply results kept for followers whose forwarded entry applied before they asked."""
 
 
 class RaftNode:
@@ -128,7 +147,9 @@ class RaftNode:
         self._proposals: asyncio.Queue[_Proposal] = asyncio.Queue(
             self.settings.max_pending_proposals
         )
-        self._waiting: dict[int, tuple[int, asyncio.Future[tuple[int, object]]]] = {}
+        self._waiting: dict[int, list[tuple[int, asyncio.Future[tuple[int, object]]]]] = {}
+        self._recent: dict[int, tuple[int, object]] = {}  # index -> (term, result), bounded
+        self.forwarder: Forwarder | None = None
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -203,6 +224,64 @@ class RaftNode:
         except asyncio.QueueFull:
             raise Overloaded("too many proposals waiting") from None
         self._wakeup.set()
+        return await done
+
+    async def append_for_peer(self, data: bytes) -> tuple[int, int]:
+        """Leader only: append ``data`` for a follower; returns (index, term) once in the log.
+
+        Raises NotLeader, Overloaded, NodeStopped.
+        """
+        self._check_running()
+        if self._raft.role is not Role.LEADER:
+            raise NotLeader(self._raft.leader_id)
+        loop = asyncio.get_running_loop()
+        proposal = _Proposal(data, loop.create_future(), loop.create_future())
+        proposal.done.add_done_callback(_consume)
+        try:
+            self._proposals.put_nowait(proposal)
+        except asyncio.QueueFull:
+            raise Overloaded("too many proposals waiting") from None
+        self._wakeup.set()
+        assert proposal.appended is not None
+        return await proposal.appended
+
+    async def submit(self, data: bytes) -> tuple[int, object]:
+        """Replicate ``data`` from any node: locally on the leader, forwarded otherwise.
+
+        Returns (index, state machine result) once this node applied it.
+        Raises NotLeader (no leader known, or the leader moved), Overloaded,
+        ProposalLost, NodeStopped, or the forwarder's errors.
+        """
+        if self._raft.role is Role.LEADER or self.forwarder is None:
+            return await self.propose(data)
+        leader = self._raft.leader_id
+        if leader is None:
+            raise NotLeader(None)
+        index, term = await self.forwarder.propose(leader, data)
+        return await self._await_entry(index, term)
+
+    async def read_anywhere(self) -> int:
+        """A linearizable read point, applied here on return, from any node."""
+        if self._raft.role is Role.LEADER or self.forwarder is None:
+            return await self.read_barrier()
+        leader = self._raft.leader_id
+        if leader is None:
+            raise NotLeader(None)
+        index = await self.forwarder.read_index(leader)
+        await self.wait_applied(index)
+        return index
+
+    async def _await_entry(self, index: int, term: int) -> tuple[int, object]:
+        self._check_running()
+        if index <= self._raft.applied_index:
+            seen = self._recent.get(index)
+            if seen is None:
+                raise ProposalLost(f"entry {index} applied too long ago to know its outcome")
+            if seen[0] != term:
+                raise ProposalLost(f"entry {index} was overwritten by a new leader")
+            return index, seen[1]
+        done: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(index, []).append((term, done))
         return await done
 
     async def read_barrier(self) -> int:
@@ -311,7 +390,9 @@ class RaftNode:
             return
         term = self._raft.term
         for p, index in zip(batch, indices, strict=True):
-            self._waiting[index] = (term, p.done)
+            self._waiting.setdefault(index, []).append((term, p.done))
+            if p.appended is not None and not p.appended.done():
+                p.appended.set_result((index, term))
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
@@ -347,16 +428,18 @@ class RaftNode:
         result: object = None
         if entry.kind is EntryKind.NORMAL:
             result = self._sm.apply(entry.index, entry.data)
-        waiting = self._waiting.pop(entry.index, None)
-        if waiting is None:
-            return
-        term, fut = waiting
-        if fut.done():
-            return
-        if term == entry.term:
-            fut.set_result((entry.index, result))
-        else:
-            fut.set_exception(ProposalLost(f"entry {entry.index} was overwritten by a new leader"))
+        self._recent[entry.index] = (entry.term, result)
+        if len(self._recent) > RECENT_RESULTS:
+            del self._recent[next(iter(self._recent))]
+        for term, fut in self._waiting.pop(entry.index, []):
+            if fut.done():
+                continue
+            if term == entry.term:
+                fut.set_result((entry.index, result))
+            else:
+                fut.set_exception(
+                    ProposalLost(f"entry {entry.index} was overwritten by a new leader")
+                )
 
     def _fail_proposals_on_lost_leadership(self) -> None:
         # Entries proposed in a term we no longer lead may still commit (the
@@ -397,9 +480,10 @@ class RaftNode:
             raise NodeStopped(f"the node stopped: {self._stopped}")
 
     def _fail_waiters(self, exc: NodeError) -> None:
-        for _, fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        for waiters in self._waiting.values():
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
         self._waiting.clear()
         for read in self._reads.values():
             if not read.done():

@@ -9,10 +9,11 @@ linearizable. Every refusal is a gRPC status with a one-line message, mapped
 here and only here; no stack trace ever reaches a worker, and a refused
 request changes no state.
 
-This first slice answers UNAVAILABLE on a follower, naming the leader; the
-worker's client library retries. Forwarding to the leader, KeepAlive,
-Observe and lease expiry follow (until then the generated base class
-answers UNIMPLEMENTED for KeepAlive and Observe).
+Any sidecar serves any call: a follower forwards writes and read barriers to
+the Raft leader (sidecar.transport.forward) and answers from its own applied
+state. UNAVAILABLE means no leader is known or reachable right now; the
+worker's client library retries. KeepAlive, Observe and lease expiry follow
+(until then they answer UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeError, Overloaded, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from sidecar.raft import NotLeader, RaftError, Role
+from sidecar.transport.errors import TransportError
 
 _ROLES = {
     Role.FOLLOWER: worker_pb2.RAFT_ROLE_FOLLOWER,
@@ -119,10 +121,14 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"try again: {exc}")
         except ElectionsError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TransportError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the Raft leader is unreachable: {exc}"
+            )
         raise AssertionError("unreachable: context.abort raises")
 
     async def _propose(self, command: Any) -> ApplyResult:
-        _, result = await self._node.propose(encode_command(command))
+        _, result = await self._node.submit(encode_command(command))
         if not isinstance(result, ApplyResult):
             raise AssertionError(f"unexpected apply result {result!r}")
         return result
@@ -211,7 +217,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         async def call() -> Any:
             election = validate_name("election", request.election)
             token = validate_token(request.fencing_token)
-            await self._node.read_barrier()
+            await self._node.read_anywhere()
             grant = self._machine.state.holder(election)
             current = grant.token if grant is not None else 0
             return worker_pb2.ValidateTokenResponse(valid=current == token, current_token=current)

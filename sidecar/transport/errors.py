@@ -23,3 +23,11 @@ class WireFormatError(TransportError):
 
 class InboxFull(TransportError):
     """The local inbox cannot take the batch now; the server answers RESOURCE_EXHAUSTED."""
+
+
+class ForwardRefused(TransportError):
+    """The node asked to act as leader is not the leader (``leader_hint`` may name it)."""
+
+    def __init__(self, message: str, leader_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint

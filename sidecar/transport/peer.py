@@ -66,7 +66,12 @@ from sidecar.transport.codec import (
     snapshot_header,
     to_wire,
 )
-from sidecar.transport.errors import InboxFull, TransportUsageError, WireFormatError
+from sidecar.transport.errors import (
+    ForwardRefused,
+    InboxFull,
+    TransportUsageError,
+    WireFormatError,
+)
 
 __all__ = [
     "DeliverCallback",
@@ -84,6 +89,10 @@ _log = structlog.get_logger("sidecar.transport")
 MiB = 1 << 20
 
 DeliverCallback = Callable[[list[Message]], Awaitable[None]]
+ProposeCallback = Callable[[bytes], Awaitable[tuple[int, int]]]
+"""Append a command on the leader; returns (index, term). Raises ForwardRefused."""
+ReadIndexCallback = Callable[[], Awaitable[int]]
+"""A linearizable read point from the leader. Raises ForwardRefused."""
 """Hands a decoded batch to the local node; may raise ``InboxFull``."""
 
 # Failures after which the same batch is worth another try: the peer is down
@@ -216,9 +225,13 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         deliver: DeliverCallback,
         config: TransportConfig = TransportConfig(),
         current_term: Callable[[], int] | None = None,
+        propose: ProposeCallback | None = None,
+        read_index: ReadIndexCallback | None = None,
     ) -> None:
         if not node_id or not cluster_id:
             raise TransportUsageError("node_id and cluster_id must not be empty")
+        self._propose = propose
+        self._read_index = read_index
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._deliver = deliver
@@ -347,6 +360,30 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         await self._hand_over([msg], context)
         self.snapshots_received += 1
         return peer_pb2.InstallSnapshotResponse(term=term, accepted=True, received_bytes=received)
+
+    async def Propose(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ProposeResponse:
+        await self._check_addressing(request.cluster_id, request.to_node, context)
+        if self._propose is None:
+            await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no proposals here")
+        try:
+            index, term = await self._propose(bytes(request.command))
+        except ForwardRefused as e:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return peer_pb2.ProposeResponse(index=index, term=term)
+
+    async def ReadIndex(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.ReadIndexRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ReadIndexResponse:
+        await self._check_addressing(request.cluster_id, request.to_node, context)
+        if self._read_index is None:
+            await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no reads here")
+        try:
+            index = await self._read_index()
+        except ForwardRefused as e:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return peer_pb2.ReadIndexResponse(index=index)
 
     async def _check_addressing(
         self, cluster_id: str, to_node: str, context: grpc.aio.ServicerContext
@@ -782,6 +819,8 @@ class Transport:
         server_credentials: grpc.ServerCredentials | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         current_term: Callable[[], int] | None = None,
+        propose: ProposeCallback | None = None,
+        read_index: ReadIndexCallback | None = None,
     ) -> None:
         self.node_id = node_id
         self.servicer = PeerServicer(
@@ -790,6 +829,8 @@ class Transport:
             deliver=deliver,
             config=config,
             current_term=current_term,
+            propose=propose,
+            read_index=read_index,
         )
         self.server = PeerServer(
             self.servicer, listen_address, config=config, server_credentials=server_credentials

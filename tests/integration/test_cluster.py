@@ -129,14 +129,34 @@ def test_bad_input_gets_clear_status_codes(cluster: Cluster) -> None:
         )
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION, details
-    follower = next(n for n in cluster.nodes if n is not leader)
-    code, details = code_of(lambda: campaign(follower.stub(), "w2", timeout=5))
-    assert code == grpc.StatusCode.UNAVAILABLE and leader.node_id in details
     code, _ = code_of(lambda: campaign(stub, "late", timeout=0.5))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     # Nothing above changed the holder.
     holder = stub.Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2).holder
     assert holder.fencing_token == token
+
+
+def test_any_sidecar_serves_any_call(cluster: Cluster) -> None:
+    """Followers forward writes and read barriers to the Raft leader."""
+    leader = cluster.leader()
+    first, second = (n for n in cluster.nodes if n is not leader)
+    token = campaign(first.stub(), "worker-on-follower")
+    assert token.candidate_id == "worker-on-follower"
+    code, details = code_of(
+        lambda: second.stub().Resign(
+            worker_pb2.ResignRequest(election=ELECTION, fencing_token=token.fencing_token + 7),
+            timeout=5,
+        )
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=token.fencing_token)
+    assert second.stub().ValidateToken(check, timeout=5).valid
+    second.stub().Resign(
+        worker_pb2.ResignRequest(election=ELECTION, fencing_token=token.fencing_token), timeout=5
+    )
+    assert not first.stub().ValidateToken(check, timeout=5).valid
+    nobody = first.stub().Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=5)
+    assert not nobody.HasField("holder")
 
 
 def test_sigterm_exits_cleanly_and_hands_over_leadership(cluster: Cluster) -> None:

@@ -62,6 +62,122 @@ entry of its own term (the Figure 8 commit rule).
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
 @_typing.final
+class ProposeRequest(_message.Message):
+    """ProposeRequest carries one command to the leader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the forwarding follower's node id."""
+    to_node: _builtins.str
+    """to_node is the node believed to be the leader."""
+    command: _builtins.bytes
+    """command is the opaque state machine command, as the follower encoded it."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        command: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "command", b"command", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeRequest: _TypeAlias = ProposeRequest  # noqa: Y015
+
+@_typing.final
+class ProposeResponse(_message.Message):
+    """ProposeResponse locates the appended entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """index is the log index the leader appended the command at."""
+    term: _builtins.int
+    """term is the leader's term; the entry applied at index is the command
+    only if it carries this term.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeResponse: _TypeAlias = ProposeResponse  # noqa: Y015
+
+@_typing.final
+class ReadIndexRequest(_message.Message):
+    """ReadIndexRequest asks the leader for a read point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the asking follower's node id."""
+    to_node: _builtins.str
+    """to_node is the node believed to be the leader."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadIndexRequest: _TypeAlias = ReadIndexRequest  # noqa: Y015
+
+@_typing.final
+class ReadIndexResponse(_message.Message):
+    """ReadIndexResponse is the read point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """index is the commit index that the leader confirmed with a quorum; a
+    read served after applying it is linearizable.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadIndexResponse: _TypeAlias = ReadIndexResponse  # noqa: Y015
+
+@_typing.final
 class DeliverRequest(_message.Message):
     """DeliverRequest is one batch of Raft messages, in the order the sender's
     core produced them.

@@ -46,6 +46,16 @@ class RaftPeerServiceStub:
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotResponse.FromString,
                 _registered_method=True)
+        self.Propose = channel.unary_unary(
+                '/raftsidecar.peer.v1.RaftPeerService/Propose',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeResponse.FromString,
+                _registered_method=True)
+        self.ReadIndex = channel.unary_unary(
+                '/raftsidecar.peer.v1.RaftPeerService/ReadIndex',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServiceServicer:
@@ -74,6 +84,25 @@ class RaftPeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Propose(self, request, context):
+        """Propose asks the Raft leader to append a state machine command on behalf
+        of a follower whose worker called it. The answer locates the entry; the
+        follower learns the outcome by applying that entry itself. A node that is
+        not the leader refuses with FAILED_PRECONDITION, naming the leader it
+        knows in the message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadIndex(self, request, context):
+        """ReadIndex asks the Raft leader for a linearizable read point (Raft
+        section 6.4); the follower answers its worker once it has applied it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +115,16 @@ def add_RaftPeerServiceServicer_to_server(servicer, server):
                     servicer.InstallSnapshot,
                     request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotRequest.FromString,
                     response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotResponse.SerializeToString,
+            ),
+            'Propose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Propose,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeResponse.SerializeToString,
+            ),
+            'ReadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadIndex,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +183,60 @@ class RaftPeerService:
             '/raftsidecar.peer.v1.RaftPeerService/InstallSnapshot',
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotRequest.SerializeToString,
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Propose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/Propose',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/ReadIndex',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,17 @@ class RaftPeerServiceStub:
     recipient hands the snapshot to its Raft core only once the stream ends
     and the byte count matches the header.
     """
+    Propose: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ProposeRequest, _peer_pb2.ProposeResponse]
+    """Propose asks the Raft leader to append a state machine command on behalf
+    of a follower whose worker called it. The answer locates the entry; the
+    follower learns the outcome by applying that entry itself. A node that is
+    not the leader refuses with FAILED_PRECONDITION, naming the leader it
+    knows in the message.
+    """
+    ReadIndex: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReadIndexRequest, _peer_pb2.ReadIndexResponse]
+    """ReadIndex asks the Raft leader for a linearizable read point (Raft
+    section 6.4); the follower answers its worker once it has applied it.
+    """
 
 @_typing.type_check_only
 class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
@@ -74,6 +85,17 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     message carries the header, every later one a chunk of data. The
     recipient hands the snapshot to its Raft core only once the stream ends
     and the byte count matches the header.
+    """
+    Propose: _aio.UnaryUnaryMultiCallable[_peer_pb2.ProposeRequest, _peer_pb2.ProposeResponse]  # type: ignore[assignment]
+    """Propose asks the Raft leader to append a state machine command on behalf
+    of a follower whose worker called it. The answer locates the entry; the
+    follower learns the outcome by applying that entry itself. A node that is
+    not the leader refuses with FAILED_PRECONDITION, naming the leader it
+    knows in the message.
+    """
+    ReadIndex: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReadIndexRequest, _peer_pb2.ReadIndexResponse]  # type: ignore[assignment]
+    """ReadIndex asks the Raft leader for a linearizable read point (Raft
+    section 6.4); the follower answers its worker once it has applied it.
     """
 
 class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,6 +126,29 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
         message carries the header, every later one a chunk of data. The
         recipient hands the snapshot to its Raft core only once the stream ends
         and the byte count matches the header.
+        """
+
+    @_abc_1.abstractmethod
+    def Propose(
+        self,
+        request: _peer_pb2.ProposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ProposeResponse, _abc.Awaitable[_peer_pb2.ProposeResponse]]:
+        """Propose asks the Raft leader to append a state machine command on behalf
+        of a follower whose worker called it. The answer locates the entry; the
+        follower learns the outcome by applying that entry itself. A node that is
+        not the leader refuses with FAILED_PRECONDITION, naming the leader it
+        knows in the message.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadIndex(
+        self,
+        request: _peer_pb2.ReadIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ReadIndexResponse, _abc.Awaitable[_peer_pb2.ReadIndexResponse]]:
+        """ReadIndex asks the Raft leader for a linearizable read point (Raft
+        section 6.4); the follower answers its worker once it has applied it.
         """
 
 def add_RaftPeerServiceServicer_to_server(servicer: RaftPeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

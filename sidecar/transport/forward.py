@@ -1,0 +1,94 @@
+"""Forwarding a follower's writes and linearizable reads to the Raft leader.
+
+A worker talks to the sidecar in its own pod, which is usually a follower.
+The follower sends the encoded command to the leader (``Propose``); the
+leader appends it and answers with (index, term) at once. The follower then
+waits until *it* applies that index: the outcome is whatever its own state
+machine computes there, the same on every replica. Reads work alike: the
+leader confirms a read point (``ReadIndex``), the follower answers once it
+has applied it.
+
+Refusals come back as ``ForwardRefused`` (the target is not the leader; the
+message names the leader it knows) or ``ForwardUnavailable`` (the leader
+cannot be reached in time); the caller retries or reports UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import grpc  # type: ignore[import-untyped]
+
+from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
+from sidecar.raft.types import NodeId
+from sidecar.transport.errors import ForwardRefused, TransportError
+
+
+class ForwardUnavailable(TransportError):
+    """The leader could not be reached, or did not answer in time."""
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        cluster_id: str,
+        peers: dict[NodeId, str],
+        timeout_s: float = 5.0,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._cluster_id = cluster_id
+        self._peers = dict(peers)
+        self._timeout_s = timeout_s
+        self._credentials = channel_credentials
+        self._stubs: dict[NodeId, peer_pb2_grpc.RaftPeerServiceStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+
+    def _stub(self, leader: NodeId) -> peer_pb2_grpc.RaftPeerServiceStub:
+        stub = self._stubs.get(leader)
+        if stub is None:
+            address = self._peers.get(leader)
+            if address is None:
+                raise ForwardRefused(f"unknown leader {leader!r}")
+            channel = (
+                grpc.aio.insecure_channel(address)
+                if self._credentials is None
+                else grpc.aio.secure_channel(address, self._credentials)
+            )
+            self._channels.append(channel)
+            stub = self._stubs[leader] = peer_pb2_grpc.RaftPeerServiceStub(channel)
+        return stub
+
+    async def propose(self, leader: NodeId, command: bytes) -> tuple[int, int]:
+        """Have ``leader`` append ``command``; returns (index, term)."""
+        request = peer_pb2.ProposeRequest(
+            cluster_id=self._cluster_id, from_node=self._node_id, to_node=leader, command=command
+        )
+        try:
+            response = await self._stub(leader).Propose(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(leader, e) from e
+        return int(response.index), int(response.term)
+
+    async def read_index(self, leader: NodeId) -> int:
+        """A read point confirmed by ``leader`` with a quorum."""
+        request = peer_pb2.ReadIndexRequest(
+            cluster_id=self._cluster_id, from_node=self._node_id, to_node=leader
+        )
+        try:
+            response = await self._stub(leader).ReadIndex(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(leader, e) from e
+        return int(response.index)
+
+    @staticmethod
+    def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            return ForwardRefused(e.details() or f"{leader} refused")
+        return ForwardUnavailable(f"leader {leader}: {e.code().name}: {e.details()}")
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
