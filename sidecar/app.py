@@ -20,6 +20,7 @@ import structlog
 from sidecar import logging as sidecar_logging
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
+from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeError, NodeSettings, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
@@ -45,36 +46,18 @@ async def serve(config: SidecarConfig) -> int:
     )
     try:
         storage = DiskStorage(config.data_dir)
-        holder: list[RaftNode] = []
-
-        async def deliver(messages: list[Message]) -> None:
-            if holder:
-                holder[0].deliver(messages)
-
-        async def propose_for_peer(command: bytes) -> tuple[int, int]:
-            try:
-                return await holder[0].append_for_peer(command)
-            except NotLeader as exc:
-                raise ForwardRefused(str(exc), exc.leader_hint) from exc
-            except NodeError as exc:
-                raise ForwardRefused(f"{config.node_id} cannot take proposals: {exc}") from exc
-
-        async def read_for_peer() -> int:
-            try:
-                return await holder[0].read_barrier()
-            except (NotLeader, NodeError) as exc:
-                raise ForwardRefused(str(exc)) from exc
-
+        handlers = _PeerHandlers()
         others = {k: v for k, v in config.peers.items() if k != config.node_id}
         transport = Transport(
             node_id=config.node_id,
             cluster_id=config.cluster_id,
             listen_address=config.peer_listen,
             peers=others,
-            deliver=deliver,
-            current_term=lambda: holder[0].raft.term if holder else 0,
-            propose=propose_for_peer,
-            read_index=read_for_peer,
+            deliver=handlers.deliver,
+            current_term=handlers.current_term,
+            propose=handlers.propose,
+            read_index=handlers.read_index,
+            renew_lease=handlers.renew_lease,
         )
         forwarder = Forwarder(node_id=config.node_id, cluster_id=config.cluster_id, peers=others)
         node = RaftNode(
@@ -88,12 +71,13 @@ async def serve(config: SidecarConfig) -> int:
         _log.critical("storage_unusable", error=str(exc))
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
-    holder.append(node)
     node.forwarder = forwarder
+    leases = LeaseKeeper(node, machine)
+    handlers.node, handlers.leases = node, leases
 
     api = grpc.aio.server()
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(
-        ElectionService(config, node, machine), api
+        ElectionService(config, node, machine, leases), api
     )
     try:
         bound = api.add_insecure_port(config.api_listen)
@@ -116,6 +100,7 @@ async def serve(config: SidecarConfig) -> int:
 
     await transport.start()
     node.start()
+    leases.start()
     await api.start()
     _log.info(
         "sidecar_started",
@@ -136,11 +121,56 @@ async def serve(config: SidecarConfig) -> int:
     stop_requested.cancel()
     node_ended.cancel()
     await api.stop(grace=0.5)
+    await leases.stop()
     await node.stop()
     await transport.stop()
     await forwarder.close()
     _log.info("sidecar_stopped", status=status)
     return status
+
+
+class _PeerHandlers:
+    """What this node does for its peers; bound to the node once it exists
+    (the transport, which calls these, is built before the node)."""
+
+    def __init__(self) -> None:
+        self.node: RaftNode | None = None
+        self.leases: LeaseKeeper | None = None
+
+    async def deliver(self, messages: list[Message]) -> None:
+        if self.node is not None:
+            self.node.deliver(messages)
+
+    def current_term(self) -> int:
+        return self.node.raft.term if self.node is not None else 0
+
+    def _require(self) -> tuple[RaftNode, LeaseKeeper]:
+        if self.node is None or self.leases is None:
+            raise ForwardRefused("this sidecar is still starting")
+        return self.node, self.leases
+
+    async def propose(self, command: bytes) -> tuple[int, int]:
+        node, _ = self._require()
+        try:
+            return await node.append_for_peer(command)
+        except NotLeader as exc:
+            raise ForwardRefused(str(exc), exc.leader_hint) from exc
+        except NodeError as exc:
+            raise ForwardRefused(f"{node.id} cannot take proposals: {exc}") from exc
+
+    async def read_index(self) -> int:
+        node, _ = self._require()
+        try:
+            return await node.read_barrier()
+        except (NotLeader, NodeError) as exc:
+            raise ForwardRefused(str(exc)) from exc
+
+    async def renew_lease(self, election: str, token: int) -> tuple[bool, int]:
+        _, leases = self._require()
+        try:
+            return leases.renew(election, token)
+        except NotLeader as exc:
+            raise ForwardRefused(str(exc), exc.leader_hint) from exc
 
 
 async def _hand_over_leadership(node: RaftNode) -> None:

@@ -12,8 +12,8 @@ request changes no state.
 Any sidecar serves any call: a follower forwards writes and read barriers to
 the Raft leader (sidecar.transport.forward) and answers from its own applied
 state. UNAVAILABLE means no leader is known or reachable right now; the
-worker's client library retries. KeepAlive, Observe and lease expiry follow
-(until then they answer UNIMPLEMENTED).
+worker's client library retries. Leases: see KeepAlive and sidecar.leases.
+Observe follows (until then it answers UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
+import structlog
 
 from sidecar.config import SidecarConfig
 from sidecar.elections import (
@@ -36,16 +37,20 @@ from sidecar.elections import (
     Outcome,
     RejectReason,
     Resign,
+    Revoke,
     encode_command,
     validate_name,
     validate_token,
     validate_ttl_ms,
 )
+from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeError, Overloaded, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from sidecar.raft import NotLeader, RaftError, Role
 from sidecar.transport.errors import TransportError
+
+_log = structlog.get_logger("sidecar.api")
 
 _ROLES = {
     Role.FOLLOWER: worker_pb2.RAFT_ROLE_FOLLOWER,
@@ -85,10 +90,14 @@ def _token(grant: Grant) -> worker_pb2.LeadershipToken:
 
 
 class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
-    def __init__(self, config: SidecarConfig, node: RaftNode, machine: ElectionsMachine) -> None:
+    def __init__(
+        self, config: SidecarConfig, node: RaftNode, machine: ElectionsMachine, leases: LeaseKeeper
+    ) -> None:
         self._config = config
         self._node = node
         self._machine = machine
+        self._leases = leases
+        self._background: set[asyncio.Task[None]] = set()
         self._grant_waiters: dict[tuple[str, str], list[asyncio.Future[Grant]]] = {}
         machine.listeners.append(self._on_apply)
 
@@ -209,7 +218,9 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             grant = self._machine.state.holder(election)
             if grant is None:
                 return worker_pb2.LeaderResponse()
-            return worker_pb2.LeaderResponse(holder=_token(grant))
+            return worker_pb2.LeaderResponse(
+                holder=_token(grant), remaining_ms=self._leases.remaining_ms(election, grant.token)
+            )
 
         return await self._guard(context, call)
 
@@ -253,8 +264,69 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
     async def KeepAlive(  # noqa: N802
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KeepAlive is not implemented yet")
-        yield worker_pb2.KeepAliveResponse()  # never reached: abort raises
+        """Renew leases on the Raft leader's clock for as long as the stream lives.
+
+        A keep-alive that cannot reach a leader right now (an election is
+        under way) gets no answer: the worker's safe deadline keeps running
+        down from its last acknowledged one, and the new leader will extend
+        every lease by a full TTL. A token that is no longer current ends the
+        stream with FAILED_PRECONDITION. When the stream ends for any reason,
+        the worker is gone: every grant it kept alive is revoked at once.
+        """
+        kept: dict[str, int] = {}
+        try:
+            async for request in request_iterator:
+                try:
+                    election = validate_name("election", request.election)
+                    token = validate_token(request.fencing_token)
+                except InvalidArgument as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                try:
+                    current, remaining_ms = await self._renew(election, token)
+                except (NodeError, RaftError, TransportError):
+                    continue
+                if not current:
+                    kept.pop(election, None)
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"token {token} no longer holds {election!r}: stop acting as its leader",
+                    )
+                kept[election] = token
+                yield worker_pb2.KeepAliveResponse(
+                    sequence=request.sequence, remaining_ttl_ms=remaining_ms
+                )
+        finally:
+            for election, token in sorted(kept.items()):
+                task = asyncio.get_running_loop().create_task(self._revoke(election, token))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _renew(self, election: str, token: int) -> tuple[bool, int]:
+        if self._node.raft.role is Role.LEADER:
+            return self._leases.renew(election, token)
+        leader = self._node.raft.leader_id
+        if leader is None or self._node.forwarder is None:
+            raise NotLeader(leader)
+        return await self._node.forwarder.renew_lease(leader, election, token)
+
+    async def _revoke(self, election: str, token: int) -> None:
+        command = Revoke(
+            election=election,
+            token=token,
+            proposed_at_unix_ms=_now_ms(),
+            reason="the worker's keep-alive stream ended",
+        )
+        try:
+            result = await self._propose(command)
+            _log.info(
+                "lease_revoked",
+                election=election,
+                fencing_token=token,
+                outcome=result.outcome.value,
+            )
+        except (NodeError, RaftError, TransportError) as exc:
+            # The lease then runs out on the leader's clock instead.
+            _log.warning("revoke_failed", election=election, fencing_token=token, error=str(exc))
 
     async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Observe is not implemented yet")

@@ -81,6 +81,21 @@ class Forwarder:
             raise self._translate(leader, e) from e
         return int(response.index)
 
+    async def renew_lease(self, leader: NodeId, election: str, token: int) -> tuple[bool, int]:
+        """Renew a lease on ``leader``'s clock: (still current, remaining ms)."""
+        request = peer_pb2.RenewLeaseRequest(
+            cluster_id=self._cluster_id,
+            from_node=self._node_id,
+            to_node=leader,
+            election=election,
+            fencing_token=token,
+        )
+        try:
+            response = await self._stub(leader).RenewLease(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(leader, e) from e
+        return bool(response.current), int(response.remaining_ttl_ms)
+
     @staticmethod
     def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:

@@ -93,6 +93,8 @@ ProposeCallback = Callable[[bytes], Awaitable[tuple[int, int]]]
 """Append a command on the leader; returns (index, term). Raises ForwardRefused."""
 ReadIndexCallback = Callable[[], Awaitable[int]]
 """A linearizable read point from the leader. Raises ForwardRefused."""
+RenewLeaseCallback = Callable[[str, int], Awaitable[tuple[bool, int]]]
+"""Renew (election, token) on the leader's clock: (still current, remaining ms)."""
 """Hands a decoded batch to the local node; may raise ``InboxFull``."""
 
 # Failures after which the same batch is worth another try: the peer is down
@@ -227,11 +229,13 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         current_term: Callable[[], int] | None = None,
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
+        renew_lease: RenewLeaseCallback | None = None,
     ) -> None:
         if not node_id or not cluster_id:
             raise TransportUsageError("node_id and cluster_id must not be empty")
         self._propose = propose
         self._read_index = read_index
+        self._renew_lease = renew_lease
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._deliver = deliver
@@ -384,6 +388,20 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         except ForwardRefused as e:
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return peer_pb2.ReadIndexResponse(index=index)
+
+    async def RenewLease(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.RenewLeaseResponse:
+        await self._check_addressing(request.cluster_id, request.to_node, context)
+        if self._renew_lease is None:
+            await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no leases here")
+        try:
+            current, remaining_ms = await self._renew_lease(
+                request.election, int(request.fencing_token)
+            )
+        except ForwardRefused as e:
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return peer_pb2.RenewLeaseResponse(current=current, remaining_ttl_ms=remaining_ms)
 
     async def _check_addressing(
         self, cluster_id: str, to_node: str, context: grpc.aio.ServicerContext
@@ -821,6 +839,7 @@ class Transport:
         current_term: Callable[[], int] | None = None,
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
+        renew_lease: RenewLeaseCallback | None = None,
     ) -> None:
         self.node_id = node_id
         self.servicer = PeerServicer(
@@ -831,6 +850,7 @@ class Transport:
             current_term=current_term,
             propose=propose,
             read_index=read_index,
+            renew_lease=renew_lease,
         )
         self.server = PeerServer(
             self.servicer, listen_address, config=config, server_credentials=server_credentials

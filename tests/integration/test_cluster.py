@@ -3,6 +3,7 @@ fencing tokens across failover and full restarts, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -176,3 +177,81 @@ def test_invalid_settings_exit_2_with_every_problem() -> None:
     assert result.returncode == 2
     assert "--data-dir" in result.stderr and "is not one of --peers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def keep_alive_requests(token: Any, stop: threading.Event, every_s: float) -> Any:
+    sequence = 0
+    while not stop.is_set():
+        sequence += 1
+        yield worker_pb2.KeepAliveRequest(
+            election=ELECTION, fencing_token=token.fencing_token, sequence=sequence
+        )
+        stop.wait(every_s)
+
+
+def test_keep_alive_holds_the_lease_and_its_end_revokes_at_once(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    home = next(n for n in cluster.nodes if n is not leader)  # the worker's own sidecar
+    token = campaign(home.stub(), "worker-a", ttl_ms=1000)
+    stop = threading.Event()
+    stream = home.stub().KeepAlive(keep_alive_requests(token, stop, 0.2), timeout=30)
+    answers = []
+    for answer in stream:  # 2.5 TTLs of keep-alives: the lease holds
+        answers.append(answer)
+        if len(answers) >= 12:
+            break
+    assert all(a.remaining_ttl_ms == 1000 for a in answers)
+    check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=token.fencing_token)
+    assert home.stub().ValidateToken(check, timeout=5).valid
+
+    # worker-b queues; worker-a's stream breaks (the worker died): revoked at
+    # once, well before its TTL, and worker-b gets a larger token.
+    granted: dict[str, Any] = {}
+    waiter = threading.Thread(
+        target=lambda: granted.update(b=campaign(leader.stub(), "worker-b", 20, ttl_ms=1000))
+    )
+    waiter.start()
+    eventually(lambda: waiter.is_alive() or None, "worker-b queued")
+    stream.cancel()
+    stop.set()
+    waiter.join(20)
+    assert granted["b"].fencing_token > token.fencing_token
+    audit = leader.stub().ListGrants(worker_pb2.ListGrantsRequest(election=ELECTION), timeout=5)
+    assert audit.grants[0].end_reason == worker_pb2.GRANT_END_REASON_REVOKED
+
+
+def test_lease_without_keep_alive_expires_on_the_leaders_clock(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    token = campaign(leader.stub(), "silent-worker", ttl_ms=1000)
+    successor = campaign(leader.stub(), "next-worker", timeout=15, ttl_ms=1000)
+    assert successor.fencing_token > token.fencing_token
+    audit = leader.stub().ListGrants(worker_pb2.ListGrantsRequest(election=ELECTION), timeout=5)
+    assert audit.grants[0].end_reason == worker_pb2.GRANT_END_REASON_EXPIRED
+    ended_after_ms = audit.grants[0].ended_at_unix_ms - audit.grants[0].granted_at_unix_ms
+    assert ended_after_ms >= 1000, "never before the TTL"
+
+
+def test_raft_leader_loss_does_not_end_a_kept_lease(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    home = next(n for n in cluster.nodes if n is not leader)
+    token = campaign(home.stub(), "steady-worker", ttl_ms=2000)
+    stop = threading.Event()
+    stream = home.stub().KeepAlive(keep_alive_requests(token, stop, 0.2), timeout=60)
+    received: list[Any] = []
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end of the test
+            received.extend(stream)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    eventually(lambda: len(received) >= 2 or None, "keep-alives answered")
+    cluster.kill(leader, signal.SIGKILL)
+    survivors = [n for n in cluster.nodes if n.process is not None]
+    new_leader = cluster.leader(survivors)
+    count = len(received)
+    eventually(lambda: len(received) >= count + 5 or None, "keep-alives through the new leader")
+    check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=token.fencing_token)
+    assert new_leader.stub().ValidateToken(check, timeout=5).valid, "same token after failover"
+    stop.set()
+    stream.cancel()

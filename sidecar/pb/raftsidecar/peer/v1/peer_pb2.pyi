@@ -62,6 +62,74 @@ entry of its own term (the Figure 8 commit rule).
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
 @_typing.final
+class RenewLeaseRequest(_message.Message):
+    """RenewLeaseRequest renews one grant's lease by a full TTL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    ELECTION_FIELD_NUMBER: _builtins.int
+    FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the worker's sidecar."""
+    to_node: _builtins.str
+    """to_node is the node believed to be the leader."""
+    election: _builtins.str
+    """election is the election the grant belongs to."""
+    fencing_token: _builtins.int
+    """fencing_token identifies the grant."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        election: _builtins.str = ...,
+        fencing_token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "election", b"election", "fencing_token", b"fencing_token", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeaseResponse(_message.Message):
+    """RenewLeaseResponse says whether the grant still holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_FIELD_NUMBER: _builtins.int
+    REMAINING_TTL_MS_FIELD_NUMBER: _builtins.int
+    current: _builtins.bool
+    """current is false when the token is no longer the holder's: the worker
+    must stop acting as leader at once.
+    """
+    remaining_ttl_ms: _builtins.int
+    """remaining_ttl_ms is the lease time left on the leader's clock after
+    this renewal, in milliseconds.
+    """
+    def __init__(
+        self,
+        *,
+        current: _builtins.bool = ...,
+        remaining_ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "remaining_ttl_ms", b"remaining_ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
 class ProposeRequest(_message.Message):
     """ProposeRequest carries one command to the leader."""
 

@@ -56,6 +56,11 @@ class RaftPeerServiceStub:
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/raftsidecar.peer.v1.RaftPeerService/RenewLease',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServiceServicer:
@@ -103,6 +108,14 @@ class RaftPeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """RenewLease carries a worker's keep-alive from its sidecar to the Raft
+        leader, whose monotonic clock alone decides when a lease expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_RaftPeerServiceServicer_to_server(servicer, server):
                     servicer.ReadIndex,
                     request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.FromString,
                     response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +255,33 @@ class RaftPeerService:
             '/raftsidecar.peer.v1.RaftPeerService/ReadIndex',
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexRequest.SerializeToString,
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ReadIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/RenewLease',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class RaftPeerServiceStub:
     """ReadIndex asks the Raft leader for a linearizable read point (Raft
     section 6.4); the follower answers its worker once it has applied it.
     """
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_peer_pb2.RenewLeaseRequest, _peer_pb2.RenewLeaseResponse]
+    """RenewLease carries a worker's keep-alive from its sidecar to the Raft
+    leader, whose monotonic clock alone decides when a lease expires.
+    """
 
 @_typing.type_check_only
 class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
@@ -96,6 +100,10 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     ReadIndex: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReadIndexRequest, _peer_pb2.ReadIndexResponse]  # type: ignore[assignment]
     """ReadIndex asks the Raft leader for a linearizable read point (Raft
     section 6.4); the follower answers its worker once it has applied it.
+    """
+    RenewLease: _aio.UnaryUnaryMultiCallable[_peer_pb2.RenewLeaseRequest, _peer_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """RenewLease carries a worker's keep-alive from its sidecar to the Raft
+    leader, whose monotonic clock alone decides when a lease expires.
     """
 
 class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -149,6 +157,16 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.ReadIndexResponse, _abc.Awaitable[_peer_pb2.ReadIndexResponse]]:
         """ReadIndex asks the Raft leader for a linearizable read point (Raft
         section 6.4); the follower answers its worker once it has applied it.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _peer_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.RenewLeaseResponse, _abc.Awaitable[_peer_pb2.RenewLeaseResponse]]:
+        """RenewLease carries a worker's keep-alive from its sidecar to the Raft
+        leader, whose monotonic clock alone decides when a lease expires.
         """
 
 def add_RaftPeerServiceServicer_to_server(servicer: RaftPeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,129 @@
+"""Lease deadlines on the Raft leader's monotonic clock.
+
+Theory of operation. The replicated state records who holds each election
+and with what TTL; *when* a lease runs out is decided by the Raft leader
+alone, on its own monotonic clock, and acted on through the log (an Expire
+command), so every replica agrees on the outcome.
+
+* A renewal (a worker's keep-alive, wherever it entered the cluster) sets
+  the deadline to now + TTL on the leader.
+* A lease the leader has no deadline for yet (a fresh grant, or every lease
+  right after this node became leader) gets now + TTL: a new leader extends
+  every lease by a full TTL, so no lease ever expires early because the Raft
+  leader changed.
+* Losing leadership forgets every deadline.
+* Past a deadline, the leader proposes Expire(election, token) once; the
+  state machine ignores it if the grant already ended, and otherwise hands
+  the election to the next candidate in the same command.
+
+The worker stops earlier than this: its client computes a safe deadline from
+when it *sent* its last acknowledged keep-alive, plus TTL, minus a margin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from sidecar.elections import Expire, encode_command
+from sidecar.machine import ElectionsMachine
+from sidecar.node import NodeError, RaftNode
+from sidecar.raft import NotLeader, RaftError, Role
+
+_log = structlog.get_logger("sidecar.leases")
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        node: RaftNode,
+        machine: ElectionsMachine,
+        *,
+        check_interval_s: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._node = node
+        self._machine = machine
+        self._interval = check_interval_s
+        self._clock = clock
+        self._deadlines: dict[tuple[str, int], float] = {}
+        self._expiring: set[tuple[str, int]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._expiries: set[asyncio.Task[None]] = set()
+
+    def renew(self, election: str, token: int) -> tuple[bool, int]:
+        """Leader only: renew (election, token) by its full TTL.
+
+        Returns (still current, remaining ms). Raises NotLeader on a follower.
+        """
+        if self._node.raft.role is not Role.LEADER:
+            raise NotLeader(self._node.raft.leader_id)
+        grant = self._machine.state.holder(election)
+        if grant is None or grant.token != token:
+            if token > self._machine.state.last_applied:
+                # Granted in an entry this leader has not applied yet: the
+                # token cannot be judged, and the loop will set its deadline.
+                return True, 0
+            return False, 0
+        self._deadlines[(election, token)] = self._clock() + grant.ttl_ms / 1000
+        return True, grant.ttl_ms
+
+    def remaining_ms(self, election: str, token: int) -> int:
+        deadline = self._deadlines.get((election, token))
+        if deadline is None:
+            return 0
+        return max(0, int((deadline - self._clock()) * 1000))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lease-keeper")
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._expiries]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.check()
+
+    def check(self) -> None:
+        """One pass: extend unknown leases, expire overdue ones (leader only)."""
+        if self._node.raft.role is not Role.LEADER:
+            self._deadlines.clear()
+            return
+        now = self._clock()
+        live: set[tuple[str, int]] = set()
+        for lease in self._machine.state.leases():
+            key = (lease.election, lease.token)
+            live.add(key)
+            deadline = self._deadlines.setdefault(key, now + lease.ttl_ms / 1000)
+            if now >= deadline and key not in self._expiring:
+                self._expiring.add(key)
+                task = asyncio.create_task(self._expire(lease.election, lease.token))
+                self._expiries.add(task)
+                task.add_done_callback(self._expiries.discard)
+        for key in set(self._deadlines) - live:
+            del self._deadlines[key]
+
+    async def _expire(self, election: str, token: int) -> None:
+        key = (election, token)
+        command = Expire(
+            election=election, token=token, proposed_at_unix_ms=int(time.time() * 1000)
+        )
+        try:
+            _log.info("lease_expired", election=election, fencing_token=token)
+            await self._node.submit(encode_command(command))
+            self._deadlines.pop(key, None)
+        except (NodeError, RaftError) as exc:
+            # The deadline stays: the next pass tries again (or, if this node
+            # lost leadership, the new leader starts a full TTL).
+            _log.warning("expire_failed", election=election, fencing_token=token, error=str(exc))
+        finally:
+            self._expiring.discard(key)
