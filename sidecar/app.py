@@ -22,6 +22,7 @@ from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine
+from sidecar.metrics import RpcMetricsInterceptor, SidecarMetrics, TimedStorage, cancel_quietly
 from sidecar.node import NodeError, NodeSettings, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
@@ -38,6 +39,8 @@ TRANSFER_WAIT_SECONDS = 2.0
 
 async def serve(config: SidecarConfig) -> int:
     machine = ElectionsMachine()
+    metrics = SidecarMetrics()
+    machine.listeners.append(metrics.on_apply)
     raft_config = RaftConfig(
         node_id=config.node_id,
         initial_membership=Membership(frozenset(config.peers)),
@@ -45,7 +48,7 @@ async def serve(config: SidecarConfig) -> int:
         heartbeat_ticks=config.heartbeat_ticks,
     )
     try:
-        storage = DiskStorage(config.data_dir)
+        storage = TimedStorage(DiskStorage(config.data_dir), metrics)
         handlers = _PeerHandlers()
         others = {k: v for k, v in config.peers.items() if k != config.node_id}
         transport = Transport(
@@ -66,16 +69,26 @@ async def serve(config: SidecarConfig) -> int:
             transport,
             machine,
             settings=NodeSettings(tick_seconds=config.tick_ms / 1000),
+            on_soft_state=metrics.on_soft_state,
         )
     except StorageError as exc:
         _log.critical("storage_unusable", error=str(exc))
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
     node.forwarder = forwarder
+    node.on_proposal_latency = metrics.proposal_seconds.observe
     leases = LeaseKeeper(node, machine)
     handlers.node, handlers.leases = node, leases
 
-    api = grpc.aio.server()
+    try:
+        metrics.serve(config.metrics_listen)
+    except OSError as exc:
+        print(
+            f"raft-sidecar: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr
+        )
+        await node.stop()
+        return 1
+    api = grpc.aio.server(interceptors=[RpcMetricsInterceptor(metrics)])
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(
         ElectionService(config, node, machine, leases), api
     )
@@ -101,6 +114,9 @@ async def serve(config: SidecarConfig) -> int:
     await transport.start()
     node.start()
     leases.start()
+    sampler = asyncio.create_task(
+        metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
+    )
     await api.start()
     _log.info(
         "sidecar_started",
@@ -122,6 +138,7 @@ async def serve(config: SidecarConfig) -> int:
     node_ended.cancel()
     await api.stop(grace=0.5)
     await leases.stop()
+    await cancel_quietly(sampler)
     await node.stop()
     await transport.stop()
     await forwarder.close()

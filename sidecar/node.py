@@ -151,6 +151,8 @@ class RaftNode:
         self._waiting: dict[int, list[tuple[int, asyncio.Future[tuple[int, object]]]]] = {}
         self._recent: dict[int, tuple[int, object]] = {}  # index -> (term, result), bounded
         self.forwarder: Forwarder | None = None
+        self.on_proposal_latency: Callable[[float], None] | None = None
+        """Seconds from a local proposal to its apply here (for metrics)."""
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -225,7 +227,11 @@ class RaftNode:
         except asyncio.QueueFull:
             raise Overloaded("too many proposals waiting") from None
         self._wakeup.set()
-        return await done
+        started = time.monotonic()
+        result = await done
+        if self.on_proposal_latency is not None:
+            self.on_proposal_latency(time.monotonic() - started)
+        return result
 
     async def append_for_peer(self, data: bytes) -> tuple[int, int]:
         """Leader only: append ``data`` for a follower; returns (index, term) once in the log.

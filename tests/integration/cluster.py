@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Sidecar:
     data_dir: Path
     peer_port: int
     api_port: int
+    metrics_port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = field(default=None, repr=False)
@@ -62,6 +64,12 @@ class Sidecar:
             self.channel = grpc.insecure_channel(self.api)
         return worker_pb2_grpc.ElectionServiceStub(self.channel)
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
     def status(self) -> Any:
         return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
 
@@ -74,6 +82,7 @@ class Cluster:
             Sidecar(
                 f"s{i}",
                 root / f"s{i}",
+                free_port(),
                 free_port(),
                 free_port(),
                 root / f"s{i}.log",
@@ -90,7 +99,7 @@ class Cluster:
             "--data-dir", str(node.data_dir),
             "--peer-listen", f"127.0.0.1:{node.peer_port}",
             "--api-listen", node.api,
-            "--metrics-listen", f"127.0.0.1:{free_port()}",
+            "--metrics-listen", f"127.0.0.1:{node.metrics_port}",
             "--tick-ms", str(self.tick_ms),
             "--ttl-min-ms", "500",
         ]  # fmt: skip

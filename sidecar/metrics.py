@@ -1,0 +1,280 @@
+"""Prometheus metrics of one sidecar, derived in one place.
+
+Nothing in the core or the state machine knows about Prometheus: this module
+samples what they expose (role, term, indices, holders, peer statistics),
+listens to applied results (grants, revocations, expirations), times fsyncs
+by wrapping the storage, and times every worker RPC with a server
+interceptor. Names follow the Prometheus conventions: a ``raft_sidecar_``
+prefix, base units in the name (``_seconds``), ``_total`` on counters
+(added by the client library), labels for bounded dimensions only
+(election names are bounded by the state machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from sidecar.elections import ApplyResult, Outcome
+from sidecar.machine import ElectionsMachine
+from sidecar.node import RaftNode
+from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState
+from sidecar.storage.interface import RaftStorage
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class SidecarMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.raft_role = Gauge(
+            "raft_sidecar_raft_role", "1 for this node's current Raft role", ["role"], registry=r
+        )
+        self.raft_term = Gauge("raft_sidecar_raft_term", "Current Raft term", registry=r)
+        self.raft_commit_index = Gauge(
+            "raft_sidecar_raft_commit_index", "Highest log index known committed", registry=r
+        )
+        self.raft_applied_index = Gauge(
+            "raft_sidecar_raft_applied_index", "Highest log index applied", registry=r
+        )
+        self.raft_has_leader = Gauge(
+            "raft_sidecar_raft_has_leader", "1 when this node knows a Raft leader", registry=r
+        )
+        self.raft_leader_changes = Counter(
+            "raft_sidecar_raft_leader_changes", "Times the known Raft leader changed", registry=r
+        )
+        self.raft_elections_started = Counter(
+            "raft_sidecar_raft_elections_started",
+            "Campaigns this node started (pre-vote and real)",
+            registry=r,
+        )
+        self.fsync_seconds = Histogram(
+            "raft_sidecar_fsync_duration_seconds",
+            "Time to make one ready batch durable",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.proposal_seconds = Histogram(
+            "raft_sidecar_proposal_duration_seconds",
+            "Time from proposing a command to applying it here",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.peer_rtt_seconds = Gauge(
+            "raft_sidecar_peer_rtt_seconds",
+            "Last Deliver round trip to a peer",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_reachable = Gauge(
+            "raft_sidecar_peer_reachable",
+            "1 while the last call to a peer succeeded",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_dropped_messages = Gauge(
+            "raft_sidecar_peer_dropped_messages",
+            "Messages dropped for a peer (queue full)",
+            ["peer"],
+            registry=r,
+        )
+        self.grants = Counter(
+            "raft_sidecar_grants", "Leadership grants applied", ["election"], registry=r
+        )
+        self.revocations = Counter(
+            "raft_sidecar_revocations",
+            "Grants revoked (keep-alive stream ended)",
+            ["election"],
+            registry=r,
+        )
+        self.expirations = Counter(
+            "raft_sidecar_expirations",
+            "Grants expired on the Raft leader's clock",
+            ["election"],
+            registry=r,
+        )
+        self.resignations = Counter(
+            "raft_sidecar_resignations", "Grants given up by their holder", ["election"], registry=r
+        )
+        self.fencing_token = Gauge(
+            "raft_sidecar_fencing_token",
+            "Current holder's fencing token (0: none)",
+            ["election"],
+            registry=r,
+        )
+        self.holder_info = Gauge(
+            "raft_sidecar_election_holder_info",
+            "1 for the current holder of an election",
+            ["election", "holder"],
+            registry=r,
+        )
+        self.seconds_without_holder = Gauge(
+            "raft_sidecar_election_seconds_without_holder",
+            "Seconds since the election last had a holder (0 while held)",
+            ["election"],
+            registry=r,
+        )
+        self.rpc_requests = Counter(
+            "raft_sidecar_rpc_requests", "Worker API calls", ["method", "code"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "raft_sidecar_rpc_duration_seconds",
+            "Worker API unary call latency",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._leader: str | None = None
+        self._holders: dict[str, str] = {}
+        self._unheld_since: dict[str, float] = {}
+
+    # ---- event hooks -------------------------------------------------------------
+
+    def on_soft_state(self, soft: SoftState) -> None:
+        for role in Role:
+            self.raft_role.labels(role.value).set(1 if role is soft.role else 0)
+        if soft.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
+            self.raft_elections_started.inc()
+        if soft.leader_id != self._leader:
+            if soft.leader_id is not None:
+                self.raft_leader_changes.inc()
+            self._leader = soft.leader_id
+        self.raft_has_leader.set(1 if soft.leader_id is not None else 0)
+
+    def on_apply(self, result: ApplyResult) -> None:
+        election = result.election
+        counters = {
+            Outcome.REVOKED: self.revocations,
+            Outcome.EXPIRED: self.expirations,
+            Outcome.RESIGNED: self.resignations,
+        }
+        counter = counters.get(result.outcome)
+        if counter is not None:
+            counter.labels(election).inc()
+        if result.granted is not None:
+            self.grants.labels(election).inc()
+
+    # ---- sampling ----------------------------------------------------------------
+
+    def sample(self, node: RaftNode, machine: ElectionsMachine, peers: dict[str, Any]) -> None:
+        raft = node.raft
+        self.raft_term.set(raft.term)
+        self.raft_commit_index.set(raft.commit_index)
+        self.raft_applied_index.set(raft.applied_index)
+        for peer, stats in peers.items():
+            if stats.last_rtt_s is not None:
+                self.peer_rtt_seconds.labels(peer).set(stats.last_rtt_s)
+            self.peer_reachable.labels(peer).set(1 if stats.reachable else 0)
+            self.peer_dropped_messages.labels(peer).set(stats.dropped)
+        now = time.monotonic()
+        state = machine.state
+        for election in state.elections():
+            grant = state.holder(election)
+            old = self._holders.get(election)
+            if grant is None:
+                self.fencing_token.labels(election).set(0)
+                since = self._unheld_since.setdefault(election, now)
+                self.seconds_without_holder.labels(election).set(now - since)
+                if old is not None:
+                    self.holder_info.remove(election, old)
+                    del self._holders[election]
+                continue
+            self._unheld_since.pop(election, None)
+            self.seconds_without_holder.labels(election).set(0)
+            self.fencing_token.labels(election).set(grant.token)
+            if old != grant.holder:
+                if old is not None:
+                    self.holder_info.remove(election, old)
+                self.holder_info.labels(election, grant.holder).set(1)
+                self._holders[election] = grant.holder
+
+    async def run_sampler(
+        self,
+        node: RaftNode,
+        machine: ElectionsMachine,
+        peer_stats: Callable[[], dict[str, Any]],
+        interval_s: float = 1.0,
+    ) -> None:
+        while True:
+            self.sample(node, machine, peer_stats())
+            await asyncio.sleep(interval_s)
+
+    def serve(self, listen: str) -> None:
+        """Expose /metrics over HTTP (a daemon thread of prometheus-client)."""
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+
+
+class TimedStorage:
+    """A RaftStorage that reports how long each persist (fsync included) took."""
+
+    def __init__(self, inner: RaftStorage, metrics: SidecarMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def recover(self) -> PersistentState:
+        return self._inner.recover()
+
+    def persist(
+        self, hard_state: HardState | None, snapshot: Snapshot | None, entries: Sequence[Entry]
+    ) -> None:
+        with self._metrics.fsync_seconds.time():
+            self._inner.persist(hard_state, snapshot, entries)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._inner.save_snapshot(snapshot)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts every worker RPC by method and status code; times unary calls."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            if handler is not None:
+                method = details.method.rsplit("/", 1)[-1]
+                self._metrics.rpc_requests.labels(method, "STREAM").inc()
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        metrics = self._metrics
+
+        async def timed(request: Any, context: Any) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code_obj = context.code()
+                code = code_obj.name if code_obj is not None else "UNKNOWN"
+                raise
+            finally:
+                metrics.rpc_requests.labels(method, code).inc()
+                metrics.rpc_seconds.labels(method).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def cancel_quietly(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
