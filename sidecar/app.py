@@ -18,6 +18,7 @@ import grpc  # type: ignore[import-untyped]
 import structlog
 
 from sidecar import logging as sidecar_logging
+from sidecar.api.health import register_health_and_reflection
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
@@ -92,6 +93,7 @@ async def serve(config: SidecarConfig) -> int:
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(
         ElectionService(config, node, machine, leases), api
     )
+    health_updater = register_health_and_reflection(api, node)
     try:
         bound = api.add_insecure_port(config.api_listen)
     except RuntimeError:
@@ -114,6 +116,7 @@ async def serve(config: SidecarConfig) -> int:
     await transport.start()
     node.start()
     leases.start()
+    health_updater.start()
     sampler = asyncio.create_task(
         metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
     )
@@ -127,6 +130,7 @@ async def serve(config: SidecarConfig) -> int:
     node_ended = asyncio.create_task(node.wait())
     stop_requested = asyncio.create_task(stop.wait())
     await asyncio.wait({node_ended, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    await health_updater.stop()  # probes see NOT_SERVING while we hand over
 
     status = 0
     if node_ended.done():

@@ -13,12 +13,14 @@ Any sidecar serves any call: a follower forwards writes and read barriers to
 the Raft leader (sidecar.transport.forward) and answers from its own applied
 state. UNAVAILABLE means no leader is known or reachable right now; the
 worker's client library retries. Leases: see KeepAlive and sidecar.leases.
-Observe follows (until then it answers UNIMPLEMENTED).
+Observe streams an election's holder changes as this sidecar applies them,
+through a bounded per-stream queue (see Observe).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -64,6 +66,15 @@ _END_REASONS = {
     EndReason.EXPIRED: worker_pb2.GRANT_END_REASON_EXPIRED,
     EndReason.REVOKED: worker_pb2.GRANT_END_REASON_REVOKED,
 }
+
+OBSERVE_QUEUE_SIZE = 256
+"""Changes buffered per Observe stream; an observer that falls further behind
+is cut off with RESOURCE_EXHAUSTED instead of growing this process's memory."""
+
+OBSERVE_RESYNC_SECONDS = 1.0
+"""How often an idle Observe stream compares its last event with the applied
+state, to catch a holder change that arrived inside a Raft snapshot (which
+replaces the state without calling the apply listeners)."""
 
 T = TypeVar("T")
 
@@ -329,8 +340,84 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             _log.warning("revoke_failed", election=election, fencing_token=token, error=str(exc))
 
     async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Observe is not implemented yet")
-        yield worker_pb2.ObserveResponse()  # never reached: abort raises
+        """Stream an election's holder changes as this sidecar applies them.
+
+        The first message is the election's current state here: the holder
+        (empty when none), its token, the lease time left as known on this
+        node (0 on followers) and ``applied_index`` = this node's last applied
+        index. Then one message per applied command that changed the holder
+        (grant, handover, resign, revoke, expire), carrying that command's
+        index, in log order, until the client cancels. Each stream has a
+        bounded queue: an observer that falls OBSERVE_QUEUE_SIZE changes
+        behind is ended with RESOURCE_EXHAUSTED and must re-subscribe (its
+        first message then resynchronises it). A holder change that reaches
+        this node inside a Raft snapshot is reported, once noticed, with the
+        snapshot's applied index.
+        """
+        try:
+            election = validate_name("election", request.election)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        queue: asyncio.Queue[ApplyResult] = asyncio.Queue(maxsize=OBSERVE_QUEUE_SIZE)
+        overflowed = False
+        getter: asyncio.Future[ApplyResult] | None = None
+
+        def listener(result: ApplyResult) -> None:
+            nonlocal overflowed
+            if overflowed or result.election != election or not result.holder_changed:
+                return
+            try:
+                queue.put_nowait(result)
+            except asyncio.QueueFull:
+                overflowed = True
+
+        # Registering and reading the state happen in one turn of the event
+        # loop: every change after this snapshot reaches the queue.
+        self._machine.listeners.append(listener)
+        try:
+            state = self._machine.state
+            current = state.holder(election)
+            yield self._change(election, current, state.last_applied)
+            last_token = current.token if current is not None else 0
+            while True:
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a
+                # cancellation (the client going away) that races with the get.
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=OBSERVE_RESYNC_SECONDS)
+                if overflowed:
+                    break
+                if not done:
+                    state = self._machine.state
+                    current = state.holder(election)
+                    token = current.token if current is not None else 0
+                    if token != last_token:  # changed inside a snapshot
+                        last_token = token
+                        yield self._change(election, current, state.last_applied)
+                    continue
+                result, getter = getter.result(), None
+                last_token = result.holder.token if result.holder is not None else 0
+                yield self._change(election, result.holder, result.index)
+        finally:
+            if getter is not None:
+                getter.cancel()
+            with contextlib.suppress(ValueError):
+                self._machine.listeners.remove(listener)
+        _log.warning("observer_too_slow", election=election, queue_size=OBSERVE_QUEUE_SIZE)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "observer too slow; re-subscribe")
+
+    def _change(self, election: str, holder: Grant | None, index: int) -> Any:
+        if holder is None:
+            change = worker_pb2.LeadershipChange(election=election, applied_index=index)
+        else:
+            change = worker_pb2.LeadershipChange(
+                election=election,
+                holder=holder.holder,
+                fencing_token=holder.token,
+                remaining_ms=self._leases.remaining_ms(election, holder.token),
+                applied_index=index,
+            )
+        return worker_pb2.ObserveResponse(change=change)
 
     async def ListGrants(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def call() -> Any:

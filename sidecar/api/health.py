@@ -1,0 +1,143 @@
+"""Standard gRPC health checking and server reflection on the worker API port.
+
+``register_health_and_reflection(server, node)`` adds ``grpc.health.v1.Health``
+and ``grpc.reflection.v1alpha.ServerReflection`` to a ``grpc.aio`` server and
+returns the ``HealthUpdater`` that keeps the health status current::
+
+    updater = register_health_and_reflection(api, node)   # before api.start()
+    updater.start()                                        # in the event loop
+    ...
+    await updater.stop()                                   # on shutdown
+
+What SERVING means. The overall status (service ``""``) and
+``raftsidecar.worker.v1.ElectionService`` are SERVING exactly when, at the
+last check (every ``interval_s``, 50 ms by default):
+
+* this node's Raft loop has not stopped (no storage error, ``stop()`` not
+  called), and
+* it knows a Raft leader for its current term (itself, or another node it
+  has heard from in this term; a node that is campaigning knows none), and
+* its applied index is at most ``max_apply_lag`` entries (default 64)
+  behind its commit index, so its local reads (Leader, ListGrants, Observe)
+  reflect what it knows to be committed.
+
+Otherwise both are NOT_SERVING, e.g. during a Raft election, on a node whose
+apply loop is lagging, or from ``stop()`` on (graceful shutdown: the status
+then stays NOT_SERVING). Before the first check both are NOT_SERVING.
+SERVING says nothing about whether the leader it knows is still reachable:
+a follower cut off from the leader keeps reporting SERVING until its election
+timeout makes it campaign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+from sidecar.node import RaftNode
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+
+_log = structlog.get_logger("sidecar.api.health")
+
+ELECTION_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["ElectionService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_SERVICE = reflection.SERVICE_NAME
+
+DEFAULT_MAX_APPLY_LAG = 64
+DEFAULT_INTERVAL_S = 0.05
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class _SidecarHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """The stock asyncio servicer, but NOT_SERVING (not SERVING) until the
+    first check: a probe must not see a node as ready before it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # No watcher can exist yet, so setting the map directly is what
+        # ``set`` would do; ``set`` itself is a coroutine.
+        self._server_status = {"": _NOT_SERVING, ELECTION_SERVICE: _NOT_SERVING}
+
+
+class HealthUpdater:
+    """Sets the health status of ``""`` and the ElectionService from the node's
+    Raft state, on a timer; see the module docstring for what SERVING means."""
+
+    def __init__(
+        self,
+        servicer: Any,
+        node: RaftNode,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        max_apply_lag: int = DEFAULT_MAX_APPLY_LAG,
+    ) -> None:
+        self._servicer = servicer
+        self._node = node
+        self._interval = interval_s
+        self._max_apply_lag = max_apply_lag
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._serving: bool | None = None
+
+    def serving(self) -> bool:
+        """Whether this node is SERVING right now (see the module docstring)."""
+        if self._stopped or self._node.failure is not None:
+            return False
+        raft = self._node.raft
+        if raft.leader_id is None:
+            return False
+        return raft.commit_index - raft.applied_index <= self._max_apply_lag
+
+    async def check(self) -> None:
+        """One evaluation; updates the servicer only when the status changes."""
+        serving = self.serving()
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = _SERVING if serving else _NOT_SERVING
+        for service in ("", ELECTION_SERVICE):
+            await self._servicer.set(service, status)
+        _log.info("health_changed", status="SERVING" if serving else "NOT_SERVING")
+
+    def start(self) -> None:
+        """Start checking (call from the event loop, e.g. before ``api.start()``)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="health-updater")
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING for good (graceful shutdown) and stop checking."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._servicer.enter_graceful_shutdown()
+
+    async def _run(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval)
+
+
+def register_health_and_reflection(server: Any, node: RaftNode) -> HealthUpdater:
+    """Add grpc.health.v1 and server reflection to the ``grpc.aio`` ``server``
+    (before it starts) and return the updater that keeps health current.
+
+    Reflection lists the ElectionService, the Health service and the
+    reflection service itself. The caller then runs ``updater.start()`` and,
+    on shutdown, ``await updater.stop()``.
+    """
+    servicer = _SidecarHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(
+        (ELECTION_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), server
+    )
+    return HealthUpdater(servicer, node)

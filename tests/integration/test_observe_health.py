@@ -1,0 +1,236 @@
+"""Three real sidecar processes on loopback: Observe streams, grpc.health.v1
+health checking and server reflection on the worker API port."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from sidecar.api import service as api_service
+from sidecar.elections import Campaign, Resign, encode_command
+from sidecar.machine import ElectionsMachine
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration.cluster import Cluster, Sidecar, eventually
+
+ELECTION = "settlement-eur"
+ELECTION_SERVICE = "raftsidecar.worker.v1.ElectionService"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    c.start_all()
+    try:
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+def campaign(stub: Any, candidate: str, timeout: float = 10) -> Any:
+    request = worker_pb2.CampaignRequest(election=ELECTION, candidate_id=candidate, ttl_ms=5000)
+    return stub.Campaign(request, timeout=timeout).token
+
+
+def resign(stub: Any, token: int) -> None:
+    stub.Resign(worker_pb2.ResignRequest(election=ELECTION, fencing_token=token), timeout=5)
+
+
+class Observer:
+    """Reads an Observe stream on a thread, so the test can wait per event."""
+
+    def __init__(self, node: Sidecar, election: str = ELECTION) -> None:
+        self.call = node.stub().Observe(worker_pb2.ObserveRequest(election=election))
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self.events.put(response.change)
+        except grpc.RpcError as exc:
+            self.events.put(exc)
+
+    def next(self, timeout: float = 5) -> Any:
+        event = self.events.get(timeout=timeout)
+        if isinstance(event, grpc.RpcError):
+            raise event
+        return event
+
+    def cancel(self) -> grpc.RpcError:
+        self.call.cancel()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+        end = self.events.get(timeout=1)
+        assert isinstance(end, grpc.RpcError), end
+        return end
+
+
+def channel(node: Sidecar) -> grpc.Channel:
+    node.stub()  # opens node.channel
+    assert node.channel is not None
+    return node.channel
+
+
+def health(node: Sidecar, service: str = "") -> Any:
+    stub = health_pb2_grpc.HealthStub(channel(node))
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+
+
+def serving_everywhere(nodes: list[Sidecar]) -> bool | None:
+    for node in nodes:
+        for service in ("", ELECTION_SERVICE):
+            try:
+                if health(node, service) != health_pb2.HealthCheckResponse.SERVING:
+                    return None
+            except grpc.RpcError:
+                return None
+    return True
+
+
+def test_observe_on_a_follower_sees_grant_handover_and_end(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+    stub = leader.stub()
+
+    observer = Observer(follower)
+    initial = observer.next()
+    assert (initial.election, initial.holder, initial.fencing_token) == (ELECTION, "", 0)
+    assert initial.remaining_ms == 0
+
+    first = campaign(stub, "worker-a")
+    grant = observer.next()
+    assert (grant.holder, grant.fencing_token) == ("worker-a", first.fencing_token)
+    assert grant.applied_index == first.fencing_token > initial.applied_index
+
+    # worker-b queues behind worker-a (its call gives up, its place stays).
+    with pytest.raises(grpc.RpcError) as late:
+        campaign(stub, "worker-b", timeout=0.5)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    resign(stub, first.fencing_token)
+    handover = observer.next()
+    assert handover.holder == "worker-b"
+    assert handover.fencing_token > first.fencing_token
+    assert handover.applied_index == handover.fencing_token
+
+    resign(stub, handover.fencing_token)
+    end = observer.next()
+    assert (end.holder, end.fencing_token, end.remaining_ms) == ("", 0, 0)
+    assert end.applied_index > handover.applied_index
+    assert observer.events.empty(), "one event per holder change"
+
+    assert observer.cancel().code() == grpc.StatusCode.CANCELLED
+
+    # A new subscriber starts from the current state, here on the leader.
+    again = Observer(leader)
+    current = again.next()
+    assert (current.holder, current.fencing_token) == ("", 0)
+    assert current.applied_index >= end.applied_index
+    again.cancel()
+
+
+def test_observe_rejects_a_bad_election_name(cluster: Cluster) -> None:
+    node = cluster.nodes[0]
+    for name in ("", "x" * 200):
+        observer = Observer(node, election=name)
+        with pytest.raises(grpc.RpcError) as err:
+            observer.next()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "election" in (err.value.details() or "")
+
+
+def test_health_and_reflection(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    eventually(lambda: serving_everywhere(cluster.nodes), "SERVING on every node")
+    with pytest.raises(grpc.RpcError) as err:
+        health(leader, "no.such.Service")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    services = set(ProtoReflectionDescriptorDatabase(channel(cluster.nodes[0])).get_services())
+    assert services >= {
+        ELECTION_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+    # The Raft leader dies: once a new one is elected, the survivors serve again.
+    cluster.kill(leader, signal.SIGKILL)
+    survivors = [n for n in cluster.nodes if n.process is not None]
+    new_leader = cluster.leader(survivors)
+    assert new_leader is not leader
+    eventually(lambda: serving_everywhere(survivors), "SERVING on the survivors")
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    code: Any = None
+    details = ""
+
+    async def abort(self, code: Any, details: str) -> None:
+        self.code, self.details = code, details
+        raise _Aborted(details)
+
+
+def test_slow_observer_is_cut_off_and_listeners_are_removed() -> None:
+    """In process: an observer that does not read overflows its bounded queue
+    and ends with RESOURCE_EXHAUSTED; no stream leaves its listener behind."""
+
+    class Leases:
+        def remaining_ms(self, election: str, token: int) -> int:
+            return 0
+
+    async def scenario() -> None:
+        machine = ElectionsMachine()
+        api = api_service.ElectionService(None, None, machine, Leases())  # type: ignore[arg-type]
+        baseline = len(machine.listeners)
+        context = _Context()
+        stream = api.Observe(worker_pb2.ObserveRequest(election=ELECTION), context)
+        first = await anext(stream)
+        assert first.change.applied_index == 0 and len(machine.listeners) == baseline + 1
+        index = 0
+        for _ in range(api_service.OBSERVE_QUEUE_SIZE + 1):  # grant, resign, grant, ...
+            index += 1
+            machine.apply(
+                index,
+                encode_command(
+                    Campaign(election=ELECTION, candidate="w", ttl_ms=5000, proposed_at_unix_ms=0)
+                ),
+            )
+            index += 1
+            machine.apply(
+                index,
+                encode_command(Resign(election=ELECTION, proposed_at_unix_ms=0, token=index - 1)),
+            )
+        with pytest.raises(_Aborted):
+            while True:
+                await anext(stream)
+        assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert context.details == "observer too slow; re-subscribe"
+        assert len(machine.listeners) == baseline
+
+        # A client going away (the generator closed) removes its listener too.
+        other = api.Observe(worker_pb2.ObserveRequest(election=ELECTION), _Context())
+        await anext(other)
+        assert len(machine.listeners) == baseline + 1
+        await other.aclose()
+        assert len(machine.listeners) == baseline
+
+    asyncio.run(scenario())
