@@ -33,6 +33,7 @@ sim-long: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.raft_core
 	$(BIN)/python -m bench.storage
+	$(BIN)/python -m bench.sidecar
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

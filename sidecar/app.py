@@ -29,7 +29,7 @@ from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.errors import StorageError
-from sidecar.transport.errors import ForwardRefused
+from sidecar.transport.errors import ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import Transport
 
@@ -113,7 +113,12 @@ async def serve(config: SidecarConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    await transport.start()
+    try:
+        await transport.start()
+    except TransportUsageError as exc:
+        print(f"raft-sidecar: {exc} (is another process using the peer port?)", file=sys.stderr)
+        await node.stop()
+        return 1
     node.start()
     leases.start()
     health_updater.start()

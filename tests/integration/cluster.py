@@ -30,18 +30,29 @@ T = TypeVar("T")
 _PORTS = random.Random()
 
 
+def _port_range() -> tuple[int, int]:
+    """Below the kernel's ephemeral range (32768 and up here), so no outgoing
+    connection takes a port between this check and the bind; one slice per
+    pytest-xdist worker, so parallel tests do not pick the same ports."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    low = 20000 + (index % 6) * 2000
+    return low, low + 2000
+
+
 def free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768 and up here), so
-    that no outgoing connection can take it between this check and the bind."""
+    """A port that is free now (a process of another test run may still take
+    it first: ``Cluster.start_all`` then retries with new ports)."""
+    low, high = _port_range()
     for _ in range(1000):
-        port = _PORTS.randrange(20000, 32000)
+        port = _PORTS.randrange(low, high)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 20000-32000")
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 @dataclass
@@ -78,18 +89,24 @@ class Cluster:
     def __init__(self, root: Path, size: int = 3, tick_ms: int = 10) -> None:
         self.root = root
         self.tick_ms = tick_ms
-        self.nodes = [
+        self.size = size
+        self.started_once = False
+        self.nodes = self._fresh_nodes()
+
+    def _fresh_nodes(self) -> list[Sidecar]:
+        nodes = [
             Sidecar(
                 f"s{i}",
-                root / f"s{i}",
+                self.root / f"s{i}",
                 free_port(),
                 free_port(),
                 free_port(),
-                root / f"s{i}.log",
+                self.root / f"s{i}.log",
             )
-            for i in range(size)
+            for i in range(self.size)
         ]
-        self.peers = ",".join(f"{n.node_id}=127.0.0.1:{n.peer_port}" for n in self.nodes)
+        self.peers = ",".join(f"{n.node_id}=127.0.0.1:{n.peer_port}" for n in nodes)
+        return nodes
 
     def start(self, node: Sidecar) -> None:
         command = [
@@ -107,11 +124,27 @@ class Cluster:
         node.process = subprocess.Popen(command, stdout=log, stderr=log, env=os.environ.copy())
 
     def start_all(self) -> None:
-        """Start every node and wait until each answers on its worker API."""
-        for node in self.nodes:
-            self.start(node)
-        for node in self.nodes:
-            eventually(lambda n=node: _answers(n), f"{node.node_id} to serve its API")
+        """Start every node and wait until each answers on its worker API.
+
+        On the first start, a node that exits at once lost a port race with
+        another process: every node then starts again on new ports (twice at
+        most). Later restarts keep their ports.
+        """
+        attempts = 1 if self.started_once else 3
+        for attempt in range(attempts):
+            for node in self.nodes:
+                self.start(node)
+            try:
+                for node in self.nodes:
+                    eventually(lambda n=node: _answers(n, self), f"{node.node_id} to serve its API")
+            except _NodeExited:
+                self.stop_all()
+                if attempt == attempts - 1:
+                    raise
+                self.nodes = self._fresh_nodes()
+                continue
+            self.started_once = True
+            return
 
     def kill(self, node: Sidecar, sig: int = signal.SIGKILL) -> int:
         assert node.process is not None
@@ -153,7 +186,13 @@ class Cluster:
         )
 
 
-def _answers(node: Sidecar) -> bool | None:
+class _NodeExited(AssertionError):
+    pass
+
+
+def _answers(node: Sidecar, cluster: Cluster) -> bool | None:
+    if node.process is not None and node.process.poll() is not None:
+        raise _NodeExited(f"{node.node_id} exited at start:\n{cluster.logs()}")
     try:
         node.status()
     except grpc.RpcError:

@@ -1,0 +1,468 @@
+"""End-to-end figures of a real 3-node sidecar cluster: ``python -m bench.sidecar``.
+
+Starts three ``raft-sidecar serve`` processes on loopback (the integration
+harness, ``tests.integration.cluster``) in a temp dir under /var/tmp, with the
+product's default tick (15 ms; election timeout 10 ticks = 150-300 ms), and
+measures:
+
+1. Raft leader failover: SIGKILL the Raft leader, time until another node
+   reports RAFT_ROLE_LEADER via Status (polled every 5 ms); restart the killed
+   node and wait until it answers Status (and the cluster has one leader).
+2. Worker-crash failover: worker A holds an election through Campaign plus a
+   KeepAlive stream (every 100 ms, ttl 2000 ms) on a follower sidecar; worker
+   B waits in Campaign on another sidecar; A's stream is cancelled (the
+   sidecar revokes at once) and the time from cancel until B's Campaign
+   returns is measured.
+3. Graceful handover: A holds (ttl 5000, no keep-alive), B waits; time from
+   A's Resign call until B's Campaign returns.
+4. Uncontended Campaign + Resign cycles on distinct elections, one client.
+5. ValidateToken throughput (1 and 16 synchronous client threads) against the
+   Raft leader, and the same client code against a trivial grpc.aio server in
+   a subprocess (a generic handler answering ValidateToken at once).
+6. RSS (VmRSS) of each sidecar idle and right after step 5.
+
+This is a benchmark, not a test: figures are machine-dependent; compare runs
+on one machine only. All processes are stopped and the temp dir removed at
+the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration.cluster import Cluster, Sidecar, eventually
+
+TICK_MS = 15  # the product default (sidecar.config)
+POLL_S = 0.005
+QUEUE_SETTLE_S = 0.2  # time given to B's Campaign to reach the queue before A lets go
+
+# A trivial grpc.aio server: ValidateToken of the same service name, answered
+# at once from a generic handler (raw bytes, no proto import needed).
+TRIVIAL_SERVER = r"""
+import asyncio, sys
+import grpc
+
+# ValidateTokenResponse(valid=true, current_token=1), serialized by hand.
+ANSWER = bytes([0x08, 0x01, 0x10, 0x01])
+
+async def validate(request, context):
+    return ANSWER
+
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "raftsidecar.worker.v1.ElectionService",
+        {"ValidateToken": grpc.unary_unary_rpc_method_handler(validate)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f}"
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_of(cluster: Cluster) -> dict[str, int | None]:
+    return {
+        n.node_id: (rss_kib(n.process.pid) if n.process is not None else None)
+        for n in cluster.nodes
+    }
+
+
+def role_of(node: Sidecar) -> Any:
+    try:
+        return node.stub().Status(worker_pb2.StatusRequest(), timeout=0.5)
+    except grpc.RpcError:
+        return None
+
+
+def followers(cluster: Cluster, leader: Sidecar) -> list[Sidecar]:
+    return [n for n in cluster.nodes if n is not leader and n.process is not None]
+
+
+def campaign_request(election: str, candidate: str, ttl_ms: int) -> Any:
+    return worker_pb2.CampaignRequest(election=election, candidate_id=candidate, ttl_ms=ttl_ms)
+
+
+def resign(stub: Any, token: Any) -> None:
+    stub.Resign(
+        worker_pb2.ResignRequest(election=token.election, fencing_token=token.fencing_token),
+        timeout=10,
+    )
+
+
+# --- 1. Raft leader failover ----------------------------------------------
+
+
+def raft_failover(cluster: Cluster, trials: int) -> tuple[list[float], list[float]]:
+    detect: list[float] = []
+    rejoin: list[float] = []
+    for _ in range(trials):
+        leader = cluster.leader()
+        old = leader.status()
+        survivors = followers(cluster, leader)
+        t0 = time.monotonic()
+        cluster.kill(leader, signal.SIGKILL)
+        deadline = t0 + 20
+        elected = None
+        while elected is None and time.monotonic() < deadline:
+            for node in survivors:
+                st = role_of(node)
+                if st is not None and st.role == worker_pb2.RAFT_ROLE_LEADER:
+                    if st.term <= old.term:
+                        print(f"  warning: leader {st.node_id} in term {st.term} <= {old.term}")
+                    elected = st
+                    break
+            else:
+                time.sleep(POLL_S)
+        if elected is None:
+            raise RuntimeError("no new Raft leader within 20 s")
+        detect.append(time.monotonic() - t0)
+        t1 = time.monotonic()
+        cluster.start(leader)
+        eventually(
+            lambda node=leader: role_of(node), f"{leader.node_id} to answer Status after restart"
+        )
+        rejoin.append(time.monotonic() - t1)
+        cluster.leader()  # one leader among all nodes before the next kill
+    return detect, rejoin
+
+
+# --- 2./3. worker failover --------------------------------------------------
+
+
+def keep_alive_requests(token: Any, stop: threading.Event, every_s: float) -> Iterator[Any]:
+    sequence = 0
+    while not stop.is_set():
+        sequence += 1
+        yield worker_pb2.KeepAliveRequest(
+            election=token.election, fencing_token=token.fencing_token, sequence=sequence
+        )
+        stop.wait(every_s)
+
+
+def worker_crash_failover(cluster: Cluster, trials: int) -> list[float]:
+    election = "bench-e"
+    leader = cluster.leader()
+    home_a, home_b = followers(cluster, leader)[:2]
+    stub_a, stub_b = home_a.stub(), home_b.stub()
+    samples: list[float] = []
+    for i in range(trials):
+        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", 2000), timeout=20).token
+        stop = threading.Event()
+        stream = stub_a.KeepAlive(keep_alive_requests(token_a, stop, 0.1), timeout=120)
+        acked = threading.Event()
+
+        def read(stream: Any = stream, acked: threading.Event = acked) -> None:
+            with contextlib.suppress(grpc.RpcError):  # cancelled below
+                for _ in stream:
+                    acked.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        if not acked.wait(10):
+            raise RuntimeError("no keep-alive answer in 10 s")
+        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", 2000), timeout=20)
+        time.sleep(QUEUE_SETTLE_S)
+        if waiting_b.done():
+            raise RuntimeError(f"B granted while A held: {waiting_b.result()}")
+        t0 = time.monotonic()
+        stream.cancel()  # the worker process died
+        token_b = waiting_b.result().token
+        samples.append(time.monotonic() - t0)
+        stop.set()
+        reader.join(5)
+        if token_b.fencing_token <= token_a.fencing_token:
+            raise RuntimeError("B's token is not larger than A's")
+        resign(stub_b, token_b)
+    return samples
+
+
+def graceful_handover(cluster: Cluster, trials: int) -> list[float]:
+    election = "bench-h"
+    leader = cluster.leader()
+    home_a, home_b = followers(cluster, leader)[:2]
+    stub_a, stub_b = home_a.stub(), home_b.stub()
+    samples: list[float] = []
+    for i in range(trials):
+        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", 5000), timeout=20).token
+        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", 5000), timeout=20)
+        time.sleep(QUEUE_SETTLE_S)
+        if waiting_b.done():
+            raise RuntimeError(f"B granted while A held: {waiting_b.result()}")
+        t0 = time.monotonic()
+        resign(stub_a, token_a)
+        token_b = waiting_b.result().token
+        samples.append(time.monotonic() - t0)
+        if token_b.fencing_token <= token_a.fencing_token:
+            raise RuntimeError("B's token is not larger than A's")
+        resign(stub_b, token_b)
+    return samples
+
+
+# --- 4. uncontended Campaign + Resign ------------------------------------------
+
+
+def campaign_cycles(node: Sidecar, seconds: float) -> tuple[list[float], list[float], int, float]:
+    stub = node.stub()
+    campaign_s: list[float] = []
+    resign_s: list[float] = []
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        t0 = time.monotonic()
+        token = stub.Campaign(campaign_request(f"bench-c-{i}", "solo", 5000), timeout=10).token
+        t1 = time.monotonic()
+        resign(stub, token)
+        t2 = time.monotonic()
+        campaign_s.append(t1 - t0)
+        resign_s.append(t2 - t1)
+        i += 1
+    return campaign_s, resign_s, i, time.monotonic() - start
+
+
+# --- 5. ValidateToken throughput ------------------------------------------------
+
+
+def validate_throughput(target: str, request: Any, threads: int, seconds: float) -> float:
+    """Calls/s of ValidateToken from ``threads`` synchronous threads sharing one channel."""
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = worker_pb2_grpc.ElectionServiceStub(channel)
+        for _ in range(20):  # warm up the connection
+            stub.ValidateToken(request, timeout=5)
+        counts = [0] * threads
+        errors = [0] * threads
+        stop = threading.Event()
+        barrier = threading.Barrier(threads + 1)
+
+        def run(k: int) -> None:
+            barrier.wait()
+            while not stop.is_set():
+                try:
+                    stub.ValidateToken(request, timeout=5)
+                    counts[k] += 1
+                except grpc.RpcError:
+                    errors[k] += 1
+
+        workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        stop.set()
+        for w in workers:
+            w.join(10)
+        elapsed = time.monotonic() - t0
+        if sum(errors):
+            print(f"  warning: {sum(errors)} ValidateToken errors against {target}")
+        return sum(counts) / elapsed
+    finally:
+        channel.close()
+
+
+def start_trivial_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRIVIAL_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.isdigit():
+        proc.kill()
+        raise RuntimeError(f"trivial server did not start: {line!r}")
+    return proc, f"127.0.0.1:{line}"
+
+
+# --- main ------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def print_latencies(title: str, samples: list[float], with_max: bool = False) -> None:
+    cols = f"{'p50':>8} {'p90':>8} {'p99':>8}" + (f" {'max':>8}" if with_max else "")
+    vals = (
+        f"{ms(percentile(samples, 50))} {ms(percentile(samples, 90))} {ms(percentile(samples, 99))}"
+    )
+    if with_max:
+        vals += f" {ms(max(samples))}"
+    print(f"  {title:<44} n={len(samples):<4} ms: {cols}")
+    print(f"  {'':<44} {'':<6}     {vals}")
+
+
+def fmt_rss(values: dict[str, int | None]) -> str:
+    return "  ".join(
+        f"{k}={v / 1024:6.1f} MiB" if v is not None else f"{k}=   n/a" for k, v in values.items()
+    )
+
+
+def section(title: str, run: Callable[[], Any]) -> Any:
+    print(f"\n[{title}]", flush=True)
+    t0 = time.monotonic()
+    result = run()
+    print(f"  ({time.monotonic() - t0:.1f} s)", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=30, help="trials of steps 1-3")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of steps 4-5 runs")
+    parser.add_argument("--threads", type=int, default=16, help="client threads of step 5")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="sidecar-bench-", dir="/var/tmp"))
+    cluster = Cluster(root, size=3, tick_ms=TICK_MS)
+    trivial: subprocess.Popen[str] | None = None
+    began = time.monotonic()
+    ok = False
+    try:
+        print(f"raft-sidecar bench: 3 nodes on loopback, tick {TICK_MS} ms, dir {root}")
+        cluster.start_all()
+        cluster.leader()
+        time.sleep(1.0)
+        rss_idle_start = rss_of(cluster)
+        print(f"RSS idle at start: {fmt_rss(rss_idle_start)}")
+
+        detect, rejoin = section(
+            f"1. Raft leader failover (SIGKILL leader), {args.trials} trials",
+            lambda: raft_failover(cluster, args.trials),
+        )
+        print_latencies("kill -> another node reports LEADER", detect, with_max=True)
+        print_latencies("restart -> killed node answers Status", rejoin, with_max=True)
+
+        crash = section(
+            f"2. Worker-crash failover (KeepAlive cancelled), {args.trials} trials",
+            lambda: worker_crash_failover(cluster, args.trials),
+        )
+        print_latencies("cancel stream -> B's Campaign returns", crash, with_max=True)
+
+        handover = section(
+            f"3. Graceful handover (Resign), {args.trials} trials",
+            lambda: graceful_handover(cluster, args.trials),
+        )
+        print_latencies("Resign call -> B's Campaign returns", handover, with_max=True)
+
+        leader = cluster.leader()
+        camp, res, cycles, elapsed = section(
+            f"4. Uncontended Campaign+Resign on the Raft leader ({leader.node_id}), one client",
+            lambda: campaign_cycles(leader, args.seconds),
+        )
+        print(f"  Campaign  ms: p50 {ms(percentile(camp, 50))}  p99 {ms(percentile(camp, 99))}")
+        print(f"  Resign    ms: p50 {ms(percentile(res, 50))}  p99 {ms(percentile(res, 99))}")
+        print(f"  cycles/s: {cycles / elapsed:.1f} ({cycles} cycles in {elapsed:.1f} s)")
+
+        # 5. ValidateToken
+        leader = cluster.leader()
+        token = (
+            leader.stub().Campaign(campaign_request("bench-v", "validator", 5000), timeout=10).token
+        )
+        request = worker_pb2.ValidateTokenRequest(
+            election="bench-v", fencing_token=token.fencing_token
+        )
+        if not leader.stub().ValidateToken(request, timeout=5).valid:
+            raise RuntimeError("fresh token is not valid")
+        rss_before_5 = rss_of(cluster)
+        trivial, trivial_target = start_trivial_server()
+
+        def run5() -> dict[tuple[str, int], float]:
+            out = {}
+            for threads in (1, args.threads):
+                out[("sidecar", threads)] = validate_throughput(
+                    leader.api, request, threads, args.seconds
+                )
+                out[("trivial", threads)] = validate_throughput(
+                    trivial_target, request, threads, args.seconds
+                )
+            return out
+
+        rates = section(
+            f"5. ValidateToken throughput against the Raft leader ({leader.node_id}) "
+            "vs a trivial grpc.aio server",
+            run5,
+        )
+        rss_after_5 = rss_of(cluster)
+        trivial_rss = rss_kib(trivial.pid)
+        print(f"  {'client threads':<16}{'sidecar/s':>12}{'trivial/s':>12}{'ratio':>9}")
+        for threads in (1, args.threads):
+            s, t = rates[("sidecar", threads)], rates[("trivial", threads)]
+            print(f"  {threads:<16}{s:12.0f}{t:12.0f}{s / t:9.3f}")
+
+        print("\n[6. RSS (VmRSS)]")
+        print(f"  idle at start:        {fmt_rss(rss_idle_start)}")
+        print(f"  idle before step 5:   {fmt_rss(rss_before_5)}")
+        print(f"  right after step 5:   {fmt_rss(rss_after_5)}")
+        if trivial_rss is not None:
+            print(f"  trivial server after step 5: {trivial_rss / 1024:.1f} MiB")
+        print(
+            "  (nodes killed in step 1 were restarted, so their 'before' figures are new processes)"
+        )
+        print(f"\ntotal {time.monotonic() - began:.1f} s")
+        ok = True
+    finally:
+        stop_process(trivial)
+        for node in cluster.nodes:
+            if node.channel is not None:
+                node.channel.close()
+                node.channel = None
+            stop_process(node.process)
+            node.process = None
+        if not ok:
+            with contextlib.suppress(Exception):
+                print(cluster.logs(), file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
