@@ -350,7 +350,7 @@ class RaftNode:
                 self._step_inputs()
                 while self._raft.has_ready():
                     await self._handle_ready(self._raft.ready())
-                self._maybe_snapshot()
+                await self._maybe_snapshot()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -468,7 +468,7 @@ class RaftNode:
                 still.append((index, fut))
         self._applied_waiters = still
 
-    def _maybe_snapshot(self) -> None:
+    async def _maybe_snapshot(self) -> None:
         applied = self._raft.applied_index
         if applied - self._snapshot_index < self.settings.snapshot_every_entries:
             return
@@ -477,7 +477,11 @@ class RaftNode:
             return
         meta = SnapshotMetadata(applied, term, self._raft.log.membership_at(applied))
         snapshot = Snapshot(meta, self._sm.snapshot())
-        self._storage.save_snapshot(snapshot)
+        # Durable first (on the disk thread, so the loop is not stalled by
+        # fsync), then the core forgets; only this task touches the core.
+        await asyncio.get_running_loop().run_in_executor(
+            self._disk_thread, self._storage.save_snapshot, snapshot
+        )
         self._raft.compact(snapshot)
         self._snapshot_index = applied
         _log.info("snapshot_taken", node_id=self.id, index=applied, term=term)
