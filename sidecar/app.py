@@ -1,9 +1,11 @@
 """``raft-sidecar serve``: storage, core, transport, state machine and API, wired.
 
 Process life: start everything, then wait for SIGTERM/SIGINT or for the node
-to stop by itself (a storage error). On SIGTERM a leader first hands Raft
-leadership to the most caught-up peer, so a rolling restart costs one
-election round trip, not an election timeout. The exit status is 0 after a
+to stop by itself (a storage error). On SIGTERM the sidecar reports
+NOT_SERVING, revokes the grants its own workers hold (they go away with the
+pod, so the next candidates are granted at once), and, if it is the Raft
+leader, hands leadership to the most caught-up peer, so a rolling restart
+costs one election round trip, not an election timeout. The exit status is 0 after a
 clean shutdown and 1 when the node stopped on an error.
 """
 
@@ -90,9 +92,8 @@ async def serve(config: SidecarConfig) -> int:
         await node.stop()
         return 1
     api = grpc.aio.server(interceptors=[RpcMetricsInterceptor(metrics)])
-    worker_pb2_grpc.add_ElectionServiceServicer_to_server(
-        ElectionService(config, node, machine, leases), api
-    )
+    service = ElectionService(config, node, machine, leases)
+    worker_pb2_grpc.add_ElectionServiceServicer_to_server(service, api)
     health_updater = register_health_and_reflection(api, node)
     try:
         bound = api.add_insecure_port(config.api_listen)
@@ -136,6 +137,8 @@ async def serve(config: SidecarConfig) -> int:
     stop_requested = asyncio.create_task(stop.wait())
     await asyncio.wait({node_ended, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
     await health_updater.stop()  # probes see NOT_SERVING while we hand over
+    if not node_ended.done():
+        await service.release_local_grants()
 
     status = 0
     if node_ended.done():

@@ -109,6 +109,8 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         self._machine = machine
         self._leases = leases
         self._background: set[asyncio.Task[None]] = set()
+        self._local_grants: set[tuple[str, int]] = set()
+        """Grants kept alive by streams on this sidecar: its own workers'."""
         self._grant_waiters: dict[tuple[str, str], list[asyncio.Future[Grant]]] = {}
         machine.listeners.append(self._on_apply)
 
@@ -302,15 +304,35 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"token {token} no longer holds {election!r}: stop acting as its leader",
                     )
+                if kept.get(election) not in (None, token):
+                    self._local_grants.discard((election, kept[election]))
                 kept[election] = token
+                self._local_grants.add((election, token))
                 yield worker_pb2.KeepAliveResponse(
                     sequence=request.sequence, remaining_ttl_ms=remaining_ms
                 )
         finally:
             for election, token in sorted(kept.items()):
+                self._local_grants.discard((election, token))
                 task = asyncio.get_running_loop().create_task(self._revoke(election, token))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+
+    async def release_local_grants(self, timeout_s: float = 2.0) -> None:
+        """On shutdown: end every grant this sidecar's workers hold, and wait for it.
+
+        A pod going away takes its worker with it; revoking now (rather than
+        when the keep-alive streams are torn down with the server, too late
+        for the proposal to commit) hands each election to the next candidate
+        at once instead of after a TTL.
+        """
+        grants = sorted(self._local_grants)
+        self._local_grants.clear()
+        if not grants:
+            return
+        revokes = [self._revoke(election, token) for election, token in grants]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*revokes), timeout_s)
 
     async def _renew(self, election: str, token: int) -> tuple[bool, int]:
         if self._node.raft.role is Role.LEADER:
