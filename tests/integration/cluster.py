@@ -143,6 +143,9 @@ class Cluster:
                     raise
                 self.nodes = self._fresh_nodes()
                 continue
+            except BaseException:
+                self.stop_all()  # never leave processes behind a failed start
+                raise
             self.started_once = True
             return
 
