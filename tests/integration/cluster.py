@@ -91,6 +91,8 @@ class Cluster:
         self.tick_ms = tick_ms
         self.size = size
         self.started_once = False
+        self.peers_of: Callable[[Sidecar], str] | None = None
+        """Per-node --peers (e.g. through fault proxies); by default one shared list."""
         self.nodes = self._fresh_nodes()
 
     def _fresh_nodes(self) -> list[Sidecar]:
@@ -112,7 +114,7 @@ class Cluster:
         command = [
             sys.executable, "-m", "sidecar.cli", "serve",
             "--node-id", node.node_id,
-            "--peers", self.peers,
+            "--peers", self.peers_of(node) if self.peers_of else self.peers,
             "--data-dir", str(node.data_dir),
             "--peer-listen", f"127.0.0.1:{node.peer_port}",
             "--api-listen", node.api,
