@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +80,14 @@ class Sidecar:
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return str(r.read().decode())
+
+    def answers(self) -> bool | None:
+        """True when the worker API answers Status, None while it does not (for ``eventually``)."""
+        try:
+            self.status()
+        except grpc.RpcError:
+            return None
+        return True
 
     def status(self) -> Any:
         return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
@@ -198,11 +206,20 @@ class _NodeExited(AssertionError):
 def _answers(node: Sidecar, cluster: Cluster) -> bool | None:
     if node.process is not None and node.process.poll() is not None:
         raise _NodeExited(f"{node.node_id} exited at start:\n{cluster.logs()}")
+    return node.answers()
+
+
+def running(root: Path, size: int = 3) -> Iterator[Cluster]:
+    """A started cluster for a fixture: logs printed on failure, every process stopped."""
+    c = Cluster(root, size)
+    c.start_all()
     try:
-        node.status()
-    except grpc.RpcError:
-        return None
-    return True
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
 
 
 def eventually(probe: Callable[[], T | None], what: str, seconds: float = 20.0) -> T:

@@ -25,34 +25,22 @@ from sidecar.client import (
     NotHolder,
     SidecarClient,
 )
-from tests.integration.cluster import Cluster, Sidecar
+from tests.integration.cluster import Cluster, Sidecar, running
 
 TTL = timedelta(seconds=1)
 MARGIN_S = 0.1  # default_margin_s(1 s)
 
 
-def _running(tmp: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp)
-    c.start_all()
-    try:
-        yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Shared by the tests that leave every sidecar running."""
-    yield from _running(tmp_path_factory.mktemp("shared"))
+    yield from running(tmp_path_factory.mktemp("shared"))
 
 
 @pytest.fixture
 def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """For the tests that kill sidecars."""
-    yield from _running(tmp_path)
+    yield from running(tmp_path)
 
 
 def follower(cluster: Cluster) -> Sidecar:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -12,19 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration.cluster import Cluster, eventually
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    c.start_all()
-    try:
-        yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,8 +7,6 @@ import asyncio
 import queue
 import signal
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,19 +24,6 @@ from tests.integration.cluster import Cluster, Sidecar, eventually
 
 ELECTION = "settlement-eur"
 ELECTION_SERVICE = "raftsidecar.worker.v1.ElectionService"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    c.start_all()
-    try:
-        yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def campaign(stub: Any, candidate: str, timeout: float = 10) -> Any:

@@ -12,30 +12,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-
-import grpc
-import pytest
 
 from sidecar.client import SidecarClient
-from tests.integration.cluster import Cluster, Sidecar, eventually
+from tests.integration.cluster import Cluster, eventually
 
 TTL = timedelta(seconds=3)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    c.start_all()
-    try:
-        yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
 
 
 def test_rolling_restart_keeps_the_lease_and_hands_over_fast(cluster: Cluster) -> None:
@@ -51,7 +33,7 @@ def test_rolling_restart_keeps_the_lease_and_hands_over_fast(cluster: Cluster) -
                 code = await asyncio.to_thread(cluster.kill, node, signal.SIGTERM)
                 assert code == 0, f"{node.node_id} exited {code} on SIGTERM"
                 await asyncio.to_thread(cluster.start, node)
-                await asyncio.to_thread(eventually, lambda n=node: _serving(n), "restarted")
+                await asyncio.to_thread(eventually, lambda n=node: n.answers(), "restarted")
                 await asyncio.to_thread(cluster.leader)
             assert not lease.lost.is_set(), lease.lost_reason
             lease.check()
@@ -68,14 +50,6 @@ def test_rolling_restart_keeps_the_lease_and_hands_over_fast(cluster: Cluster) -
                 assert granted_after_s < TTL.total_seconds() / 2, granted_after_s
 
     asyncio.run(main())
-
-
-def _serving(node: Sidecar) -> bool | None:
-    try:
-        node.status()
-    except grpc.RpcError:
-        return None
-    return True
 
 
 async def _lead_once(client: SidecarClient, candidate: str, previous_token: int) -> float:
