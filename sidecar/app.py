@@ -91,7 +91,12 @@ async def serve(config: SidecarConfig) -> int:
         )
         await node.stop()
         return 1
-    api = grpc.aio.server(interceptors=[RpcMetricsInterceptor(metrics)])
+    api = grpc.aio.server(
+        interceptors=[RpcMetricsInterceptor(metrics)],
+        # Without this, a second sidecar on the same port binds too and the
+        # kernel splits the workers' calls between the two, silently.
+        options=[("grpc.so_reuseport", 0)],
+    )
     service = ElectionService(config, node, machine, leases)
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(service, api)
     health_updater = register_health_and_reflection(api, node)

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 
 _PORTS = random.Random()
+_HANDED_OUT: set[int] = set()
+"""Ports already given to a node of this process: never hand one out twice."""
 
 
 def _port_range() -> tuple[int, int]:
@@ -46,11 +48,14 @@ def free_port() -> int:
     low, high = _port_range()
     for _ in range(1000):
         port = _PORTS.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port in {low}-{high}")
 

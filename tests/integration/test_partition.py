@@ -87,10 +87,12 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
     new = cluster.leader(majority)
 
     # The majority grants worker-b only once worker-a's lease is over.
+    # worker-b sends no keep-alives: a long TTL keeps its grant in place while
+    # the healed node catches up below.
     granted = (
         new.stub()
         .Campaign(
-            worker_pb2.CampaignRequest(election="pay", candidate_id="worker-b", ttl_ms=TTL_MS),
+            worker_pb2.CampaignRequest(election="pay", candidate_id="worker-b", ttl_ms=30_000),
             timeout=20,
         )
         .token
