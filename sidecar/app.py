@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import structlog
 
 from sidecar import logging as sidecar_logging
-from sidecar.api.health import register_health_and_reflection
+from sidecar.api.health import HealthUpdater, register_health_and_reflection, serve_health_only
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
@@ -34,6 +35,7 @@ from sidecar.storage.errors import StorageError
 from sidecar.transport.errors import ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import Transport
+from sidecar.transport.tls import PeerCredentials, load_peer_credentials
 
 _log = structlog.get_logger("sidecar.app")
 
@@ -50,6 +52,15 @@ async def serve(config: SidecarConfig) -> int:
         election_timeout_ticks=config.election_timeout_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
     )
+    credentials: PeerCredentials | None = None
+    if config.tls is not None:
+        try:
+            credentials = load_peer_credentials(
+                config.tls.cert_file, config.tls.key_file, config.tls.ca_file
+            )
+        except OSError as exc:
+            print(f"raft-sidecar: cannot load peer TLS files: {exc}", file=sys.stderr)
+            return 2
     try:
         storage = TimedStorage(DiskStorage(config.data_dir), metrics)
         handlers = _PeerHandlers()
@@ -64,8 +75,15 @@ async def serve(config: SidecarConfig) -> int:
             propose=handlers.propose,
             read_index=handlers.read_index,
             renew_lease=handlers.renew_lease,
+            server_credentials=credentials.server if credentials else None,
+            channel_credentials=credentials.channel if credentials else None,
         )
-        forwarder = Forwarder(node_id=config.node_id, cluster_id=config.cluster_id, peers=others)
+        forwarder = Forwarder(
+            node_id=config.node_id,
+            cluster_id=config.cluster_id,
+            peers=others,
+            channel_credentials=credentials.channel if credentials else None,
+        )
         node = RaftNode(
             raft_config,
             storage,
@@ -108,6 +126,12 @@ async def serve(config: SidecarConfig) -> int:
         print(f"raft-sidecar: cannot listen on {config.api_listen} (in use?)", file=sys.stderr)
         await node.stop()
         return 1
+    try:
+        probes = _health_server(config.health_listen, health_updater)
+    except OSError as exc:
+        print(f"raft-sidecar: {exc}", file=sys.stderr)
+        await node.stop()
+        return 1
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,6 +156,8 @@ async def serve(config: SidecarConfig) -> int:
         metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
     )
     await api.start()
+    if probes is not None:
+        await probes.start()
     _log.info(
         "sidecar_started",
         peers=sorted(config.peers),
@@ -154,6 +180,8 @@ async def serve(config: SidecarConfig) -> int:
     stop_requested.cancel()
     node_ended.cancel()
     await api.stop(grace=0.5)
+    if probes is not None:
+        await probes.stop(grace=0)
     await leases.stop()
     await cancel_quietly(sampler)
     await node.stop()
@@ -161,6 +189,22 @@ async def serve(config: SidecarConfig) -> int:
     await forwarder.close()
     _log.info("sidecar_stopped", status=status)
     return status
+
+
+def _health_server(address: str, updater: HealthUpdater) -> Any:
+    """The probe-only server on ``address`` (not started); None when disabled.
+    Raises OSError when the address cannot be bound."""
+    if not address:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    serve_health_only(server, updater)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot serve health on {address} (in use?)")
+    return server
 
 
 class _PeerHandlers:

@@ -41,6 +41,20 @@ class SidecarConfig:
     ttl_min_ms: int
     ttl_max_ms: int
     log_level: str = "info"
+    health_listen: str = ""
+    """host:port of the health-only gRPC server for kubelet probes; empty: none."""
+    tls: TlsFiles | None = None
+    """Peer mutual TLS; None: plaintext peer traffic."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for peer mutual TLS: this node's certificate chain and key,
+    and the CA bundle that every peer's certificate must chain to."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,12 @@ SETTINGS: tuple[_Setting, ...] = (
         str,
     ),
     _Setting("metrics-listen", "host:port for Prometheus /metrics", "0.0.0.0:7402", str),
+    _Setting(
+        "health-listen",
+        "host:port serving only grpc.health.v1 (kubelet probes); empty for none",
+        "0.0.0.0:7403",
+        str,
+    ),
     _Setting("tick-ms", "one Raft tick in milliseconds", "15", _int),
     _Setting(
         "election-timeout-ticks",
@@ -96,7 +116,12 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("ttl-min-ms", "smallest lease TTL a worker may ask for", "1000", _int),
     _Setting("ttl-max-ms", "largest lease TTL a worker may ask for", "60000", _int),
     _Setting("log-level", "debug, info, warning or error", "info", str),
+    _Setting("tls-cert-file", "PEM certificate chain for peer mTLS (with key and CA)", "", str),
+    _Setting("tls-key-file", "PEM private key for peer mTLS", "", str),
+    _Setting("tls-ca-file", "PEM CA bundle that peers' certificates must chain to", "", str),
 )
+
+_TLS_SETTINGS = ("tls-cert-file", "tls-key-file", "tls-ca-file")
 
 
 def env_name(setting: str) -> str:
@@ -105,7 +130,10 @@ def env_name(setting: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
-        default = f" (default {s.default})" if s.default is not None else " (required)"
+        if s.default is None:
+            default = " (required)"
+        else:
+            default = f" (default {s.default})" if s.default else " (default: none)"
         parser.add_argument(
             f"--{s.name}",
             dest=s.name.replace("-", "_"),
@@ -153,7 +181,34 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         ttl_min_ms=values["ttl-min-ms"],
         ttl_max_ms=values["ttl-max-ms"],
         log_level=values["log-level"],
+        health_listen=values["health-listen"],
+        tls=TlsFiles(*(values[name] for name in _TLS_SETTINGS))
+        if values["tls-cert-file"]
+        else None,
     )
+
+
+def _check_tls(v: Mapping[str, Any]) -> Sequence[str]:
+    given = [name for name in _TLS_SETTINGS if v.get(name)]
+    if not given:
+        return []
+    if len(given) < len(_TLS_SETTINGS):
+        missing = ", ".join(f"--{n}" for n in _TLS_SETTINGS if n not in given)
+        return [
+            "peer TLS needs all of --tls-cert-file, --tls-key-file, --tls-ca-file: "
+            f"{missing} missing"
+        ]
+    problems = []
+    for name in _TLS_SETTINGS:
+        try:
+            with open(v[name], "rb") as f:
+                pem = f.read()
+        except OSError as exc:
+            problems.append(f"--{name}={v[name]!r}: cannot read: {exc.strerror}")
+            continue
+        if b"-----BEGIN " not in pem:
+            problems.append(f"--{name}={v[name]!r}: not a PEM file")
+    return problems
 
 
 def _check(v: Mapping[str, Any]) -> Sequence[str]:
@@ -176,6 +231,10 @@ def _check(v: Mapping[str, Any]) -> Sequence[str]:
     for name in ("peer-listen", "metrics-listen"):
         if name in v and not _valid_address(v[name]):
             problems.append(f"--{name}={v[name]!r} is not host:port")
+    health = v.get("health-listen")
+    if health and not _valid_address(health):
+        problems.append(f"--health-listen={health!r} is not host:port (or empty for none)")
+    problems.extend(_check_tls(v))
     api = v.get("api-listen")
     if (
         api is not None

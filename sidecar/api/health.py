@@ -79,6 +79,8 @@ class HealthUpdater:
         max_apply_lag: int = DEFAULT_MAX_APPLY_LAG,
     ) -> None:
         self._servicer = servicer
+        self.servicer = servicer
+        """The health servicer; ``serve_health_only`` adds it to another server."""
         self._node = node
         self._interval = interval_s
         self._max_apply_lag = max_apply_lag
@@ -141,3 +143,11 @@ def register_health_and_reflection(server: Any, node: RaftNode) -> HealthUpdater
         (ELECTION_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), server
     )
     return HealthUpdater(servicer, node)
+
+
+def serve_health_only(server: Any, updater: HealthUpdater) -> None:
+    """Add the same health status to a second ``grpc.aio`` server (before it
+    starts): the probe port, reachable from the kubelet, while the worker API
+    stays on loopback inside the pod. No reflection there: it would list the
+    worker API on a port that does not serve it."""
+    health_pb2_grpc.add_HealthServicer_to_server(updater.servicer, server)

@@ -67,6 +67,7 @@ class Sidecar:
     peer_port: int
     api_port: int
     metrics_port: int
+    health_port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = field(default=None, repr=False)
@@ -106,6 +107,8 @@ class Cluster:
         self.started_once = False
         self.peers_of: Callable[[Sidecar], str] | None = None
         """Per-node --peers (e.g. through fault proxies); by default one shared list."""
+        self.extra_args: Callable[[Sidecar], list[str]] | None = None
+        """Per-node extra flags (e.g. TLS files)."""
         self.nodes = self._fresh_nodes()
 
     def _fresh_nodes(self) -> list[Sidecar]:
@@ -113,6 +116,7 @@ class Cluster:
             Sidecar(
                 f"s{i}",
                 self.root / f"s{i}",
+                free_port(),
                 free_port(),
                 free_port(),
                 free_port(),
@@ -132,9 +136,12 @@ class Cluster:
             "--peer-listen", f"127.0.0.1:{node.peer_port}",
             "--api-listen", node.api,
             "--metrics-listen", f"127.0.0.1:{node.metrics_port}",
+            "--health-listen", f"127.0.0.1:{node.health_port}",
             "--tick-ms", str(self.tick_ms),
             "--ttl-min-ms", "500",
         ]  # fmt: skip
+        if self.extra_args is not None:
+            command += self.extra_args(node)
         log = node.log_path.open("ab")
         node.process = subprocess.Popen(command, stdout=log, stderr=log, env=os.environ.copy())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,47 @@ def test_unix_socket_api_address_is_accepted() -> None:
     args = parse("--node-id", "s0", "--peers", PEERS, "--data-dir", "/d")
     config = load(args, {"RAFT_SIDECAR_API_LISTEN": "unix:/run/sidecar.sock"})
     assert config.api_listen == "unix:/run/sidecar.sock"
+
+
+BASE = ("--node-id", "s0", "--peers", PEERS, "--data-dir", "/d")
+
+
+def test_health_port_defaults_to_all_interfaces_and_can_be_turned_off() -> None:
+    assert load(parse(*BASE), {}).health_listen == "0.0.0.0:7403"
+    assert load(parse(*BASE), {"RAFT_SIDECAR_HEALTH_LISTEN": ""}).health_listen == ""
+    with pytest.raises(ConfigError, match="--health-listen='nope' is not host:port"):
+        load(parse(*BASE, "--health-listen", "nope"), {})
+
+
+def test_peer_tls_needs_all_three_readable_pem_files(tmp_path: Path) -> None:
+    pem = tmp_path / "a.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01")
+    assert load(parse(*BASE), {}).tls is None
+
+    with pytest.raises(ConfigError) as err:
+        load(parse(*BASE, "--tls-cert-file", str(pem)), {})
+    assert "--tls-key-file, --tls-ca-file missing" in str(err.value)
+
+    with pytest.raises(ConfigError) as err:
+        load(
+            parse(
+                *BASE,
+                "--tls-cert-file", str(pem),
+                "--tls-key-file", str(tmp_path / "absent"),
+                "--tls-ca-file", str(garbage),
+            ),
+            {},
+        )  # fmt: skip
+    text = str(err.value)
+    assert "--tls-key-file=" in text and "cannot read: No such file or directory" in text
+    assert f"--tls-ca-file={str(garbage)!r}: not a PEM file" in text
+
+    env = {
+        "RAFT_SIDECAR_TLS_CERT_FILE": str(pem),
+        "RAFT_SIDECAR_TLS_KEY_FILE": str(pem),
+        "RAFT_SIDECAR_TLS_CA_FILE": str(pem),
+    }
+    tls = load(parse(*BASE), env).tls
+    assert tls is not None and (tls.cert_file, tls.key_file, tls.ca_file) == (str(pem),) * 3

@@ -1,0 +1,1 @@
+"""Settlement demo: a fenced ledger and a batch worker that leads through raft-sidecar."""
