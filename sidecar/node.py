@@ -50,6 +50,7 @@ from sidecar.raft import (
     Snapshot,
     SnapshotMetadata,
     SoftState,
+    split_messages,
 )
 from sidecar.storage.interface import RaftStorage
 
@@ -167,6 +168,7 @@ class RaftNode:
         self._disk_thread = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{raft_config.node_id}")
         self._stopped: BaseException | None = None
         self.soft_state = SoftState(Role.FOLLOWER, None, recovered.hard_state.term)
+        self._durable_hard_state = recovered.hard_state
 
     # ---- public API (called from other tasks) ---------------------------------------
 
@@ -402,12 +404,17 @@ class RaftNode:
                 p.appended.set_result((index, term))
 
     async def _handle_ready(self, rd: Ready) -> None:
+        before, after = split_messages(rd, role=self._raft.role, durable=self._durable_hard_state)
+        if before:  # a leader's appends travel while it writes them itself
+            self._outbox.send(before)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self._disk_thread, self._storage.persist, rd.hard_state, rd.snapshot, rd.entries
             )
-        if rd.messages:
-            self._outbox.send(rd.messages)
+            if rd.hard_state is not None:
+                self._durable_hard_state = rd.hard_state
+        if after:
+            self._outbox.send(after)
         if rd.snapshot is not None:
             meta = rd.snapshot.metadata
             self._sm.restore(meta.index, rd.snapshot.data)

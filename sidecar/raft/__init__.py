@@ -22,7 +22,7 @@ from sidecar.raft.messages import (
     VoteRequest,
     VoteResponse,
 )
-from sidecar.raft.ready import ReadState, Ready, Role, SoftState
+from sidecar.raft.ready import ReadState, Ready, Role, SoftState, split_messages
 from sidecar.raft.types import (
     Entry,
     EntryKind,
@@ -68,4 +68,5 @@ __all__ = [
     "VoteRequest",
     "VoteResponse",
     "decode_conf_entry",
+    "split_messages",
 ]

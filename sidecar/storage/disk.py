@@ -7,7 +7,9 @@ Layout::
     DIR/wal/             wal-<seq>-<first index>.log segments
 
 Theory of operation. The write-ahead log carries entries and the commit index
-(one fsync covers both, group-committed across callers). The hard-state file
+(one fsync covers both, group-committed across callers; a change of the commit
+index alone is not fsynced by itself but rides with the next append, since
+Raft never needs it for safety). The hard-state file
 changes only when the term or the vote changes, which is rare, so the common
 path costs one fsync. A received snapshot is stored first, then a RESET record
 makes the log restart after it; a snapshot of our own state machine is stored,
@@ -158,8 +160,10 @@ class DiskStorage:
             self._snapshots.save(snapshot)
             wal.reset(snapshot.metadata.index, snapshot.metadata.term)
         commit = hard_state.commit if hard_state is not None else None
-        if entries or (commit is not None and commit != self._saved_hard_state.commit):
+        if entries:
             wal.append(entries, commit=commit)
+        elif commit is not None and commit != self._saved_hard_state.commit:
+            wal.note_commit(commit)  # durable with the next append: no fsync of its own
         if hard_state is not None and (hard_state.term, hard_state.voted_for) != (
             self._saved_hard_state.term,
             self._saved_hard_state.voted_for,

@@ -119,7 +119,15 @@ class MemoryStorage:
         snapshot: Snapshot | None,
         entries: Sequence[Entry],
     ) -> None:
-        """Stage and sync one ready batch. Raises StorageError for a batch that does not fit."""
+        """Stage and sync one ready batch. Raises StorageError for a batch that does not fit.
+
+        A batch that only raises the commit index is staged, not synced, as
+        ``DiskStorage`` does: it becomes durable with the next batch, and a
+        crash before that loses it (Raft never needs it for safety).
+        """
+        if self._commit_only(hard_state, snapshot, entries):
+            self.stage(hard_state, snapshot, entries)
+            return
         if self._staged:
             self.stage(hard_state, snapshot, entries)
             self.sync()
@@ -135,6 +143,10 @@ class MemoryStorage:
         durable log, or when its term disagrees with the log's entry at its index.
         """
         self._check_open()
+        if self._staged and all(
+            self._commit_only(b.hard_state, b.snapshot, b.entries) for b in self._staged
+        ):
+            self.sync()  # the snapshot's own write would carry them
         if self._staged:
             raise StorageError("save_snapshot with unsynced writes staged; sync first")
         meta = snapshot.metadata
@@ -157,6 +169,21 @@ class MemoryStorage:
 
     def close(self) -> None:
         self._closed = True
+
+    def _commit_only(
+        self, hard_state: HardState | None, snapshot: Snapshot | None, entries: Sequence[Entry]
+    ) -> bool:
+        """Whether a batch changes nothing but the commit index (term and vote as staged)."""
+        if hard_state is None or snapshot is not None or entries:
+            return False
+        last = self._staged_hard_state()
+        return (hard_state.term, hard_state.voted_for) == (last.term, last.voted_for)
+
+    def _staged_hard_state(self) -> HardState:
+        for batch in reversed(self._staged):
+            if batch.hard_state is not None:
+                return batch.hard_state
+        return self._hard_state
 
     # ---- crash points -------------------------------------------------------------
 

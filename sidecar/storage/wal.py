@@ -494,6 +494,29 @@ class WriteAheadLog:
                 records.append(encode(RecordKind.COMMIT, commit, 0))
             self._await(self._enqueue(records))
 
+    def note_commit(self, commit: int) -> None:
+        """Record a higher commit index *without* waiting for it to be durable.
+
+        Raft never needs the commit index for safety (a restarted node learns
+        it again from the leader); it is kept for a faster restart. So a
+        commit-only change is queued and reaches the disk with the next
+        append's fsync (or ``close``), instead of costing an fsync on the
+        commit path. The in-memory floor against truncation rises at once.
+        Raises WalUsageError for a commit beyond the last index.
+        """
+        with self._mu:
+            self._check_usable()
+            last = self._base_index + len(self._terms)
+            if commit > last:
+                raise WalUsageError(f"commit {commit} beyond last index {last}")
+            if commit <= self._commit:
+                return
+            record = encode(RecordKind.COMMIT, commit, 0)
+            self._wait_for_room(len(record))
+            self._commit = commit
+            self._floor = max(self._floor, commit)
+            self._enqueue([record])
+
     def append_data(self, data: bytes, term: int) -> int:
         """Durably append one NORMAL entry at the next index; returns that index."""
         if term < 1:

@@ -12,7 +12,9 @@ history to check the Raft properties incrementally (Raft Figure 3):
 * State Machine Safety: every node applies the same entry at each index,
   each index exactly once per incarnation, and only committed entries.
 * Commit monotonic: the persisted commit index of a node never goes back.
-* Durability: no message leaves a node that depends on state not yet on its disk.
+* Durability: no message leaves a node that depends on state not yet on its
+  disk, except a leader's appends of entries it is still writing (dissertation
+  §10.2.1); and an entry commits only once a majority holds it durably.
 * Linearizable reads: a ReadIndex answer is at least the commit index that
   existed, anywhere, when the read was asked.
 """
@@ -20,6 +22,7 @@ history to check the Raft properties incrementally (Raft Figure 3):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar.raft import (
@@ -27,6 +30,7 @@ from sidecar.raft import (
     AppendResponse,
     Entry,
     HardState,
+    HeartbeatRequest,
     Message,
     Ready,
     Role,
@@ -51,6 +55,8 @@ def chain_digest(digest: int, entry: Entry) -> int:
 
 class Checkers:
     def __init__(self) -> None:
+        self.disk_of: Callable[[str], MemoryStorage] | None = None
+        """Every node's durable state, for the majority-durability check at commit."""
         self.leaders: dict[int, str] = {}
         self.votes: dict[tuple[int, str], str] = {}  # (term, voter) -> candidate granted
         self.committed: list[Entry | None] = [None]  # committed[i] is the entry at index i
@@ -147,12 +153,30 @@ class Checkers:
                         f"but {want} was committed there"
                     )
             elif i == len(self.committed):
+                self._check_durable_on_majority(node, e)
                 self.committed.append(e)
                 self.digests.append(chain_digest(self.digests[-1], e))
             else:
                 raise SafetyViolation(
                     f"{node.id} commits index {i} beyond the known commit index {self.commit_index}"
                 )
+
+    def _check_durable_on_majority(self, node: SimNode, e: Entry) -> None:
+        """A newly committed entry is on the disks of a majority of the voters
+        its committer counts (compacted into a snapshot counts as held)."""
+        if self.disk_of is None or node.raft is None:
+            return
+        voters = node.raft.membership.voters
+        holders = set()
+        for voter in voters:
+            disk = self.disk_of(voter)
+            if disk.base_index() >= e.index or disk.term(e.index) == e.term:
+                holders.add(voter)
+        if len(holders) * 2 <= len(voters):
+            raise SafetyViolation(
+                f"{node.id} commits {e} held durably only by {sorted(holders)} "
+                f"of voters {sorted(voters)}"
+            )
 
     def on_apply(self, node: SimNode, e: Entry) -> None:
         if e.index != node.sm_index + 1:
@@ -175,8 +199,17 @@ class Checkers:
 
     # ---- messages ----------------------------------------------------------------
 
-    def on_send(self, node_id: str, hs: HardState, disk: MemoryStorage, m: Message) -> None:
-        """Nothing sent may depend on state that is not on the sender's disk."""
+    def on_send(
+        self,
+        node_id: str,
+        hs: HardState,
+        disk: MemoryStorage,
+        m: Message,
+        *,
+        persisted: bool = True,
+    ) -> None:
+        """Nothing sent may depend on state that is not on the sender's disk;
+        ``persisted=False``: a leader's append sent while it writes the entries."""
         if isinstance(m, VoteRequest) and m.pre_vote:
             return
         if isinstance(m, VoteResponse) and m.pre_vote:
@@ -200,7 +233,14 @@ class Checkers:
             raise SafetyViolation(
                 f"{node_id} acknowledged index {m.index} but its disk ends at {disk.last_index()}"
             )
-        if isinstance(m, AppendRequest) and m.entries and disk.last_index() < m.entries[-1].index:
+        if not persisted and not isinstance(m, AppendRequest | HeartbeatRequest):
+            raise SafetyViolation(f"{node_id} sent {type(m).__name__} before persisting")
+        if (
+            persisted
+            and isinstance(m, AppendRequest)
+            and m.entries
+            and disk.last_index() < m.entries[-1].index
+        ):
             raise SafetyViolation(f"leader {node_id} sent entries it has not persisted")
 
     def on_read(self, node_id: str, index: int, required: int) -> None:

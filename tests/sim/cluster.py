@@ -43,6 +43,7 @@ from sidecar.raft import (
     SnapshotMetadata,
     SnapshotRequest,
     decode_conf_entry,
+    split_messages,
 )
 from sidecar.storage.memory import MemoryStorage
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
@@ -106,6 +107,7 @@ class Simulation:
         self.raft_factory = raft_factory
         self.rng = random.Random(f"sched:{seed}")
         self.check = Checkers()
+        self.check.disk_of = lambda node_id: self.nodes[node_id].disk
         self.now = 0
         self._seq = 0
         self._events: list[_Event] = []
@@ -204,10 +206,15 @@ class Simulation:
         became_leader = False
         while raft is not None and raft.has_ready():
             rd = raft.ready()
+            # As sidecar.node does: a leader's appends leave before its own write.
+            before, after = split_messages(rd, role=raft.role, durable=node.disk.hard_state)
+            for m in before:
+                self.check.on_send(node.id, node.disk.hard_state, node.disk, m, persisted=False)
+                self._send(m)
             if not self._persist(node, rd):
                 return  # crashed half way through the write
             self._observe(node, rd)
-            for m in rd.messages:
+            for m in after:
                 self.check.on_send(node.id, node.disk.hard_state, node.disk, m)
                 if isinstance(m, SnapshotRequest):
                     self.stats["snapshots_sent"] += 1
@@ -301,6 +308,8 @@ class Simulation:
         self.drain(node)
 
     def crash(self, node: SimNode) -> None:
+        if node.disk.has_staged:  # a queued commit index that no fsync carried yet
+            node.disk = node.disk.crash()
         node.raft = None
         node.incarnation += 1
         node.role = Role.FOLLOWER

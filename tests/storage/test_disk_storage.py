@@ -64,6 +64,36 @@ def test_roundtrip_on_the_real_disk(tmp_path: Path) -> None:
     assert len(os.listdir(tmp_path / "node" / "wal")) > 1, "small segments roll over"
 
 
+def test_a_commit_only_change_rides_with_the_next_fsync() -> None:
+    """The commit index alone is queued without an fsync (Raft never needs it
+    for safety): a crash may lose it, never an entry; the next append, or a
+    clean close, makes it durable."""
+    fs = CrashFileSystem()
+    storage, _ = reopen(fs)
+    storage.persist(HardState(1, "a", 0), None, entries(1, 5, 1))
+    syncs = fs.syncs
+    storage.persist(HardState(1, "a", 5), None, [])
+    assert fs.syncs == syncs, "no fsync for a commit-only change"
+    _, crashed = reopen(fs.crash())
+    assert crashed.hard_state.commit == 0 and len(crashed.entries) == 5
+
+    fs = CrashFileSystem()
+    storage, _ = reopen(fs)
+    storage.persist(HardState(1, "a", 0), None, entries(1, 5, 1))
+    storage.persist(HardState(1, "a", 5), None, [])
+    storage.persist(None, None, entries(6, 1, 1))
+    _, state = reopen(fs.crash())
+    assert state.hard_state.commit == 5, "durable with the next append"
+
+    fs = CrashFileSystem()
+    storage, _ = reopen(fs)
+    storage.persist(HardState(1, "a", 0), None, entries(1, 5, 1))
+    storage.persist(HardState(1, "a", 4), None, [])
+    storage.close()
+    _, state = reopen(fs.crash())
+    assert state.hard_state.commit == 4, "a clean close flushes it"
+
+
 def test_conflicting_suffix_is_replaced_durably() -> None:
     """Raft §5.3: a follower's diverging uncommitted suffix is overwritten; the
     truncation is durable together with the entries that replace it."""

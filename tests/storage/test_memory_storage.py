@@ -275,7 +275,18 @@ def test_recover_equals_what_was_synced(seed: int) -> None:
             first = rng.randint(base + 1, last + 1)
             es = ents(first, first + rng.randint(0, 4), term) if rng.random() < 0.9 else ()
             hs = HardState(term, rng.choice([None, "a", "b"]), 0) if rng.random() < 0.5 else None
-            if rng.random() < 0.5:
+            latest = next((b[0] for b in reversed(staged) if b[0] is not None), None)
+            latest = latest or durable.state().hard_state
+            commit_only = (
+                hs is not None
+                and sn is None
+                and not es
+                and (hs.term, hs.voted_for) == (latest.term, latest.voted_for)
+            )
+            if commit_only:  # persist queues it like DiskStorage: durable with the next batch
+                s.persist(hs, sn, es)
+                staged.append((hs, sn, es))
+            elif rng.random() < 0.5:
                 s.persist(hs, sn, es)
                 for batch in staged:
                     durable.apply(*batch)

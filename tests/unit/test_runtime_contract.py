@@ -305,11 +305,33 @@ def test_restart_from_snapshot_reapplies_only_entries_after_it() -> None:
     snap = c.compact("a", data=b"sm")
     c.propose("a", b"tail")
     c.process_ready("a")
+    c.disks["a"].sync()  # a clean shutdown flushes the queued commit index
     r = c.restart("a")
     assert r.log.first_index == snap.metadata.index + 1
     rd = r.ready()
     assert [e.data for e in rd.committed_entries] == [b"tail"]
     r.advance(rd)
+
+
+def test_a_crash_may_lose_a_commit_only_change_but_never_an_entry() -> None:
+    """Storage queues a change of the commit index alone without an fsync of
+    its own: after a crash the node restarts with a lower commit index, keeps
+    every entry, and re-learns the commit as leader."""
+    c = Cluster(1)
+    c.tick("a", 2 * T)
+    c.process_ready("a")
+    c.propose("a", b"x")
+    c.process_ready("a")
+    index = c["a"].log.last_index
+    assert c["a"].commit_index == index
+    assert c.disks["a"].hard_state.commit < index, "the commit alone waits for the next fsync"
+    c.disks["a"] = c.disks["a"].crash()
+    r = c.restart("a")
+    assert r.log.last_index == index and r.log.entry(index).data == b"x"
+    assert r.commit_index < index
+    c.tick("a", 2 * T)
+    c.process_ready("a")
+    assert c["a"].commit_index > index, "re-committed under the new term's no-op"
 
 
 def test_restart_rejects_commit_beyond_log() -> None:
