@@ -3,7 +3,7 @@
 
 1. ruff format --check   formatting
 2. ruff check            lint
-3. mypy                  strict typing of sidecar/ (config in pyproject.toml;
+3. mypy                  strict typing of sidecar/ and settlement_demo/ (config in pyproject.toml;
                          generated sidecar/pb is excluded)
 4. lint-imports          import-boundary contracts (pyproject.toml)
 5. buf lint/format       the protobuf contracts in proto/
@@ -56,7 +56,7 @@ def steps() -> list[Step]:
     return [
         Step("ruff format --check", (python, "-m", "ruff", "format", "--check", ".")),
         Step("ruff check", (python, "-m", "ruff", "check", ".")),
-        Step("mypy (strict, sidecar/)", (python, "-m", "mypy")),
+        Step("mypy (strict, sidecar/ and settlement_demo/)", (python, "-m", "mypy")),
         Step("lint-imports", (_tool("lint-imports"), "--no-cache", "--no-logo")),
         Step("buf lint", (buf, "lint"), cwd=REPO_ROOT / "proto"),
         Step("buf format", (buf, "format", "--diff", "--exit-code"), cwd=REPO_ROOT / "proto"),

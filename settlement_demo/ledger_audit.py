@@ -1,0 +1,124 @@
+"""The audit: did every settled batch pay each of its instructions exactly once?
+
+Definitions (all counted over the whole ledger, from one read snapshot):
+
+* ``payouts_expected`` / ``expected_total_cents``: instructions (and their
+  amounts) of *settled* batches: what must have been paid.
+* ``payouts_written``: every row of ``payouts``, settled batch or not.
+* ``duplicate_payouts``: payout rows beyond the first, per instruction
+  (an instruction paid 3 times counts 2).
+* ``missing_payouts``: instructions of settled batches with no payout row.
+* ``paid_total_cents``: sum of the payout rows of settled batches'
+  instructions, duplicates included, so it exceeds ``expected_total_cents``
+  by exactly the duplicated amounts.
+* ``duplicate_settlements``: settlement rows beyond the first, per batch.
+* ``payouts_in_flight``: payout rows of batches not settled yet (a run in
+  progress); not an error.
+* ``stale_writes_rejected``: fenced steps the fence turned away.
+
+``ok`` means: no duplicate payout, no duplicate settlement, no missing payout
+of a settled batch, and settled batches' paid total equals their expected total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from settlement_demo.ledger_db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    batches: int
+    batches_settled: int
+    open_batches: int
+    running_batches: int
+    settlements: int
+    duplicate_settlements: int
+    payouts_expected: int
+    payouts_written: int
+    payouts_in_flight: int
+    duplicate_payouts: int
+    missing_payouts: int
+    expected_total_cents: int
+    paid_total_cents: int
+    stale_writes_rejected: int
+
+    @property
+    def ok(self) -> bool:
+        """True when no money moved twice and every settled batch was paid in full."""
+        return (
+            self.duplicate_payouts == 0
+            and self.duplicate_settlements == 0
+            and self.missing_payouts == 0
+            and self.paid_total_cents == self.expected_total_cents
+        )
+
+    def to_dict(self) -> dict[str, int | bool]:
+        """The counts and ``ok``, ready for ``json.dumps``."""
+        out: dict[str, int | bool] = dataclasses.asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+_SETTLED_INSTRUCTIONS = (
+    "FROM instructions i JOIN batches b ON b.id = i.batch_id WHERE b.status = 'settled'"
+)
+
+
+def _one(db: Database, sql: str) -> int:
+    value = db.execute(sql)[0][0]
+    # SUM over BIGINT is NUMERIC on PostgreSQL (a Decimal here): normalize.
+    return int(value or 0)
+
+
+def run_audit(db: Database) -> AuditReport:
+    """Compute the report from one consistent snapshot of ``db``."""
+    with db.transaction(write=False):
+        batches, settled, open_, running = db.execute(
+            "SELECT COUNT(*), "
+            "SUM(CASE WHEN status = 'settled' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN status = 'open' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) FROM batches"
+        )[0]
+        expected, expected_total = db.execute(
+            f"SELECT COUNT(*), SUM(i.amount_cents) {_SETTLED_INSTRUCTIONS}"
+        )[0]
+        return AuditReport(
+            batches=int(batches),
+            batches_settled=int(settled or 0),
+            open_batches=int(open_ or 0),
+            running_batches=int(running or 0),
+            settlements=_one(db, "SELECT COUNT(*) FROM settlements"),
+            duplicate_settlements=_one(
+                db,
+                "SELECT SUM(n - 1) FROM (SELECT COUNT(*) AS n FROM settlements "
+                "GROUP BY batch_id) AS per_batch WHERE n > 1",
+            ),
+            payouts_expected=int(expected),
+            payouts_written=_one(db, "SELECT COUNT(*) FROM payouts"),
+            payouts_in_flight=_one(
+                db,
+                "SELECT COUNT(*) FROM payouts p JOIN instructions i ON i.id = p.instruction_id "
+                "JOIN batches b ON b.id = i.batch_id WHERE b.status <> 'settled'",
+            ),
+            duplicate_payouts=_one(
+                db,
+                "SELECT SUM(n - 1) FROM (SELECT COUNT(*) AS n FROM payouts "
+                "GROUP BY instruction_id) AS per_instruction WHERE n > 1",
+            ),
+            missing_payouts=_one(
+                db,
+                f"SELECT COUNT(*) {_SETTLED_INSTRUCTIONS} AND NOT EXISTS "
+                "(SELECT 1 FROM payouts p WHERE p.instruction_id = i.id)",
+            ),
+            expected_total_cents=int(expected_total or 0),
+            paid_total_cents=_one(
+                db,
+                "SELECT SUM(p.amount_cents) FROM payouts p "
+                "JOIN instructions i ON i.id = p.instruction_id "
+                "JOIN batches b ON b.id = i.batch_id WHERE b.status = 'settled'",
+            ),
+            stale_writes_rejected=_one(db, "SELECT COUNT(*) FROM fence_rejections"),
+        )

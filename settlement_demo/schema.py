@@ -1,0 +1,192 @@
+"""The ledger's tables, and how to tell our database from someone else's.
+
+Tables (docs/ledger.md describes each column):
+
+* ``ledger_meta``: ``application`` and ``schema_version`` rows, the mark that
+  says "this is a settlement ledger" (SQLite also gets ``PRAGMA application_id``).
+* ``fences``: the highest fencing token seen per election (the guard's table).
+* ``fence_rejections``: one row per stale write the fence turned away.
+* ``merchants``, ``batches``, ``instructions``: the work, written by the generator.
+* ``runs``: one per claimed batch; ``run_steps``: one row per (run, step, token),
+  the idempotency key of every worker step.
+* ``payouts`` and ``settlements``: append-only "money moved" records. They have
+  **no** unique constraint on the instruction or the batch, on purpose: only the
+  fence stops two holders from paying twice, and ``--no-fencing`` must be able
+  to show what happens without it (the audit counts the duplicates).
+
+A database is *empty* (no tables: ours to create), *current* (our mark, our
+version, all our tables) or *foreign* (anything else, refused untouched).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from settlement_demo.fence import FENCES_TABLE_DDL
+from settlement_demo.ledger_db import Database
+from settlement_demo.ledger_errors import ForeignLedgerError, LedgerError
+
+APPLICATION = "raft-sidecar/settlement-ledger"
+SCHEMA_VERSION = 1
+#: Written to the SQLite file header (``PRAGMA application_id``): "RSLG".
+SQLITE_APPLICATION_ID = 0x52534C47
+
+TABLES = (
+    "batches",
+    "fence_rejections",
+    "fences",
+    "instructions",
+    "ledger_meta",
+    "merchants",
+    "payouts",
+    "run_steps",
+    "runs",
+    "settlements",
+)
+
+# {key}: text key type ("C" collation on PostgreSQL); {serial}: auto-numbered
+# primary key. Everything else is the same on both backends.
+_DDL_TEMPLATES = (
+    "CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    FENCES_TABLE_DDL,
+    """CREATE TABLE fence_rejections (
+        seq {serial},
+        election TEXT NOT NULL,
+        presented BIGINT NOT NULL,
+        current BIGINT NOT NULL,
+        worker_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        at TEXT NOT NULL)""",
+    "CREATE TABLE merchants (id {key} PRIMARY KEY, name TEXT NOT NULL)",
+    """CREATE TABLE batches (
+        seq {serial},
+        id {key} NOT NULL UNIQUE,
+        election TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'running', 'settled')),
+        created_at TEXT NOT NULL)""",
+    "CREATE INDEX batches_by_election ON batches (election, status, seq)",
+    """CREATE TABLE instructions (
+        id {key} PRIMARY KEY,
+        batch_id {key} NOT NULL REFERENCES batches (id),
+        merchant_id {key} NOT NULL REFERENCES merchants (id),
+        amount_cents BIGINT NOT NULL CHECK (amount_cents > 0))""",
+    "CREATE INDEX instructions_by_batch ON instructions (batch_id, id)",
+    """CREATE TABLE runs (
+        id {key} PRIMARY KEY,
+        batch_id {key} NOT NULL UNIQUE REFERENCES batches (id),
+        election TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'settled')),
+        started_token BIGINT NOT NULL,
+        chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+        n_chunks INTEGER NOT NULL CHECK (n_chunks > 0),
+        n_instructions INTEGER NOT NULL,
+        total_cents BIGINT NOT NULL,
+        started_at TEXT NOT NULL,
+        settled_token BIGINT,
+        settled_at TEXT)""",
+    "CREATE INDEX runs_by_election ON runs (election, status)",
+    """CREATE TABLE run_steps (
+        run_id {key} NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        chunk INTEGER,
+        token BIGINT NOT NULL,
+        worker_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (run_id, step, token))""",
+    """CREATE TABLE payouts (
+        seq {serial},
+        run_id {key} NOT NULL REFERENCES runs (id),
+        instruction_id {key} NOT NULL REFERENCES instructions (id),
+        merchant_id {key} NOT NULL,
+        amount_cents BIGINT NOT NULL,
+        chunk INTEGER NOT NULL,
+        token BIGINT NOT NULL,
+        worker_id TEXT NOT NULL,
+        at TEXT NOT NULL)""",
+    "CREATE INDEX payouts_by_instruction ON payouts (instruction_id)",
+    """CREATE TABLE settlements (
+        seq {serial},
+        run_id {key} NOT NULL REFERENCES runs (id),
+        batch_id {key} NOT NULL REFERENCES batches (id),
+        total_cents BIGINT NOT NULL,
+        n_payouts INTEGER NOT NULL,
+        token BIGINT NOT NULL,
+        worker_id TEXT NOT NULL,
+        at TEXT NOT NULL)""",
+    "CREATE INDEX settlements_by_batch ON settlements (batch_id)",
+)
+
+
+class SchemaState(enum.Enum):
+    EMPTY = "empty"
+    CURRENT = "current"
+
+
+def ddl(db: Database) -> list[str]:
+    """The CREATE statements for ``db``'s backend, in dependency order."""
+    return [t.format(key=db.key_type, serial=db.serial_pk) for t in _DDL_TEMPLATES]
+
+
+def inspect_schema(db: Database) -> SchemaState:
+    """Classify ``db`` by reading only.
+
+    Raises:
+        ForeignLedgerError: another application's database, a different schema
+            version, or a partial ledger schema.
+    """
+    where = db.description
+    app_id = db.application_id()
+    if app_id not in (None, 0, SQLITE_APPLICATION_ID):
+        raise ForeignLedgerError(
+            f"{where} belongs to another application (SQLite application_id {app_id:#x}); "
+            "refusing to touch it"
+        )
+    tables = db.list_tables()
+    if not tables:
+        return SchemaState.EMPTY
+    if "ledger_meta" not in tables:
+        raise ForeignLedgerError(
+            f"{where} holds tables of another application ({', '.join(tables[:5])}"
+            f"{', ...' if len(tables) > 5 else ''}) and no ledger_meta; refusing to touch it"
+        )
+    try:
+        meta = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM ledger_meta")}
+    except LedgerError as exc:
+        raise ForeignLedgerError(f"{where}: unreadable ledger_meta table ({exc})") from exc
+    if meta.get("application") != APPLICATION:
+        raise ForeignLedgerError(
+            f"{where}: ledger_meta names application {meta.get('application')!r}, "
+            f"not {APPLICATION!r}; refusing to touch it"
+        )
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise ForeignLedgerError(
+            f"{where}: ledger schema version {meta.get('schema_version')!r}, "
+            f"this code speaks version {SCHEMA_VERSION}"
+        )
+    missing = sorted(set(TABLES) - set(tables))
+    if missing:
+        raise ForeignLedgerError(f"{where}: ledger schema is missing tables {missing}")
+    return SchemaState.CURRENT
+
+
+def create_schema(db: Database) -> bool:
+    """Create the ledger's tables in ``db`` unless they exist; True if it created them.
+
+    One write transaction: concurrent callers serialize, and a failure leaves
+    nothing behind.
+
+    Raises:
+        ForeignLedgerError: ``db`` is not empty and not a current ledger.
+    """
+    with db.transaction(write=True):
+        db.lock_schema()
+        if inspect_schema(db) is SchemaState.CURRENT:
+            return False
+        for statement in ddl(db):
+            db.execute(statement)
+        db.executemany(
+            "INSERT INTO ledger_meta (key, value) VALUES (?, ?)",
+            [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+        )
+        db.set_application_id(SQLITE_APPLICATION_ID)
+    return True
