@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check sim sim-long bench proto clean
+.PHONY: demo sim-demo test check sim sim-long bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python -m settlement_demo.cli run
+
+sim-demo: $(STAMP)
 	$(BIN)/python -m tests.sim.demo
 
 test: $(STAMP)
@@ -34,6 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.raft_core
 	$(BIN)/python -m bench.storage
 	$(BIN)/python -m bench.sidecar
+
+# helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
+.PHONY: tools
+tools:
+	bash scripts/install_tools.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

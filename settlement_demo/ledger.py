@@ -52,6 +52,7 @@ from settlement_demo.ledger_errors import (
 from settlement_demo.ledger_types import (
     DEFAULT_CHUNK_SIZE,
     BatchStatus,
+    FenceRejection,
     Merchant,
     PayoutInstruction,
     Run,
@@ -70,6 +71,7 @@ __all__ = [
     "Backend",
     "BatchConflictError",
     "BatchStatus",
+    "FenceRejection",
     "ForeignLedgerError",
     "Ledger",
     "LedgerConnectError",
@@ -431,6 +433,18 @@ class Ledger:
     def audit(self) -> AuditReport:
         """Count duplicates, gaps and rejections (read-only, one snapshot)."""
         return run_audit(self._db)
+
+    def fence_rejections(self) -> list[FenceRejection]:
+        """Every stale write the fence turned away, oldest first (read-only)."""
+        with self._db.transaction(write=False):
+            rows = self._db.execute(
+                "SELECT election, presented, current, worker_id, step, at "
+                "FROM fence_rejections ORDER BY seq"
+            )
+        return [
+            FenceRejection(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]))
+            for r in rows
+        ]
 
     # -- internals -------------------------------------------------------------
 

@@ -120,6 +120,18 @@ class Run:
         return slice(chunk * self.chunk_size, (chunk + 1) * self.chunk_size)
 
 
+@dataclass(frozen=True, slots=True)
+class FenceRejection:
+    """One write the fence refused: ``presented`` was below ``current``."""
+
+    election: str
+    presented: int
+    current: int
+    worker_id: str
+    step: str
+    at: str
+
+
 def run_id_for(batch_id: str) -> str:
     """The id of the one run that settles ``batch_id``."""
     return f"run-{batch_id}"

@@ -20,8 +20,8 @@ _LEVELS = {
 }
 
 
-def configure(node_id: str, level: str = "info") -> None:
-    """Render JSON, bind ``node_id`` to every line, drop lines below ``level``."""
+def configure(node_id: str, level: str = "info", *, key: str = "node_id") -> None:
+    """Render JSON, bind ``node_id`` (as ``key``) to every line, drop lines below ``level``."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,4 +34,4 @@ def configure(node_id: str, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(node_id=node_id)
+    structlog.contextvars.bind_contextvars(**{key: node_id})

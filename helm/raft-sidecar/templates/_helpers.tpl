@@ -1,0 +1,171 @@
+{{/*
+Names. The StatefulSet name is at most 52 characters (the controller adds a
+revision hash label to it), so pod names (= Raft node ids) stay valid.
+*/}}
+{{- define "raft-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "raft-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "raft-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "raft-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "raft-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "raft-sidecar.labels" -}}
+helm.sh/chart: {{ include "raft-sidecar.chart" . }}
+{{ include "raft-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: raft-sidecar
+{{- end -}}
+
+{{- define "raft-sidecar.headlessServiceName" -}}
+{{- printf "%s-headless" (include "raft-sidecar.fullname" .) -}}
+{{- end -}}
+
+{{- define "raft-sidecar.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "raft-sidecar.fullname" .) -}}
+{{- end -}}
+
+{{- define "raft-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "raft-sidecar.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "raft-sidecar.ledgerSecretName" -}}
+{{- if .Values.ledger.existingSecret -}}
+{{- .Values.ledger.existingSecret -}}
+{{- else -}}
+{{- printf "%s-ledger" (include "raft-sidecar.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "raft-sidecar.ledgerSecretKey" -}}
+{{- if .Values.ledger.existingSecret -}}
+{{- .Values.ledger.existingSecretKey -}}
+{{- else -}}
+url
+{{- end -}}
+{{- end -}}
+
+{{- define "raft-sidecar.clusterId" -}}
+{{- default (printf "%s.%s" .Release.Namespace (include "raft-sidecar.fullname" .)) .Values.sidecar.clusterId -}}
+{{- end -}}
+
+{{/*
+The sidecar image; the worker's defaults to it field by field.
+*/}}
+{{- define "raft-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "raft-sidecar.workerImage" -}}
+{{- $repository := default .Values.image.repository .Values.worker.image.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.worker.image.tag -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
+
+{{/*
+Peer address of pod i: <fullname>-<i>.<headless>.<namespace>.svc.<domain>:<peer port>.
+*/}}
+{{- define "raft-sidecar.peerHost" -}}
+{{- $ctx := index . 0 -}}
+{{- $i := index . 1 -}}
+{{- printf "%s-%d.%s.%s.svc.%s" (include "raft-sidecar.fullname" $ctx) (int $i) (include "raft-sidecar.headlessServiceName" $ctx) $ctx.Release.Namespace $ctx.Values.clusterDomain -}}
+{{- end -}}
+
+{{/*
+--peers: every voter, node id = pod name, address = its stable DNS name under
+the headless Service. Static: derived from replicaCount only.
+*/}}
+{{- define "raft-sidecar.peers" -}}
+{{- $peers := list -}}
+{{- $fullname := include "raft-sidecar.fullname" . -}}
+{{- range $i := until (int .Values.replicaCount) -}}
+{{- $peers = append $peers (printf "%s-%d=%s:%d" $fullname $i (include "raft-sidecar.peerHost" (list $ $i)) (int $.Values.sidecar.ports.peer)) -}}
+{{- end -}}
+{{- join "," $peers -}}
+{{- end -}}
+
+{{- define "raft-sidecar.listen" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s:%d" $ctx.Values.listenHost (int (index . 1)) -}}
+{{- end -}}
+
+{{/*
+Cross-field checks the schema cannot express; each fails the render with
+the fix in the message.
+*/}}
+{{- define "raft-sidecar.validate" -}}
+{{- $n := int .Values.replicaCount -}}
+{{- $quorum := add (div $n 2) 1 -}}
+{{- if and .Values.podDisruptionBudget.enabled (gt (int .Values.podDisruptionBudget.maxUnavailable) (sub $n $quorum)) -}}
+{{- fail (printf "podDisruptionBudget.maxUnavailable=%d would let evictions break quorum: %d replicas need %d up, so at most %d may be unavailable" (int .Values.podDisruptionBudget.maxUnavailable) $n $quorum (sub $n $quorum)) -}}
+{{- end -}}
+{{- $lease := .Values.sidecar.lease -}}
+{{- $raft := .Values.sidecar.raft -}}
+{{- $electionMs := mul (int $raft.tickMs) (int $raft.electionTimeoutTicks) -}}
+{{- if lt (int $lease.ttlMinMs) (mul 2 $electionMs) -}}
+{{- fail (printf "sidecar.lease.ttlMinMs=%d is below two election timeouts (2 x %d ms): a Raft leader change alone could outlast a lease" (int $lease.ttlMinMs) $electionMs) -}}
+{{- end -}}
+{{- if ge (int $raft.heartbeatTicks) (int $raft.electionTimeoutTicks) -}}
+{{- fail "sidecar.raft.heartbeatTicks must be smaller than sidecar.raft.electionTimeoutTicks" -}}
+{{- end -}}
+{{- if gt (int $lease.ttlMinMs) (int $lease.ttlMaxMs) -}}
+{{- fail "sidecar.lease.ttlMinMs must not exceed sidecar.lease.ttlMaxMs" -}}
+{{- end -}}
+{{- if or (lt (int .Values.worker.ttlMs) (int $lease.ttlMinMs)) (gt (int .Values.worker.ttlMs) (int $lease.ttlMaxMs)) -}}
+{{- fail (printf "worker.ttlMs=%d is outside sidecar.lease [%d, %d]: the sidecar would refuse the worker's Campaign" (int .Values.worker.ttlMs) (int $lease.ttlMinMs) (int $lease.ttlMaxMs)) -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
+{{- fail "tls.enabled=true needs tls.existingSecret: a Secret with tls.crt, tls.key and ca.crt" -}}
+{{- end -}}
+{{- if and (not .Values.ledger.existingSecret) (not .Values.ledger.url) -}}
+{{- fail "set ledger.existingSecret (a Secret with the PostgreSQL URL) or ledger.url" -}}
+{{- end -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.sidecar.preStopSleepSeconds) 2) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d leaves no time for the handover: it must exceed sidecar.preStopSleepSeconds (%d) + 2 s" (int .Values.terminationGracePeriodSeconds) (int .Values.sidecar.preStopSleepSeconds)) -}}
+{{- end -}}
+{{- $existing := lookup "apps/v1" "StatefulSet" .Release.Namespace (include "raft-sidecar.fullname" .) -}}
+{{- if and $existing (not .Values.unsafeAllowReplicaCountChange) -}}
+{{- if ne (int $existing.spec.replicas) $n -}}
+{{- fail (printf "replicaCount %d -> %d: the Raft membership is static (--peers); changing it under running peers can elect two leaders. See docs/kubernetes.md, \"Changing the replica count\"" (int $existing.spec.replicas) $n) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The "restricted" Pod Security Standard, for both containers.
+*/}}
+{{- define "raft-sidecar.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,433 @@
+"""Run the pods the chart renders, as local processes.
+
+Each rendered container's command, args and env are taken exactly as helm
+rendered them and resolved as the kubelet does (downward API, Secrets,
+``$(VAR)``). Then only what differs between a cluster and this machine is
+substituted: each pod gets its own loopback IP (Linux answers all of 127/8,
+so the rendered ports are kept), its DNS name and its 0.0.0.0/127.0.0.1
+listen hosts become that IP, volumes become directories, and the ledger URL
+a fresh schema of the local PostgreSQL. If the sidecars then elect a leader,
+serve probes and metrics where the manifests say, and hand over on SIGTERM
+within the grace period, the chart's wiring works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from tests.helm.chart import (
+    CHART,
+    NAMESPACE,
+    Manifests,
+    command_line,
+    literal_env,
+    render,
+    resolve_env,
+    secret_value,
+)
+from tests.helm.programs import (
+    VENV_BIN,
+    Processes,
+    ledger_url,
+    metric,
+    postgres_missing,
+    program,
+    scrape,
+)
+from tests.helm.tools import find_tool, unavailable
+from tests.integration.cluster import eventually
+
+
+def ip_block() -> int:
+    """127.0.<block>.x for this test process: one block per pytest-xdist
+    worker (gw0 -> 2, gw1 -> 3, ...), and no other test uses 127.0.2+.x."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return 2 + (int(worker) if worker.isdigit() else 0)
+
+
+@dataclass
+class Container:
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class Pod:
+    name: str
+    ip: str
+    root: Path
+    sidecar: Container
+    worker: Container
+    channel: grpc.Channel | None = field(default=None, repr=False)
+
+    def address(self, container: Container, variable: str) -> str:
+        return container.env[variable]
+
+    @property
+    def api(self) -> str:
+        return self.sidecar.env["RAFT_SIDECAR_API_LISTEN"]
+
+    def stub(self) -> Any:
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.api)
+        return worker_pb2_grpc.ElectionServiceStub(self.channel)
+
+    def status(self) -> Any | None:
+        try:
+            return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
+        except grpc.RpcError:
+            return None
+
+
+class Localizer:
+    """Maps what a pod sees in a cluster to what it is on this machine."""
+
+    def __init__(self, m: Manifests, root: Path, secrets: Callable[[str, str], str]) -> None:
+        self.m = m
+        self.root = root
+        self.secrets = secrets
+        sts = m.statefulset
+        self.sts_name = sts["metadata"]["name"]
+        self.replicas = int(sts["spec"]["replicas"])
+        domain = f"{m.headless_service()['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+        block = ip_block()
+        self.ips = {f"{self.sts_name}-{i}": f"127.0.{block}.{i + 1}" for i in range(self.replicas)}
+        self.dns = {f"{name}.{domain}": ip for name, ip in self.ips.items()}
+        self.volume_dirs: dict[str, Path] = {}
+        """Volumes shared by every pod (Secrets); others get a directory per pod."""
+
+    def pods(self) -> list[Pod]:
+        return [self.pod(name) for name in self.ips]
+
+    def pod(self, name: str) -> Pod:
+        ip, root = self.ips[name], self.root / name
+        root.mkdir(parents=True, exist_ok=True)
+        fields = {"metadata.name": name, "metadata.namespace": NAMESPACE}
+        containers = {}
+        for container_name in ("sidecar", "worker"):
+            spec = self.m.container(container_name)
+            env = resolve_env(spec, field=fields.__getitem__, secret=self.secrets)
+            mounts = {
+                v["mountPath"]: self.volume_dirs.get(v["name"], root / v["name"])
+                for v in spec.get("volumeMounts") or []
+            }
+            for path in mounts.values():
+                path.mkdir(parents=True, exist_ok=True)
+
+            def local(value: str, ip: str = ip, mounts: dict[str, Path] = mounts) -> str:
+                if "://" in value:
+                    return value  # a URL (the ledger's, from the Secret): not a pod address
+                # A path inside a volume: the longest mount path, replaced once.
+                for mount_path in sorted(mounts, key=len, reverse=True):
+                    prefix = mount_path.rstrip("/")
+                    if value == prefix or value.startswith(prefix + "/"):
+                        return str(mounts[mount_path]) + value[len(prefix) :]
+                for host, host_ip in self.dns.items():
+                    value = value.replace(host, host_ip)
+                return re.sub(r"(?<![\d.])(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)", ip + r":\1", value)
+
+            env = {k: local(v) for k, v in env.items()}
+            argv = [local(a) for a in command_line(spec, env)]
+            argv = [*program(argv[0]), *argv[1:]]
+            process_env = {
+                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "HOME": str(root),
+                "LANG": "C.UTF-8",
+                "TMPDIR": str(mounts.get("/tmp", root)),
+                **env,
+            }
+            containers[container_name] = Container(argv, process_env)
+        return Pod(name, ip, root, containers["sidecar"], containers["worker"])
+
+
+def rendered_ledger_secret(m: Manifests, local_url: str | None) -> Callable[[str, str], str]:
+    def secret(name: str, key: str) -> str:
+        value = secret_value(m, name, key)
+        assert value is not None, f"Secret {name} is not rendered by the chart"
+        assert value.startswith("postgresql://"), value
+        if local_url is None:
+            return "postgresql://unused"  # the sidecar-only runs start no worker
+        return local_url
+
+    return secret
+
+
+class RunningPods:
+    def __init__(self, pods: list[Pod], processes: Processes) -> None:
+        self.pods = pods
+        self.processes = processes
+
+    def start_sidecars(self) -> None:
+        for pod in self.pods:
+            self.processes.start(f"{pod.name}-sidecar", pod.sidecar.argv, pod.sidecar.env)
+
+    def start_workers(self) -> None:
+        for pod in self.pods:
+            self.processes.start(f"{pod.name}-worker", pod.worker.argv, pod.worker.env)
+
+    def check_alive(self) -> None:
+        exited = self.processes.exited()
+        assert not exited, f"exited: {exited}\n{self.processes.logs()}"
+
+    def leader(self, among: list[Pod] | None = None) -> tuple[Pod, Any]:
+        """The one pod that is Raft leader, once every live pod follows it."""
+
+        def find() -> tuple[Pod, Any] | None:
+            self.check_alive()
+            statuses = [(pod, pod.status()) for pod in among or self.pods]
+            if any(s is None for _, s in statuses):
+                return None
+            leaders = [(p, s) for p, s in statuses if s.role == worker_pb2.RAFT_ROLE_LEADER]
+            if len(leaders) != 1:
+                return None
+            leader = leaders[0][1].node_id
+            return leaders[0] if all(s.leader_id == leader for _, s in statuses) else None
+
+        return eventually(find, "one Raft leader followed by every pod", seconds=30)
+
+    def close(self) -> None:
+        for pod in self.pods:
+            if pod.channel is not None:
+                pod.channel.close()
+        self.processes.stop_all()
+
+
+@pytest.fixture
+def run_pods(helm: str, helm_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningPods]]:
+    """``run_pods(values, ledger=None, setup=None)`` renders the chart and
+    makes its pods' processes (started by the test); all stopped at the end."""
+    started: list[RunningPods] = []
+
+    def make(
+        values: tuple[Path, ...] = (),
+        *,
+        ledger: str | None = None,
+        setup: Callable[[Localizer], None] | None = None,
+    ) -> RunningPods:
+        m = Manifests(render(helm, helm_home, values))
+        localizer = Localizer(m, tmp_path / "pods", rendered_ledger_secret(m, ledger))
+        if setup is not None:
+            setup(localizer)
+        running = RunningPods(localizer.pods(), Processes(tmp_path))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.close()
+
+
+def rendered_grace(m: Manifests) -> tuple[int, int]:
+    pre_stop = int(m.container("sidecar")["lifecycle"]["preStop"]["exec"]["command"][1])
+    return pre_stop, int(m.pod_spec["terminationGracePeriodSeconds"])
+
+
+def health(address: str) -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        except grpc.RpcError:
+            return None
+    return int(reply.status)
+
+
+# ---- the tests ---------------------------------------------------------------------
+
+THREE = (CHART / "ci" / "replicas-3-values.yaml",)
+
+
+def test_rendered_pods_elect_a_leader_serve_probes_and_hand_over(
+    run_pods: Callable[..., RunningPods], helm: str, helm_home: Path
+) -> None:
+    pods = run_pods(THREE)
+    pods.start_sidecars()
+    leader, status = pods.leader()
+
+    # The Raft cluster is the rendered peers list: pod names at their DNS names.
+    names = [pod.name for pod in pods.pods]
+    peer_port = int(pods.pods[0].sidecar.env["RAFT_SIDECAR_PEER_LISTEN"].rpartition(":")[2])
+    assert sorted({status.node_id, *(p.id for p in status.peers)}) == names
+    ips = {pod.name: pod.ip for pod in pods.pods}
+    for peer in status.peers:
+        assert peer.address == f"{ips[peer.id]}:{peer_port}", peer
+
+    for pod in pods.pods:
+        # The kubelet's gRPC probes: grpc.health.v1 on the health port says SERVING.
+        probe = pod.sidecar.env["RAFT_SIDECAR_HEALTH_LISTEN"]
+        assert probe.endswith(":7403")
+        eventually(
+            lambda probe=probe: health(probe) == health_pb2.HealthCheckResponse.SERVING or None,
+            f"{pod.name} health port to say SERVING",
+        )
+        # Prometheus' target: /metrics on the metrics port (sampled every second).
+        target = pod.sidecar.env["RAFT_SIDECAR_METRICS_LISTEN"]
+        eventually(
+            lambda target=target: metric(target, "raft_sidecar_raft_term") == status.term or None,
+            f"{pod.name} /metrics to show the term",
+        )
+
+    # SIGTERM (after the preStop sleep, which this run skips): the leader
+    # hands Raft leadership over and exits 0 well within the grace period.
+    m = Manifests(render(helm, helm_home, THREE))
+    pre_stop_s, grace_s = rendered_grace(m)
+    started = time.monotonic()
+    code = pods.processes.stop(f"{leader.name}-sidecar", signal.SIGTERM, timeout_s=grace_s)
+    took_s = time.monotonic() - started
+    assert code == 0, pods.processes.logs()
+    assert took_s < grace_s - pre_stop_s, f"SIGTERM took {took_s:.1f} s"
+    rest = [pod for pod in pods.pods if pod is not leader]
+    new_leader, new_status = pods.leader(rest)
+    assert new_leader is not leader
+    assert new_status.term > status.term
+
+
+def openssl_certificates(directory: Path, ips: list[str], dns: list[str]) -> None:
+    """A CA and one certificate for every peer (like a cert-manager
+    Certificate's Secret: tls.crt, tls.key, ca.crt), valid for the peers' DNS
+    names and, for this run on loopback, their IPs."""
+    openssl = find_tool("openssl")
+    if openssl is None:
+        unavailable("openssl not found: it makes the test certificates")
+        return
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=raft-sidecar test CA")  # fmt: skip
+    run("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=raft-sidecar peer")
+    sans = ",".join([*(f"DNS:{d}" for d in dns), *(f"IP:{ip}" for ip in ips)])
+    (directory / "ext.cnf").write_text(
+        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+
+
+def test_rendered_pods_with_tls_elect_a_leader_over_mtls(
+    run_pods: Callable[..., RunningPods], tmp_path: Path
+) -> None:
+    def mount_certificates(localizer: Localizer) -> None:
+        secret_dir = tmp_path / "tls-secret"
+        secret_dir.mkdir()
+        openssl_certificates(secret_dir, list(localizer.ips.values()), list(localizer.dns))
+        localizer.volume_dirs["tls"] = secret_dir
+
+    pods = run_pods((CHART / "ci" / "tls-values.yaml",), setup=mount_certificates)
+    for pod in pods.pods:
+        assert pod.sidecar.env["RAFT_SIDECAR_TLS_CA_FILE"].endswith("tls-secret/ca.crt")
+    pods.start_sidecars()
+    leader, _ = pods.leader()
+
+    def reachable_peers() -> set[str] | None:
+        text = scrape(leader.sidecar.env["RAFT_SIDECAR_METRICS_LISTEN"])
+        if text is None:
+            return None
+        reachable = {
+            s.labels["peer"]
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "raft_sidecar_peer_reachable" and s.value == 1
+        }
+        return reachable if len(reachable) == 2 else None
+
+    # The leader reaches both peers, and the peer port speaks TLS with the
+    # certificate from the mounted Secret.
+    assert eventually(reachable_peers, "the leader to reach both peers") == {
+        pod.name for pod in pods.pods if pod is not leader
+    }
+    host, _, port = leader.sidecar.env["RAFT_SIDECAR_PEER_LISTEN"].rpartition(":")
+    context = ssl.create_default_context(cafile=str(tmp_path / "tls-secret" / "ca.crt"))
+    context.load_cert_chain(
+        tmp_path / "tls-secret" / "tls.crt", tmp_path / "tls-secret" / "tls.key"
+    )
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    mounted = ssl.PEM_cert_to_DER_cert((tmp_path / "tls-secret" / "tls.crt").read_text())
+    assert served == mounted
+
+
+def test_rendered_workers_one_holds_the_election(
+    run_pods: Callable[..., RunningPods],
+) -> None:
+    no_postgres = postgres_missing()
+    if no_postgres is not None:
+        unavailable(no_postgres)
+    with ledger_url() as url:
+        pods = run_pods(THREE, ledger=url)
+        pods.start_sidecars()
+        leader, _ = pods.leader()
+        pods.start_workers()
+        election = pods.pods[0].worker.env["SETTLEMENT_DEMO_ELECTION"]
+
+        def one_holder() -> tuple[str, int] | None:
+            pods.check_alive()
+            leading = []
+            for pod in pods.pods:
+                http = pod.worker.env["SETTLEMENT_DEMO_HTTP_LISTEN"]
+                is_leader = metric(http, "settlement_worker_is_leader")
+                if is_leader is None:
+                    return None
+                if is_leader == 1:
+                    leading.append(pod.name)
+            reply = leader.stub().Leader(worker_pb2.LeaderRequest(election=election), timeout=2)
+            holder = reply.holder if reply.HasField("holder") else None
+            if len(leading) != 1 or holder is None or holder.candidate_id != leading[0]:
+                return None
+            return leading[0], holder.fencing_token
+
+        holder, token = eventually(one_holder, "exactly one worker to hold the election", 45)
+        assert holder in {pod.name for pod in pods.pods}
+        assert token > 0
+        # The worker's own probes answer where the manifest's probes look.
+        for pod in pods.pods:
+            http = pod.worker.env["SETTLEMENT_DEMO_HTTP_LISTEN"]
+            assert scrape(http, "/healthz") is not None, pod.name
+        pods.close()
+
+
+def test_localizer_maps_only_cluster_addresses(helm: str, helm_home: Path, tmp_path: Path) -> None:
+    """The substitutions touch hosts, directories and the ledger URL, nothing else."""
+    m = Manifests(render(helm, helm_home, THREE))
+    localizer = Localizer(m, tmp_path, rendered_ledger_secret(m, "postgresql://local/x"))
+    pod = localizer.pod(f"{localizer.sts_name}-1")
+    block = ip_block()
+    rendered = literal_env(m.container("sidecar"))
+    env = pod.sidecar.env
+    assert env["RAFT_SIDECAR_NODE_ID"] == f"{localizer.sts_name}-1"
+    assert env["RAFT_SIDECAR_PEERS"] == ",".join(
+        f"{localizer.sts_name}-{i}=127.0.{block}.{i + 1}:7400" for i in range(3)
+    )
+    assert env["RAFT_SIDECAR_API_LISTEN"] == f"127.0.{block}.2:7401"
+    assert env["RAFT_SIDECAR_HEALTH_LISTEN"] == f"127.0.{block}.2:7403"
+    assert env["RAFT_SIDECAR_DATA_DIR"] == str(tmp_path / pod.name / "data" / "raft")
+    for name in ("RAFT_SIDECAR_TICK_MS", "RAFT_SIDECAR_TTL_MIN_MS", "RAFT_SIDECAR_CLUSTER_ID"):
+        assert env[name] == rendered[name]
+    worker = pod.worker.env
+    assert worker["SETTLEMENT_DEMO_SIDECAR"] == f"127.0.{block}.2:7401"
+    assert worker["SETTLEMENT_DEMO_WORKER_ID"] == pod.name
+    assert worker["SETTLEMENT_DEMO_LEDGER_URL"] == "postgresql://local/x"
+    assert pod.sidecar.argv[-1] == "serve" and pod.worker.argv[-1] == "worker"

@@ -1,0 +1,483 @@
+"""What the chart renders: valid Kubernetes objects that keep the promises of
+docs/kubernetes.md (peers, quorum-safe disruption budget, restricted pods,
+a worker API that never leaves the pod, TLS and Secrets wired as asked)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from sidecar import config as sidecar_config
+from tests.helm.chart import (
+    CASES,
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    Manifests,
+    command_line,
+    env_list,
+    env_names,
+    literal_env,
+    load_yaml,
+    parse_peers,
+    render,
+    resolve_env,
+)
+
+ALL_CASES = sorted(CASES)
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+Rendered = Callable[[str], Manifests]
+
+
+def replicas(m: Manifests) -> int:
+    return int(m.statefulset["spec"]["replicas"])
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def container_port(container: dict[str, Any], name: str) -> int:
+    for port in container.get("ports") or []:
+        if port["name"] == name:
+            return int(port["containerPort"])
+    raise AssertionError(f"{container['name']} has no port {name}")
+
+
+def pod_labels(m: Manifests) -> dict[str, str]:
+    return dict(m.statefulset["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---- schema validation --------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_every_manifest_is_valid_for_kubernetes(rendered: Rendered, case: str) -> None:
+    """kubernetes-validate, strict (unknown fields are errors), against KUBE_VERSION."""
+    problems = []
+    for doc in rendered(case).docs:
+        if doc["kind"] in CRD_KINDS:
+            continue  # no schema in kubernetes-validate: checked below
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.path)
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']} at {path}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_validation_catches_a_typo(rendered: Rendered) -> None:
+    """The validator is not vacuous: a misspelt field fails."""
+    statefulset = copy.deepcopy(rendered("default").statefulset)
+    statefulset["spec"]["template"]["spec"]["terminationGracePeriod"] = 20
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_crds_have_the_expected_structure(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    for doc in m.docs:
+        if doc["kind"] not in CRD_KINDS:
+            continue
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        assert doc["metadata"]["name"] and doc["metadata"]["namespace"]
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+    monitoring = case == "monitoring"
+    assert bool(m.of_kind("ServiceMonitor")) == monitoring
+    assert bool(m.of_kind("PrometheusRule")) == monitoring
+    dashboards = [
+        d
+        for d in m.of_kind("ConfigMap")
+        if d["metadata"].get("labels", {}).get("grafana_dashboard")
+    ]
+    assert bool(dashboards) == monitoring
+
+
+def test_service_monitor_scrapes_the_metrics_service(rendered: Rendered) -> None:
+    m = rendered("monitoring")
+    monitor = m.one("ServiceMonitor")["spec"]
+    service = next(
+        s
+        for s in m.of_kind("Service")
+        if selects(monitor["selector"]["matchLabels"], s["metadata"]["labels"])
+    )
+    # Only the metrics Service matches (not the headless one).
+    matching = [
+        s
+        for s in m.of_kind("Service")
+        if selects(monitor["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert matching == [service]
+    assert monitor["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    components = {}
+    for endpoint in monitor["endpoints"]:
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] == "/metrics"
+        (relabel,) = endpoint["relabelings"]
+        components[endpoint["port"]] = relabel["replacement"]
+        assert relabel["targetLabel"] == "component"
+    # files/alerts.yaml selects sidecar targets by component="sidecar".
+    assert components == {"sidecar-metrics": "sidecar", "worker-http": "worker"}
+
+
+def test_prometheus_rule_is_the_alerts_file(rendered: Rendered) -> None:
+    """One source: the PrometheusRule carries files/alerts.yaml, runbook URLs prefixed."""
+    rule = rendered("monitoring").one("PrometheusRule")
+    values = load_yaml(CHART / "ci" / "monitoring-values.yaml")
+    base = values["monitoring"]["prometheusRule"]["runbookBaseUrl"]
+    source = copy.deepcopy(load_yaml(CHART / "files" / "alerts.yaml"))
+    for group in source["groups"]:
+        for r in group["rules"]:
+            r["annotations"]["runbook_url"] = base + r["annotations"]["runbook_url"]
+    assert rule["spec"]["groups"] == source["groups"]
+
+
+def test_dashboard_config_map_is_the_dashboard_file(rendered: Rendered) -> None:
+    (config_map,) = [
+        d
+        for d in rendered("monitoring").of_kind("ConfigMap")
+        if d["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    (content,) = config_map["data"].values()
+    dashboard = CHART / "files" / "dashboards" / "raft-sidecar.json"
+    assert json.loads(content) == json.loads(dashboard.read_text())
+
+
+# ---- peers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_peers_are_every_pod_by_its_headless_dns_name(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    sts = m.statefulset
+    name, n = sts["metadata"]["name"], replicas(m)
+    headless = m.headless_service()
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert selects(headless["spec"]["selector"], pod_labels(m))
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+    sidecar = m.container("sidecar")
+    env = literal_env(sidecar)
+    peer_port = container_port(sidecar, "peer")
+    peers = parse_peers(env["RAFT_SIDECAR_PEERS"])
+    domain = f"{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert peers == {f"{name}-{i}": f"{name}-{i}.{domain}:{peer_port}" for i in range(n)}
+    assert port_of(env["RAFT_SIDECAR_PEER_LISTEN"]) == peer_port
+    assert [p["port"] for p in headless["spec"]["ports"]] == [peer_port]
+
+    # Node id = pod name, through the downward API.
+    resolved = resolve_env(sidecar, field={"metadata.name": f"{name}-1"}.__getitem__, secret=_no)
+    assert resolved["RAFT_SIDECAR_NODE_ID"] == f"{name}-1"
+    assert resolved["RAFT_SIDECAR_NODE_ID"] in peers
+
+
+def _no(name: str, key: str) -> str:
+    raise AssertionError(f"the sidecar reads no Secret ({name}/{key})")
+
+
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if c != "tls"])
+def test_sidecar_accepts_the_rendered_settings(rendered: Rendered, case: str) -> None:
+    """The rendered env passes the sidecar's own validation (sidecar/config.py)
+    for every pod. (The tls case names certificate files that exist only in a pod.)"""
+    m = rendered(case)
+    name = m.statefulset["metadata"]["name"]
+    for i in range(replicas(m)):
+        env = resolve_env(
+            m.container("sidecar"), field={"metadata.name": f"{name}-{i}"}.__getitem__, secret=_no
+        )
+        args = argparse.Namespace(
+            **{s.name.replace("-", "_"): None for s in sidecar_config.SETTINGS}
+        )
+        loaded = sidecar_config.load(args, environ=env)
+        assert loaded.node_id == f"{name}-{i}"
+        assert len(loaded.peers) == replicas(m)
+
+
+@pytest.mark.parametrize("case", ["default", "tls"])
+def test_every_sidecar_setting_is_set_explicitly(rendered: Rendered, case: str) -> None:
+    """No setting falls back to a sidecar default the chart does not show
+    (the TLS files only when TLS is on: see test_tls_flags_iff_enabled)."""
+    names = set(env_names(rendered(case).container("sidecar")))
+    settings = {sidecar_config.env_name(s.name) for s in sidecar_config.SETTINGS}
+    if case != "tls":
+        settings -= TLS_ENV
+    assert not settings - names
+    # And nothing the sidecar does not know (a typo would be silently ignored).
+    unknown = {n for n in names if n.startswith("RAFT_SIDECAR_")} - settings
+    assert not unknown
+
+
+# ---- quorum-safe disruption ----------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_pdb_never_allows_breaking_quorum(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    n = replicas(m)
+    assert n % 2 == 1 and n >= 3
+    pdb = m.one("PodDisruptionBudget")["spec"]
+    assert "minAvailable" not in pdb
+    max_unavailable = pdb["maxUnavailable"]
+    assert isinstance(max_unavailable, int), "a percentage could round up past quorum"
+    quorum = n // 2 + 1
+    assert n - max_unavailable >= quorum
+    assert max_unavailable == 1  # the chart's default: one pod at a time
+    assert pdb["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    assert selects(pdb["selector"]["matchLabels"], pod_labels(m))
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_anti_affinity_spreads_peers(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    anti = m.pod_spec["affinity"]["podAntiAffinity"]
+    required = case == "replicas-5"  # ci/replicas-5-values.yaml asks for it
+    if required:
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    else:
+        (weighted,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        term = weighted["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == m.statefulset["spec"]["selector"]["matchLabels"]
+
+
+# ---- restricted pods ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_pods_are_restricted(rendered: Rendered, case: str) -> None:
+    """The "restricted" Pod Security Standard, and then some."""
+    m = rendered(case)
+    spec = m.pod_spec
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["runAsUser"] > 0
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key)
+    assert not any("hostPath" in v for v in spec["volumes"])
+    tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    assert "initContainers" not in spec
+    for container in spec["containers"]:
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] == pod_sc["runAsUser"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["privileged"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+        (tmp,) = [v for v in container["volumeMounts"] if v["mountPath"] == "/tmp"]
+        assert tmp["name"] in tmp_volumes
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
+        assert {"cpu", "memory"} <= set(resources["limits"]), container["name"]
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_raft_data_is_on_a_persistent_volume(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    (claim,) = m.statefulset["spec"]["volumeClaimTemplates"]
+    sidecar = m.container("sidecar")
+    (mount,) = [v for v in sidecar["volumeMounts"] if v["name"] == claim["metadata"]["name"]]
+    data_dir = literal_env(sidecar)["RAFT_SIDECAR_DATA_DIR"]
+    assert data_dir.startswith(mount["mountPath"].rstrip("/") + "/")
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    retention = m.statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+# ---- probes and shutdown ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_sidecar_probes_are_native_grpc_on_the_health_port(rendered: Rendered, case: str) -> None:
+    sidecar = rendered(case).container("sidecar")
+    health = container_port(sidecar, "health")
+    assert port_of(literal_env(sidecar)["RAFT_SIDECAR_HEALTH_LISTEN"]) == health
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(sidecar[probe]["grpc"]) <= {"port", "service"}
+        assert sidecar[probe]["grpc"]["port"] == health
+    startup = sidecar["startupProbe"]
+    # Peers may wait for volumes and scheduling: at least a minute before a restart.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    liveness = sidecar["livenessProbe"]
+    # A Raft election (NOT_SERVING for under a second) never kills a sidecar.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_shutdown_leaves_time_to_hand_leadership_over(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    sidecar = m.container("sidecar")
+    command = sidecar["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = int(command[1])
+    grace_s = m.pod_spec["terminationGracePeriodSeconds"]
+    handover_s = 2  # SIGTERM -> revoke, transfer Raft leadership, exit (docs/sidecar.md)
+    assert grace_s >= pre_stop_s + handover_s + 5, "keep a margin for a slow node"
+    assert "lifecycle" not in m.container("worker"), "the worker resigns at SIGTERM, at once"
+
+
+# ---- the worker API never leaves the pod ---------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_worker_api_is_not_exposed(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    sidecar, worker = m.container("sidecar"), m.container("worker")
+    api = literal_env(sidecar)["RAFT_SIDECAR_API_LISTEN"]
+    assert api.startswith("127.0.0.1:")
+    api_port = port_of(api)
+    assert literal_env(worker)["SETTLEMENT_DEMO_SIDECAR"] == f"127.0.0.1:{api_port}"
+    for container in m.pod_spec["containers"]:
+        assert api_port not in [p["containerPort"] for p in container.get("ports") or []]
+    for service in m.of_kind("Service"):
+        for port in service["spec"]["ports"]:
+            assert api_port not in (port["port"], port.get("targetPort")), service["metadata"]
+    for policy in m.of_kind("NetworkPolicy"):
+        for rule in policy["spec"].get("ingress") or []:
+            assert api_port not in [p.get("port") for p in rule.get("ports") or []]
+            assert rule.get("ports"), "a rule without ports would open every port"
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_network_policy(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    policy = m.one("NetworkPolicy")["spec"]
+    sidecar = m.container("sidecar")
+    own_pods = m.statefulset["spec"]["selector"]["matchLabels"]
+    assert policy["podSelector"]["matchLabels"] == own_pods
+    assert policy["policyTypes"] == ["Ingress"]
+    by_port: dict[int, list[Any]] = {}
+    for rule in policy["ingress"]:
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).append(rule.get("from"))
+    # The peer port: only from this release's pods.
+    assert by_port[container_port(sidecar, "peer")] == [
+        [{"podSelector": {"matchLabels": own_pods}}]
+    ]
+    # Metrics: only from the monitoring selector.
+    (metrics_from,) = by_port[container_port(sidecar, "metrics")]
+    (peer,) = metrics_from
+    assert "namespaceSelector" in peer
+    # Health: from anywhere (kubelet probes).
+    assert by_port[container_port(sidecar, "health")] == [None]
+    assert set(by_port) == {
+        container_port(sidecar, "peer"),
+        container_port(sidecar, "metrics"),
+        container_port(sidecar, "health"),
+        container_port(m.container("worker"), "http"),
+    }
+
+
+# ---- TLS and Secrets ---------------------------------------------------------------
+
+TLS_ENV = {"RAFT_SIDECAR_TLS_CERT_FILE", "RAFT_SIDECAR_TLS_KEY_FILE", "RAFT_SIDECAR_TLS_CA_FILE"}
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_tls_flags_iff_enabled(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    sidecar = m.container("sidecar")
+    env = literal_env(sidecar)
+    tls_volumes = [v for v in m.pod_spec["volumes"] if v["name"] == "tls"]
+    if case != "tls":
+        assert not TLS_ENV & set(env)
+        assert not tls_volumes
+        assert not any(v["name"] == "tls" for v in sidecar["volumeMounts"])
+        return
+    assert set(env) >= TLS_ENV
+    (volume,) = tls_volumes
+    assert volume["secret"]["secretName"] == "raft-sidecar-peer-tls"
+    (mount,) = [v for v in sidecar["volumeMounts"] if v["name"] == "tls"]
+    assert mount["readOnly"] is True
+    files = {env[name] for name in TLS_ENV}
+    assert files == {f"{mount['mountPath']}/{key}" for key in ("tls.crt", "tls.key", "ca.crt")}
+    assert not any(v["name"] == "tls" for v in m.container("worker")["volumeMounts"])
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    worker = m.container("worker")
+    (entry,) = [e for e in env_list(worker) if e["name"] == "SETTLEMENT_DEMO_LEDGER_URL"]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    secrets = {s["metadata"]["name"]: s for s in m.of_kind("Secret")}
+    annotations = m.statefulset["spec"]["template"]["metadata"].get("annotations") or {}
+    if case == "external-postgresql":
+        assert ref == {"name": "settlement-ledger-credentials", "key": "postgresql-url"}
+        assert not secrets, "an existing Secret is used, none is created"
+        assert "checksum/ledger-secret" not in annotations
+    else:
+        secret = secrets[ref["name"]]
+        assert secret["stringData"][ref["key"]].startswith("postgresql://")
+        assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/ledger-secret"])
+    for container in m.pod_spec["containers"]:
+        for value in literal_env(container).values():
+            assert "postgresql://" not in value, "a credential in plain env"
+
+
+def test_worker_image_and_command_are_overridable(
+    rendered: Rendered, helm: str, helm_home: Path
+) -> None:
+    default = rendered("default").container("worker")
+    assert default["image"] == rendered("default").container("sidecar")["image"]
+    assert default["command"] == ["settlement-demo"] and default["args"] == ["worker"]
+    docs = render(
+        helm,
+        helm_home,
+        set_values=[
+            "worker.image.repository=registry.example.com/payments/worker",
+            "worker.image.tag=2.0",
+            "worker.command={java}",
+            "worker.args={-jar,/app/worker.jar}",
+            "worker.extraEnv[0].name=JAVA_OPTS",
+            "worker.extraEnv[0].value=-Xmx256m",
+        ],
+    )
+    worker = Manifests(docs).container("worker")
+    assert worker["image"] == "registry.example.com/payments/worker:2.0"
+    assert worker["command"] == ["java"] and worker["args"] == ["-jar", "/app/worker.jar"]
+    assert literal_env(worker)["JAVA_OPTS"] == "-Xmx256m"
+
+
+def test_env_expansion_follows_kubernetes() -> None:
+    """$(VAR) is replaced when VAR is defined before, kept when unknown; $$ escapes."""
+    container = {
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "ID", "value": "$(POD_NAME)"},
+            {"name": "EARLY", "value": "$(LATE)"},
+            {"name": "LATE", "value": "x"},
+            {"name": "LITERAL", "value": "$$(POD_NAME)"},
+        ],
+        "command": ["run", "--id=$(ID)", "--late=$(LATE)", "$(UNKNOWN)"],
+    }
+    env = resolve_env(container, field={"metadata.name": "p-0"}.__getitem__, secret=_no)
+    assert env == {
+        "POD_NAME": "p-0",
+        "ID": "p-0",
+        "EARLY": "$(LATE)",
+        "LATE": "x",
+        "LITERAL": "$(POD_NAME)",
+    }
+    assert command_line(container, env) == ["run", "--id=p-0", "--late=x", "$(UNKNOWN)"]

@@ -1,0 +1,170 @@
+"""``settlement-demo worker`` as a process: bad input fails clearly and writes
+nothing; a healthy worker leads, serves its probes and metrics, and hands over
+on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from settlement_demo.ledger import open_ledger
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration.cluster import Cluster, eventually, free_port, running
+
+WORKER = [sys.executable, "-m", "settlement_demo.cli", "worker"]
+
+
+def run_worker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WORKER, "--http-listen", "", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_invalid_settings_exit_2_listing_every_problem() -> None:
+    result = run_worker("--election", "bad name!", "--ttl-ms", "5", "--sidecar", "nowhere")
+    assert result.returncode == 2
+    assert "--election='bad name!': use 1-128 of [A-Za-z0-9._-]" in result.stderr
+    assert "--ttl-ms=5 is outside" in result.stderr
+    assert "--sidecar='nowhere' is neither host:port nor unix:/path" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_sidecar_fails_start_and_writes_nothing(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    result = run_worker(
+        "--sidecar", f"127.0.0.1:{free_port()}", "--sidecar-wait-ms", "300",
+        "--ledger-url", f"sqlite:///{ledger}",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot start: sidecar at 127.0.0.1:" in result.stderr
+    assert "did not answer within 300 ms" in result.stderr
+    with open_ledger(f"sqlite:///{ledger}") as lg:
+        assert lg.audit().batches == 0 and lg.fence_token("settlement-eur") is None
+
+
+def test_a_ledger_url_that_does_not_connect_fails_start() -> None:
+    result = run_worker("--ledger-url", "postgresql://127.0.0.1:1/nothing", timeout=60)
+    assert result.returncode == 1
+    assert "cannot start: ledger 'postgresql://127.0.0.1:1/nothing'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign"])
+def test_a_corrupt_or_foreign_sqlite_file_is_refused_untouched(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    if kind == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        with sqlite3.connect(path) as other:
+            other.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total INTEGER)")
+            other.execute("INSERT INTO invoices VALUES (1, 100)")
+        other.close()
+    before = path.read_bytes()
+    result = run_worker("--ledger-url", f"sqlite:///{path}")
+    assert result.returncode == 1
+    assert "cannot start: ledger" in result.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from running(tmp_path)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_a_worker_leads_serves_probes_and_hands_over_on_sigterm(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ports = [free_port(), free_port()]
+    workers = [
+        subprocess.Popen(
+            [
+                *WORKER,
+                "--sidecar",
+                cluster.nodes[i].api,
+                "--worker-id",
+                f"w{i}",
+                "--ledger-url",
+                ledger_url,
+                "--http-listen",
+                f"127.0.0.1:{ports[i]}",
+                "--ttl-ms",
+                "2000",
+                "--generate-interval-ms",
+                "200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"w{i}.log").open("w"),
+        )
+        for i in range(2)
+    ]
+    try:
+        for port in ports:
+            eventually(lambda p=port: http_get(p, "/readyz")[0] == 200 or None, "ready")
+            assert http_get(port, "/healthz") == (200, "ok\n")
+
+        def holder() -> tuple[str, int] | None:
+            answer = (
+                cluster.nodes[0]
+                .stub()
+                .Leader(worker_pb2.LeaderRequest(election="settlement-eur"), timeout=2)
+            )
+            if not answer.HasField("holder"):
+                return None
+            return answer.holder.candidate_id, answer.holder.fencing_token
+
+        first, token = eventually(holder, "a holder")
+        leader_port = ports[int(first[1])]
+
+        # The leader generates batches and settles them; its metrics say so.
+        def settled() -> bool | None:
+            _, text = http_get(leader_port, "/metrics")
+            line = next(
+                (
+                    ln
+                    for ln in text.splitlines()
+                    if ln.startswith("settlement_worker_runs_settled_total")
+                ),
+                "",
+            )
+            return True if line and float(line.split()[-1]) >= 1 else None
+
+        eventually(settled, "a settled run", seconds=30)
+        _, metrics = http_get(leader_port, "/metrics")
+        assert 'settlement_worker_is_leader{election="settlement-eur"} 1.0' in metrics
+        assert http_get(leader_port, "/nope")[0] == 404
+
+        workers[int(first[1])].send_signal(signal.SIGTERM)
+        assert workers[int(first[1])].wait(20) == 0
+        second, new_token = eventually(
+            lambda: ((h := holder()) and h[1] > token and h) or None, "the handover"
+        )
+        assert second != first and new_token > token
+        with open_ledger(ledger_url) as lg:
+            audit = lg.audit()
+            assert audit.duplicate_payouts == 0 and audit.duplicate_settlements == 0
+            assert audit.batches_settled >= 1
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(10)
