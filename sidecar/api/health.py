@@ -45,6 +45,10 @@ from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 _log = structlog.get_logger("sidecar.api.health")
 
 ELECTION_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["ElectionService"].full_name
+LIVENESS_SERVICE = "raftsidecar.liveness"
+"""SERVING while the Raft loop runs, leader or not: what a liveness probe asks,
+so that a partitioned or quorum-less sidecar (which a restart cannot heal) is
+not restarted, while one whose loop died on a storage error is."""
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 
@@ -63,7 +67,11 @@ class _SidecarHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
         super().__init__()
         # No watcher can exist yet, so setting the map directly is what
         # ``set`` would do; ``set`` itself is a coroutine.
-        self._server_status = {"": _NOT_SERVING, ELECTION_SERVICE: _NOT_SERVING}
+        self._server_status = {
+            "": _NOT_SERVING,
+            ELECTION_SERVICE: _NOT_SERVING,
+            LIVENESS_SERVICE: _NOT_SERVING,
+        }
 
 
 class HealthUpdater:
@@ -87,6 +95,11 @@ class HealthUpdater:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._serving: bool | None = None
+        self._alive: bool | None = None
+
+    def alive(self) -> bool:
+        """Whether the Raft loop runs (``LIVENESS_SERVICE``), with or without a leader."""
+        return self._node.failure is None
 
     def serving(self) -> bool:
         """Whether this node is SERVING right now (see the module docstring)."""
@@ -99,6 +112,10 @@ class HealthUpdater:
 
     async def check(self) -> None:
         """One evaluation; updates the servicer only when the status changes."""
+        alive = self.alive()
+        if alive != self._alive:
+            self._alive = alive
+            await self._servicer.set(LIVENESS_SERVICE, _SERVING if alive else _NOT_SERVING)
         serving = self.serving()
         if serving == self._serving:
             return

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 
 from sidecar import config as sidecar_config
+from sidecar.api.health import LIVENESS_SERVICE
 from tests.helm.chart import (
     CASES,
     CHART,
@@ -322,6 +323,10 @@ def test_sidecar_probes_are_native_grpc_on_the_health_port(rendered: Rendered, c
     liveness = sidecar["livenessProbe"]
     # A Raft election (NOT_SERVING for under a second) never kills a sidecar.
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
+    # Liveness asks the service that ignores leadership (the sidecar's own
+    # name for it), readiness the overall status.
+    assert liveness["grpc"]["service"] == LIVENESS_SERVICE
+    assert sidecar["readinessProbe"]["grpc"].get("service", "") == ""
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.api.health import LIVENESS_SERVICE
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from tests.integration.certs import CertificateAuthority
@@ -127,6 +128,7 @@ def test_the_health_port_serves_only_health(cluster: Cluster) -> None:
             f"{node.node_id} SERVING on its health port",
         )
     node = cluster.nodes[0]
+    assert health(node, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(f"127.0.0.1:{node.health_port}") as channel:
         stub = worker_pb2_grpc.ElectionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as e:
@@ -151,3 +153,16 @@ def test_a_busy_health_port_stops_start_with_a_clear_error(tmp_path: Path) -> No
         result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1
     assert f"cannot serve health on 127.0.0.1:{busy}" in result.stderr
+
+
+def test_a_sidecar_without_quorum_is_not_ready_but_still_alive(cluster: Cluster) -> None:
+    """Readiness follows the leader; liveness only the loop: restarting a
+    sidecar that lost its quorum would not bring the quorum back."""
+    survivor = cluster.nodes[0]
+    for node in cluster.nodes[1:]:
+        cluster.kill(node)
+    eventually(
+        lambda: health(survivor) == health_pb2.HealthCheckResponse.NOT_SERVING or None,
+        "the survivor to stop being ready",
+    )
+    assert health(survivor, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
