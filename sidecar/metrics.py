@@ -132,6 +132,8 @@ class SidecarMetrics:
         )
         self._leader: str | None = None
         self._holders: dict[str, str] = {}
+        self._counted: set[str] = set()
+        """Elections whose per-election counters exist (created at 0 on first sight)."""
         self._unheld_since: dict[str, float] = {}
 
     # ---- event hooks -------------------------------------------------------------
@@ -149,6 +151,12 @@ class SidecarMetrics:
 
     def on_apply(self, result: ApplyResult) -> None:
         election = result.election
+        if election not in self._counted:
+            # Every per-election counter exists (at 0) from the election's
+            # first command on, so increase() sees its first event too.
+            self._counted.add(election)
+            for family in (self.grants, self.revocations, self.expirations, self.resignations):
+                family.labels(election)
         counters = {
             Outcome.REVOKED: self.revocations,
             Outcome.EXPIRED: self.expirations,

@@ -41,6 +41,10 @@ def test_metrics_reflect_raft_and_elections(cluster: Cluster) -> None:
     assert got[("raft_sidecar_raft_term", ())] >= 1
     assert got[("raft_sidecar_raft_applied_index", ())] >= token.fencing_token
     assert got[("raft_sidecar_grants_total", (("election", "settlement-eur"),))] == 1
+    # The election's other counters exist at 0 from its first command on, so
+    # that increase() in the alerts sees their first event.
+    for counter in ("expirations", "revocations", "resignations"):
+        assert got[(f"raft_sidecar_{counter}_total", (("election", "settlement-eur"),))] == 0
     holder = (
         "raft_sidecar_election_holder_info",
         (("election", "settlement-eur"), ("holder", "w1")),
