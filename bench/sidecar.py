@@ -15,11 +15,17 @@ measures:
    returns is measured.
 3. Graceful handover: A holds (ttl 5000, no keep-alive), B waits; time from
    A's Resign call until B's Campaign returns.
-4. Uncontended Campaign + Resign cycles on distinct elections, one client.
+4. Uncontended Campaign + Resign cycles on distinct elections, one client
+   (campaign-to-grant latency without contention), then (4b) from 16 clients.
 5. ValidateToken throughput (1 and 16 synchronous client threads) against the
    Raft leader, and the same client code against a trivial grpc.aio server in
    a subprocess (a generic handler answering ValidateToken at once).
-6. RSS (VmRSS) of each sidecar idle and right after step 5.
+6. RSS (VmRSS) of each sidecar idle and right after steps 5 and 8.
+7. Pod crash: A holds through a follower's sidecar (TTL 1 s); that sidecar is
+   killed with SIGKILL and A's stream dropped, so only the Raft leader's
+   expiry frees the election; time until B's Campaign returns.
+8. KeepAlive throughput: 1 and 16 clients, each on its own election, sending
+   the next keep-alive as soon as the last one is acknowledged.
 
 This is a benchmark, not a test: figures are machine-dependent; compare runs
 on one machine only. All processes are stopped and the temp dir removed at
@@ -48,6 +54,7 @@ from tests.integration.cluster import Cluster, Sidecar, eventually
 
 TICK_MS = 15  # the product default (sidecar.config)
 POLL_S = 0.005
+POD_TTL_MS = 1000  # the integration harness allows TTLs from 500 ms
 QUEUE_SETTLE_S = 0.2  # time given to B's Campaign to reach the queue before A lets go
 
 # A trivial grpc.aio server: ValidateToken of the same service name, answered
@@ -118,6 +125,23 @@ def role_of(node: Sidecar) -> Any:
         return None
 
 
+def settled_leader(cluster: Cluster) -> Sidecar:
+    """The leader, once every live node names it (a node restarted a moment ago
+    may still be waiting for the leader's reconnect backoff to reach it)."""
+
+    def agree() -> Sidecar | None:
+        leader = cluster.leader()
+        for node in cluster.nodes:
+            if node.process is None:
+                continue
+            st = role_of(node)
+            if st is None or st.leader_id != leader.node_id:
+                return None
+        return leader
+
+    return eventually(agree, "every node to know the leader", seconds=30)
+
+
 def followers(cluster: Cluster, leader: Sidecar) -> list[Sidecar]:
     return [n for n in cluster.nodes if n is not leader and n.process is not None]
 
@@ -185,7 +209,7 @@ def keep_alive_requests(token: Any, stop: threading.Event, every_s: float) -> It
 
 def worker_crash_failover(cluster: Cluster, trials: int) -> list[float]:
     election = "bench-e"
-    leader = cluster.leader()
+    leader = settled_leader(cluster)
     home_a, home_b = followers(cluster, leader)[:2]
     stub_a, stub_b = home_a.stub(), home_b.stub()
     samples: list[float] = []
@@ -222,7 +246,7 @@ def worker_crash_failover(cluster: Cluster, trials: int) -> list[float]:
 
 def graceful_handover(cluster: Cluster, trials: int) -> list[float]:
     election = "bench-h"
-    leader = cluster.leader()
+    leader = settled_leader(cluster)
     home_a, home_b = followers(cluster, leader)[:2]
     stub_a, stub_b = home_a.stub(), home_b.stub()
     samples: list[float] = []
@@ -261,6 +285,132 @@ def campaign_cycles(node: Sidecar, seconds: float) -> tuple[list[float], list[fl
         resign_s.append(t2 - t1)
         i += 1
     return campaign_s, resign_s, i, time.monotonic() - start
+
+
+def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tuple[int, float]:
+    """Campaign+Resign cycles/s from ``threads`` synchronous clients, distinct elections."""
+    channel = grpc.insecure_channel(node.api)
+    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+    counts = [0] * threads
+    stop = threading.Event()
+    barrier = threading.Barrier(threads + 1)
+
+    def run(k: int) -> None:
+        barrier.wait()
+        i = 0
+        while not stop.is_set():
+            token = stub.Campaign(campaign_request(f"bench-p{k}-{i}", "solo", 5000), timeout=20)
+            resign(stub, token.token)
+            counts[k] += 1
+            i += 1
+
+    workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join(30)
+    elapsed = time.monotonic() - t0
+    channel.close()
+    return sum(counts), elapsed
+
+
+# --- 7. pod crash (sidecar and worker killed together) ---------------------------
+
+
+def pod_crash_failover(cluster: Cluster, trials: int, ttl_ms: int) -> list[float]:
+    """A holds through a follower's sidecar; kill -9 that sidecar and drop A's
+    stream (the pod died): only the Raft leader's expiry can free the election."""
+    election = "bench-pod"
+    samples: list[float] = []
+    for i in range(trials):
+        leader = settled_leader(cluster)
+        home_a, home_b = followers(cluster, leader)[:2]
+        stub_a, stub_b = home_a.stub(), home_b.stub()
+        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", ttl_ms), timeout=20).token
+        stop = threading.Event()
+        stream = stub_a.KeepAlive(keep_alive_requests(token_a, stop, ttl_ms / 10_000), timeout=120)
+        acked = threading.Event()
+
+        def read(stream: Any = stream, acked: threading.Event = acked) -> None:
+            with contextlib.suppress(grpc.RpcError):
+                for _ in stream:
+                    acked.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        if not acked.wait(10):
+            raise RuntimeError("no keep-alive answer in 10 s")
+        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", ttl_ms), timeout=30)
+        time.sleep(QUEUE_SETTLE_S)
+        t0 = time.monotonic()
+        cluster.kill(home_a, signal.SIGKILL)
+        stop.set()
+        stream.cancel()
+        token_b = waiting_b.result().token
+        samples.append(time.monotonic() - t0)
+        reader.join(5)
+        if token_b.fencing_token <= token_a.fencing_token:
+            raise RuntimeError("B's token is not larger than A's")
+        resign(stub_b, token_b)
+        cluster.start(home_a)
+        eventually(home_a.answers, f"{home_a.node_id} to answer after restart")
+    return samples
+
+
+# --- 8. keep-alive throughput ------------------------------------------------------
+
+
+def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
+    """Acknowledged keep-alives/s: each client holds its own election and sends
+    the next keep-alive as soon as the previous one is answered."""
+    channel = grpc.insecure_channel(node.api)
+    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+    counts = [0] * clients
+    stop = threading.Event()
+    barrier = threading.Barrier(clients + 1)
+    done = threading.Barrier(clients + 1)
+
+    def run(k: int) -> None:
+        token = stub.Campaign(campaign_request(f"bench-k{k}", "solo", 10_000), timeout=20).token
+        answered = threading.Semaphore(0)
+
+        def requests() -> Iterator[Any]:
+            sequence = 0
+            while not stop.is_set():
+                sequence += 1
+                yield worker_pb2.KeepAliveRequest(
+                    election=token.election, fencing_token=token.fencing_token, sequence=sequence
+                )
+                answered.acquire(timeout=5)
+
+        stream = stub.KeepAlive(requests(), timeout=120)
+        barrier.wait()
+        with contextlib.suppress(grpc.RpcError):
+            for _ in stream:
+                counts[k] += 1
+                answered.release()
+                if stop.is_set():
+                    break
+        stream.cancel()
+        done.wait(30)
+
+    workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(clients)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start_counts = sum(counts)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    total = sum(counts) - start_counts
+    elapsed = time.monotonic() - t0
+    stop.set()
+    done.wait(30)
+    channel.close()
+    return total / elapsed
 
 
 # --- 5. ValidateToken throughput ------------------------------------------------
@@ -403,6 +553,13 @@ def main() -> None:
         print(f"  Resign    ms: p50 {ms(percentile(res, 50))}  p99 {ms(percentile(res, 99))}")
         print(f"  cycles/s: {cycles / elapsed:.1f} ({cycles} cycles in {elapsed:.1f} s)")
 
+        parallel, p_elapsed = section(
+            f"4b. Campaign+Resign on the Raft leader ({leader.node_id}), "
+            f"{args.threads} clients, distinct elections",
+            lambda: campaign_cycles_parallel(leader, args.threads, args.seconds),
+        )
+        print(f"  cycles/s: {parallel / p_elapsed:.1f} ({parallel} cycles in {p_elapsed:.1f} s)")
+
         # 5. ValidateToken
         leader = cluster.leader()
         token = (
@@ -439,10 +596,28 @@ def main() -> None:
             s, t = rates[("sidecar", threads)], rates[("trivial", threads)]
             print(f"  {threads:<16}{s:12.0f}{t:12.0f}{s / t:9.3f}")
 
+        leader = cluster.leader()
+        ka = section(
+            f"8. KeepAlive throughput on the Raft leader ({leader.node_id}), acknowledged/s",
+            lambda: {c: keepalive_throughput(leader, c, args.seconds) for c in (1, args.threads)},
+        )
+        for clients, rate in ka.items():
+            print(f"  {clients:>3} clients: {rate:8.0f} keep-alives/s")
+        rss_after_8 = rss_of(cluster)
+
+        pod = section(
+            f"7. Pod crash (kill -9 of the holder's sidecar, its stream gone), "
+            f"{args.trials} trials, TTL {POD_TTL_MS} ms",
+            lambda: pod_crash_failover(cluster, args.trials, POD_TTL_MS),
+        )
+        print_latencies("kill -> B's Campaign returns", pod, with_max=True)
+        print(f"  target: p99 under TTL + 0.5 s = {(POD_TTL_MS + 500) / 1000:.1f} s")
+
         print("\n[6. RSS (VmRSS)]")
         print(f"  idle at start:        {fmt_rss(rss_idle_start)}")
         print(f"  idle before step 5:   {fmt_rss(rss_before_5)}")
         print(f"  right after step 5:   {fmt_rss(rss_after_5)}")
+        print(f"  right after step 8:   {fmt_rss(rss_after_8)}")
         if trivial_rss is not None:
             print(f"  trivial server after step 5: {trivial_rss / 1024:.1f} MiB")
         print(
