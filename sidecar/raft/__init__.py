@@ -32,7 +32,6 @@ from sidecar.raft.types import (
     PersistentState,
     Snapshot,
     SnapshotMetadata,
-    needs_sync,
 )
 
 __all__ = [
@@ -69,6 +68,5 @@ __all__ = [
     "VoteRequest",
     "VoteResponse",
     "decode_conf_entry",
-    "needs_sync",
     "split_messages",
 ]
