@@ -68,13 +68,13 @@ class SidecarMetrics:
         )
         self.peer_rtt_seconds = Gauge(
             "raft_sidecar_peer_rtt_seconds",
-            "Last Deliver round trip to a peer",
+            "Round trip of the last acknowledged peer stream probe (about one a second)",
             ["peer"],
             registry=r,
         )
         self.peer_reachable = Gauge(
             "raft_sidecar_peer_reachable",
-            "1 while the last call to a peer succeeded",
+            "1 while the peer acknowledges its stream (0 from a failure until the next ack)",
             ["peer"],
             registry=r,
         )

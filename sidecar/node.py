@@ -10,10 +10,11 @@ the API). Each turn of the loop
 1. waits for an input or the next tick of the monotonic clock;
 2. steps every queued input into the core (at most ``max_inputs_per_turn``),
    proposals of one turn going in as one ``propose_batch``;
-3. handles the ready batches in the order the core requires: persist (in a
-   the node's disk thread: fsync must not stall the loop), then send, then apply to
-   the state machine and answer the waiting proposals and reads, then
-   ``advance``.
+3. handles the ready batches in the order the core requires: persist (in
+   the node's disk thread: fsync must not stall the loop; a batch that only
+   raises the commit index is recorded inline, since storage does not sync
+   it), then send, then apply to the state machine and answer the waiting
+   proposals and reads, then ``advance``.
 
 Proposals wait on futures keyed by log index; the entry applied at that index
 is theirs only if it carries the term they were proposed in (otherwise a new
@@ -407,12 +408,23 @@ class RaftNode:
         before, after = split_messages(rd, role=self._raft.role, durable=self._durable_hard_state)
         if before:  # a leader's appends travel while it writes them itself
             self._outbox.send(before)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        hs = rd.hard_state
+        durable = self._durable_hard_state
+        if (
+            rd.snapshot is not None
+            or rd.entries
+            or (hs is not None and (hs.term, hs.voted_for) != (durable.term, durable.voted_for))
+        ):
             await asyncio.get_running_loop().run_in_executor(
-                self._disk_thread, self._storage.persist, rd.hard_state, rd.snapshot, rd.entries
+                self._disk_thread, self._storage.persist, hs, rd.snapshot, rd.entries
             )
-            if rd.hard_state is not None:
-                self._durable_hard_state = rd.hard_state
+        elif hs is not None:
+            # Only the commit index rose: storage records it without a sync
+            # (see RaftStorage.persist), so it costs no trip to the disk thread,
+            # which is idle: every disk job is awaited before the loop goes on.
+            self._storage.persist(hs, None, ())
+        if hs is not None:
+            self._durable_hard_state = hs
         if after:
             self._outbox.send(after)
         if rd.snapshot is not None:

@@ -135,6 +135,9 @@ class Raft:
         self.lead_transferee: NodeId | None = None
 
         self._read_seq = 0
+        self._read_round_seq = 0
+        """The read_seq of the last heartbeat round; reads registered while it is
+        unconfirmed wait for it instead of starting a round each (0: none)."""
         self._read_acks: dict[NodeId, int] = {}
         self._pending_reads: list[tuple[int, int, int]] = []  # (request id, index, seq)
         self._reads_awaiting_commit: list[int] = []
@@ -593,6 +596,8 @@ class Raft:
                 break
         last_new = m.prev_log_index + len(m.entries)
         self.log.commit_to(max(self.log.commit, min(m.leader_commit, last_new)))
+        if m.commit_only:
+            return  # the leader knows we match there; heartbeats carry liveness
         self._respond_append(m.sender, success=True, index=last_new)
 
     def _handle_heartbeat(self, m: HeartbeatRequest) -> None:
@@ -752,10 +757,17 @@ class Raft:
                 self._register_read(request_id)
         # Tell followers the new commit index without waiting for a heartbeat.
         for node in sorted(self.progress):
-            self._send_append(node)
+            self._send_append(node, commit_only=True)
 
-    def _send_append(self, to: NodeId, *, send_if_empty: bool = True) -> bool:
-        """Send ``to`` what it lacks, or a snapshot; False when nothing was sent."""
+    def _send_append(
+        self, to: NodeId, *, send_if_empty: bool = True, commit_only: bool = False
+    ) -> bool:
+        """Send ``to`` what it lacks, or a snapshot; False when nothing was sent.
+
+        ``commit_only``: when nothing is left to send to a follower in
+        replicate state, the empty append only spreads the commit index and
+        asks for no answer (a probe always does).
+        """
         pr = self.progress[to]
         if pr.is_paused():
             return False
@@ -780,6 +792,7 @@ class Raft:
                 prev_log_term=prev_term,
                 entries=entries,
                 leader_commit=self.log.commit,
+                commit_only=commit_only and not entries and pr.state is ProgressState.REPLICATE,
             )
         )
         if entries:
@@ -797,6 +810,7 @@ class Raft:
         return True
 
     def _broadcast_heartbeat(self) -> None:
+        self._read_round_seq = self._read_seq
         for node in sorted(self.progress):
             pr = self.progress[node]
             self._send(
@@ -814,22 +828,35 @@ class Raft:
     def _register_read(self, request_id: int) -> None:
         self._read_seq += 1
         self._pending_reads.append((request_id, self.log.commit, self._read_seq))
-        self._read_heartbeat_due = True
         self._release_reads()
 
     def _release_reads(self) -> None:
-        """Answer, in order, every read whose heartbeat round a majority acknowledged."""
+        """Answer, in order, every read whose heartbeat round a majority acknowledged.
+
+        Batching: at most one read round is unconfirmed at a time. Reads
+        registered meanwhile wait and share the next round, which starts once
+        the current one is confirmed (or with the next tick's heartbeats,
+        which carry the newest read_seq). Each read still needs a round sent
+        after it was registered, since its seq exceeds every earlier round's.
+        """
         released = 0
         for request_id, index, seq in self._pending_reads:
-            acks = {self.id} | {node for node, s in self._read_acks.items() if s >= seq}
-            if not has_quorum(self.membership.voters, acks):
+            if not self._read_confirmed(seq):
                 break
             self._read_states.append(ReadState(request_id, index))
             released += 1
         if released:
             del self._pending_reads[:released]
-            if not self._pending_reads:
-                self._read_heartbeat_due = False
+        self._read_heartbeat_due = bool(self._pending_reads) and self._read_confirmed(
+            self._read_round_seq
+        )
+
+    def _read_confirmed(self, seq: int) -> bool:
+        """Whether a majority acknowledged heartbeats carrying ``seq`` or later."""
+        if seq == 0:
+            return True
+        acks = {self.id} | {node for node, s in self._read_acks.items() if s >= seq}
+        return has_quorum(self.membership.voters, acks)
 
     def _fail_reads(self) -> None:
         self._failed_reads.extend(r[0] for r in self._pending_reads)
@@ -837,6 +864,7 @@ class Raft:
         self._pending_reads = []
         self._reads_awaiting_commit = []
         self._read_acks = {}
+        self._read_round_seq = 0
         self._read_heartbeat_due = False
 
     # ---- shared plumbing ---------------------------------------------------------

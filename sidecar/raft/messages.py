@@ -48,6 +48,10 @@ class AppendRequest(_Envelope):
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    commit_only: bool = False
+    """Sent without entries, only to spread a new commit index to a follower
+    in replicate state: the follower answers it only when its log does not
+    match (the answer would tell the leader nothing new otherwise)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,11 @@ class RaftStorage(Protocol):
         Order: a received ``snapshot`` replaces the whole log; ``entries``
         truncate the log from ``entries[0].index`` and are appended; then
         ``hard_state``. Raises StorageIOError (fatal) when a write or sync fails.
+
+        A batch that only raises the commit index (no snapshot, no entries,
+        same term and vote) must not sync or block: it becomes durable with
+        the next batch (Raft never needs it for safety), and the runtime
+        records it on its event loop instead of the disk thread.
         """
         ...
 

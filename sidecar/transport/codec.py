@@ -95,6 +95,7 @@ def to_wire(msg: Message) -> peer_pb2.RaftMessage:
                     prev_log_term=msg.prev_log_term,
                     entries=[_entry_to_wire(e) for e in msg.entries],
                     leader_commit=msg.leader_commit,
+                    commit_only=msg.commit_only,
                 )
             )
         case AppendResponse():
@@ -187,6 +188,8 @@ def from_wire(pb: peer_pb2.RaftMessage, sender: NodeId, recipient: NodeId) -> Me
     if kind == "append_entries":
         ae = pb.append_entries
         _check_same_sender("append_entries.leader_id", ae.leader_id, sender)
+        if ae.commit_only and ae.entries:
+            raise WireFormatError("append_entries.commit_only with entries")
         return AppendRequest(
             term=ae.term,
             sender=sender,
@@ -195,6 +198,7 @@ def from_wire(pb: peer_pb2.RaftMessage, sender: NodeId, recipient: NodeId) -> Me
             prev_log_term=ae.prev_log_term,
             entries=_entries_from_wire(ae),
             leader_commit=ae.leader_commit,
+            commit_only=ae.commit_only,
         )
     if kind == "append_entries_response":
         aer = pb.append_entries_response

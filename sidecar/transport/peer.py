@@ -12,14 +12,28 @@ Outbound (``PeerClient``, one per remote peer):
 
 * ``send(msg)`` encodes the message at once (so a bad message fails at the
   call site) and appends it to a bounded deque; it never awaits.
-* A sender task takes up to ``max_batch_messages`` / ``max_batch_bytes`` off
-  the front and ships them in one ``Deliver`` call, in order.
-* If the call fails with UNAVAILABLE or DEADLINE_EXCEEDED, the batch goes back
-  to the front of the deque (it is the oldest) and the oldest messages beyond
-  the bound are dropped; any other failure drops the batch. Either way the
-  task then waits a capped, jittered exponential backoff (tenacity's
-  ``wait_random_exponential``) before the next attempt; a success resets it.
-  Memory while a peer is down is therefore the deque's bound, nothing more.
+* A sender task keeps one ``DeliverStream`` call open to the peer. It takes
+  up to ``max_batch_messages`` / ``max_batch_bytes`` off the front of the
+  deque and writes them as one batch, then the next, without waiting for the
+  peer to process them (pipelined; HTTP/2 flow control bounds what is in
+  flight). One stream carries batches in order.
+* About once per ``ack_interval_s`` a batch (an empty one on an idle stream)
+  asks for an acknowledgement: its round trip is the peer's RTT, its arrival
+  marks the peer reachable, and its absence after ``rpc_timeout_s`` cancels
+  the stream as stalled.
+* When the stream breaks, what it carried before its first acknowledgement
+  and the batch whose write failed go back to the front of the deque (they
+  are the oldest) and the oldest messages beyond the bound are dropped, unless
+  the peer refused them (FAILED_PRECONDITION, INVALID_ARGUMENT, ...): then
+  they are dropped. What was written after an acknowledgement is left to
+  Raft. The stream is reopened at once if the peer had acknowledged
+  something on it, else after a capped, jittered exponential backoff
+  (tenacity's ``wait_random_exponential``). Memory while a peer is down or
+  frozen is therefore the deque's bound plus gRPC's flow-control window.
+* A peer that answers UNIMPLEMENTED (an older version, during a rolling
+  upgrade) gets unary ``Deliver`` calls, one batch at a time, for
+  ``unary_fallback_s``; a failed call requeues its batch (UNAVAILABLE,
+  DEADLINE_EXCEEDED) or drops it, then backs off.
 * ``SnapshotRequest`` messages bypass the deque: they go to a one-slot mailbox
   (a newer snapshot replaces an unsent older one, counted as a drop) served
   by a second task that streams them through ``InstallSnapshot`` in chunks.
@@ -30,15 +44,19 @@ Inbound (``PeerServicer`` on a ``grpc.aio`` server):
 * ``cluster_id`` and ``to_node`` must match this node, else
   FAILED_PRECONDITION; a batch that does not decode is INVALID_ARGUMENT and
   nothing of it is delivered; the decoded batch goes to the injected async
-  ``deliver`` callback, which may raise ``InboxFull`` (RESOURCE_EXHAUSTED,
-  batch dropped). ``Inbox`` is a bounded ready-made callback.
+  ``deliver`` callback, which may raise ``InboxFull``. ``Inbox`` is a bounded
+  ready-made callback. On a ``DeliverStream`` a refusal ends the stream; a
+  full inbox drops that batch (counted in ``dropped_batches``) and the stream
+  goes on. A unary ``Deliver`` answers a full inbox with RESOURCE_EXHAUSTED.
 * ``InstallSnapshot`` reads the header, refuses an announced size above
   ``max_snapshot_bytes`` before reading any data, collects chunks, refuses
   more bytes than announced, and delivers a ``SnapshotRequest`` only when the
   byte count matches exactly (``accepted=False`` otherwise).
 
-Task ownership: each ``PeerClient`` owns its two tasks and its channel and
-ends all of them in ``stop()``; ``PeerServer`` owns the ``grpc.aio`` server;
+Task ownership: each ``PeerClient`` owns its two tasks (the sender's task
+owns the acknowledgement reader of its current stream) and its channel and
+ends all of them in ``stop()``; ``PeerServer`` owns the ``grpc.aio`` server
+and waits for the handlers of peers' streams when it stops;
 ``Transport`` owns both and is the only object the runtime talks to. All of
 it runs on one event loop; none of it is thread-safe.
 """
@@ -101,6 +119,20 @@ RenewLeaseCallback = Callable[[str, int], Awaitable[tuple[bool, int]]]
 # or slow. Anything else (FAILED_PRECONDITION, INVALID_ARGUMENT,
 # RESOURCE_EXHAUSTED...) would fail again the same way, so the batch is dropped.
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A stream ends for many reasons that say nothing against what it carried:
+# the peer went away or shut down (UNAVAILABLE, CANCELLED, OK), it stalled
+# (DEADLINE_EXCEEDED), or a write raced with the end of the call (INTERNAL,
+# made up locally by grpc). Only these codes are the peer refusing the batches;
+# what the stream still holds is then dropped instead of tried again.
+_STREAM_REFUSAL_CODES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +159,15 @@ class TransportConfig:
     max_concurrent_snapshots: int = 2
     """Inbound snapshot streams held in memory at once; more are refused."""
     rpc_timeout_s: float = 2.0
-    """Deadline of one Deliver call."""
+    """Deadline of one unary Deliver call, and how long a stream waits for a
+    requested acknowledgement before it is declared stalled and reopened."""
+    ack_interval_s: float = 1.0
+    """How often a stream batch asks for an acknowledgement (RTT sample and
+    stall detection); an idle stream sends an empty batch to ask."""
+    unary_fallback_s: float = 60.0
+    """After a peer answers UNIMPLEMENTED to DeliverStream (an older version
+    during a rolling upgrade), batches go by unary Deliver for this long
+    before the stream is tried again."""
     snapshot_timeout_s: float = 60.0
     """Deadline of one whole InstallSnapshot stream."""
     backoff_multiplier_s: float = 0.05
@@ -149,7 +189,13 @@ class TransportConfig:
         ):
             if getattr(self, name) < 1:
                 raise TransportUsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rpc_timeout_s", "snapshot_timeout_s", "backoff_multiplier_s"):
+        for name in (
+            "rpc_timeout_s",
+            "ack_interval_s",
+            "unary_fallback_s",
+            "snapshot_timeout_s",
+            "backoff_multiplier_s",
+        ):
             if getattr(self, name) <= 0:
                 raise TransportUsageError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.backoff_max_s < self.backoff_multiplier_s:
@@ -246,12 +292,105 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         self.snapshots_in_progress = 0
         self.delivered_messages = 0
         self.refused_requests = 0
+        self.dropped_batches = 0
+        """Stream batches dropped because ``deliver`` raised ``InboxFull``."""
+        self._stream_tasks: set[asyncio.Task[Any]] = set()
         self.snapshots_received = 0
 
     async def Deliver(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.DeliverRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.DeliverResponse:
+        messages = await self._decode_batch(request, context)
+        if messages:
+            await self._hand_over(messages, context)
+        return peer_pb2.DeliverResponse()
+
+    async def DeliverStream(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[peer_pb2.DeliverStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[peer_pb2.DeliverStreamResponse]:
+        """Hand over each batch of the stream in order, as it arrives.
+
+        A refusal (addressing, malformed batch, sequence gap, a sender that
+        changes) ends the stream with its status; what came before it was
+        delivered, nothing of the refused batch is. A full inbox drops the
+        batch (counted in ``dropped_batches``) and the stream goes on.
+        """
+        # gRPC's task around this handler outlives it by a few turns (it still
+        # sends the status); PeerServer.stop waits for it, so track the task.
+        task = asyncio.current_task()
+        if task is not None and task not in self._stream_tasks:
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
+        async for response in self._serve_stream(request_iterator, context):
+            yield response
+
+    async def _serve_stream(
+        self,
+        request_iterator: AsyncIterator[peer_pb2.DeliverStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[peer_pb2.DeliverStreamResponse]:
+        expected = 1
+        sender = ""
+        dropping = False
+        async for request in request_iterator:
+            messages = await self._decode_batch(request, context)
+            if request.sequence != expected:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch sequence {request.sequence} where {expected} was due",
+                )
+            if expected == 1:
+                sender = request.from_node
+            elif request.from_node != sender:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"from_node changed from {sender!r} to {request.from_node!r} within a stream",
+                )
+            expected += 1
+            if messages:
+                try:
+                    await self._deliver(messages)
+                except InboxFull as e:
+                    self.dropped_batches += 1
+                    if not dropping:  # one line per episode, not per batch
+                        _log.warning(
+                            "peer_batch_dropped",
+                            node_id=self._node_id,
+                            sender=sender,
+                            reason=str(e),
+                        )
+                    dropping = True
+                except Exception:
+                    _log.exception("deliver_failed", node_id=self._node_id, messages=len(messages))
+                    await self._refuse(
+                        context, grpc.StatusCode.INTERNAL, "the node failed to take the batch"
+                    )
+                else:
+                    dropping = False
+                    self.delivered_messages += len(messages)
+            if request.ack_requested:
+                yield peer_pb2.DeliverStreamResponse(sequence=request.sequence)
+
+    async def wait_for_streams(self, timeout_s: float) -> None:
+        """Wait until every DeliverStream handler task has ended (the server is stopped)."""
+        if self._stream_tasks:
+            await asyncio.wait(set(self._stream_tasks), timeout=timeout_s)
+            # gRPC's outer task, which awaits each of them, ends one turn later.
+            await asyncio.sleep(0)
+
+    async def _decode_batch(
+        self,
+        request: peer_pb2.DeliverRequest | peer_pb2.DeliverStreamRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> list[Message]:
+        """Check a batch's addressing and size and decode it whole, or refuse it."""
         await self._check_addressing(request.cluster_id, request.to_node, context)
+        if not request.from_node:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "sender node id is empty")
         if request.from_node == request.to_node:
             await self._refuse(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "from_node and to_node are the same"
@@ -264,16 +403,15 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
                 f"{self._cfg.max_inbound_batch_messages}",
             )
         messages: list[Message] = []
+        sender, recipient = request.from_node, request.to_node
         for i, pb in enumerate(request.messages):
             try:
-                messages.append(from_wire(pb, request.from_node, request.to_node))
+                messages.append(from_wire(pb, sender, recipient))
             except WireFormatError as e:
                 await self._refuse(
                     context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed messages[{i}]: {e}"
                 )
-        if messages:
-            await self._hand_over(messages, context)
-        return peer_pb2.DeliverResponse()
+        return messages
 
     async def InstallSnapshot(  # noqa: N802 - gRPC method name
         self,
@@ -495,10 +633,15 @@ class PeerServer:
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop serving; in-flight RPCs get ``grace_s`` seconds to finish."""
+        """Stop serving; in-flight RPCs get ``grace_s`` seconds to finish.
+
+        Peers' streams are long-lived: they are cut after the grace period,
+        and this returns once their handlers have ended.
+        """
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace_s)
+            await self.servicer.wait_for_streams(timeout_s=1.0)
 
 
 # --- outbound -----------------------------------------------------------------
@@ -509,17 +652,19 @@ class PeerStats:
     """Counters of one outbound peer, for metrics."""
 
     sent: int
-    """Messages the peer acknowledged (Deliver batches and accepted snapshots)."""
+    """Messages handed to the peer: written to its stream, acknowledged by a
+    unary Deliver, or snapshots it accepted."""
     dropped: int
-    """Messages given up: queue overflow, non-retryable failures, replaced snapshots."""
+    """Messages given up: queue overflow, refused batches, replaced snapshots."""
     failed_rpcs: int
-    """Deliver and InstallSnapshot calls that failed."""
+    """Streams that broke or could not be opened, and failed unary calls."""
     snapshots_sent: int
     queue_len: int
     last_rtt_s: float | None
-    """Duration of the last successful Deliver call, None before the first."""
+    """Round trip of the last acknowledged stream probe (or unary Deliver),
+    None before the first."""
     reachable: bool
-    """False from a failed call until the next successful one."""
+    """False from a failure until the peer next acknowledges something."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,8 +673,47 @@ class _Queued:
     size: int
 
 
+class _StreamEnded(Exception):
+    """The DeliverStream call finished under the writer."""
+
+
 class _RetryLater(Exception):
-    """The last Deliver failed; back off before the next attempt."""
+    """The last attempt failed before the peer acknowledged anything; back off."""
+
+
+class _Stream:
+    """One open DeliverStream call and the state its writer and reader share.
+
+    Invariant: ``probe_sequence`` is 0 or the sequence of the one batch whose
+    acknowledgement is awaited; a new probe is sent only after the previous
+    one was answered, so at most one watchdog timer is armed per stream.
+    ``unconfirmed`` holds what was written before the first acknowledgement
+    (the first batch asks for one), at most ``max_queue_messages`` messages,
+    and is empty once ``acked``.
+    """
+
+    __slots__ = (
+        "acked",
+        "call",
+        "next_probe_at",
+        "probe_sent_at",
+        "probe_sequence",
+        "sequence",
+        "stalled",
+        "unconfirmed",
+        "watchdog",
+    )
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.sequence = 0
+        self.probe_sequence = 0
+        self.probe_sent_at = 0.0
+        self.next_probe_at = 0.0  # the first batch of a stream asks at once
+        self.acked = False
+        self.stalled = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.unconfirmed: deque[_Queued] = deque()
 
 
 class PeerClient:
@@ -543,6 +727,11 @@ class PeerClient:
     rather than replaying a backlog that its answers would only contradict.
     The queue stays an in-order suffix of what the core sent. Drops are
     counted in ``dropped``.
+
+    Streaming: see the module docstring. In short, one ``DeliverStream``
+    call, batches written back to back, an acknowledgement asked about once
+    per ``ack_interval_s`` (RTT, reachability, stall watchdog), reopened
+    with backoff; unary ``Deliver`` for peers that do not stream.
 
     TLS hook: pass ``channel_credentials`` (``grpc.ssl_channel_credentials``)
     to dial the peer over TLS.
@@ -577,6 +766,8 @@ class PeerClient:
         self._stub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        self._unary_until = 0.0
+        """Monotonic time until which batches go by unary Deliver (see UNIMPLEMENTED)."""
         self.sent = 0
         self.dropped = 0
         self.failed_rpcs = 0
@@ -607,9 +798,14 @@ class PeerClient:
             pb = to_wire(msg)
         except ValueError as e:
             raise TransportUsageError(f"cannot encode {msg}: {e}") from e
-        self._queue.append(_Queued(pb, pb.ByteSize()))
-        self._queued_bytes += self._queue[-1].size
-        self._trim()
+        queued = _Queued(pb, pb.ByteSize())
+        self._queue.append(queued)
+        self._queued_bytes += queued.size
+        if (
+            len(self._queue) > self._cfg.max_queue_messages
+            or self._queued_bytes > self._cfg.max_queue_bytes
+        ):
+            self._trim()
         self._has_work.set()
 
     def stats(self) -> PeerStats:
@@ -687,7 +883,7 @@ class PeerClient:
             await self._channel.close()
             self._channel = None
 
-    # -- the sender tasks --
+    # -- the sender task --
 
     async def _run_deliveries(self) -> None:
         wait = wait_random_exponential(
@@ -700,9 +896,167 @@ class PeerClient:
                 wait=wait, retry=retry_if_exception_type(_RetryLater), reraise=True
             ):
                 with attempt:
-                    await self._deliver_one_batch()
+                    if time.monotonic() < self._unary_until:
+                        await self._deliver_one_batch()
+                    else:
+                        await self._stream_batches()
+
+    async def _stream_batches(self) -> None:
+        """Keep one DeliverStream open and write batches to it until it breaks.
+
+        Returns when the stream broke after the peer had acknowledged a batch
+        on it (reopen at once) or when the peer does not know the RPC (unary
+        fallback); raises ``_RetryLater`` when it broke before (back off).
+        """
+        stream = _Stream(self._stub.DeliverStream())
+        reader = asyncio.create_task(self._read_acks(stream), name=f"peer-acks-{self.peer_id}")
+        batch: list[_Queued] = []
+        error: BaseException | None = None
+        try:
+            await self._write_batches(stream, batch)
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stop(): the finally block below still cleans up
+            error = e  # the call was cancelled under a pending write (watchdog)
+        except Exception as e:
+            # AioRpcError, or InvalidStateError from a write to a finished call.
+            error = e
+        finally:
+            if stream.watchdog is not None:
+                stream.watchdog.cancel()
+            done = stream.call.done()
+            if not done:
+                stream.call.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        code, details = await self._stream_outcome(stream, done, error)
+        self.failed_rpcs += 1
+        # A stream that broke before its first acknowledgement (the peer was
+        # still starting, or never took it) may have delivered nothing: what
+        # it carried is tried again, like the batch whose write failed. Later
+        # on, what was written since the last acknowledgement is left to Raft.
+        self.sent -= len(stream.unconfirmed)
+        batch[:0] = stream.unconfirmed
+        stream.unconfirmed.clear()
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            self._requeue(batch)
+            self._unary_until = time.monotonic() + self._cfg.unary_fallback_s
+            _log.warning(
+                "peer_stream_unsupported",
+                node_id=self.node_id,
+                peer=self.peer_id,
+                fallback_s=self._cfg.unary_fallback_s,
+            )
+            return
+        if code in _STREAM_REFUSAL_CODES:
+            self.dropped += len(batch)
+        else:
+            self._requeue(batch)
+        self._mark_unreachable("DeliverStream", code, details)
+        if not stream.acked:
+            raise _RetryLater(f"{code.name}: {details}")
+
+    async def _write_batches(self, stream: _Stream, batch: list[_Queued]) -> None:
+        """The writer's loop; ``batch`` holds the batch of a write that is under way.
+
+        Ends by an exception only: the stream ended or was cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        call = stream.call
+        cluster_id, from_node, to_node = self._cluster_id, self.node_id, self.peer_id
+        while True:
+            if call.done():
+                raise _StreamEnded
+            now = time.monotonic()
+            probe = stream.probe_sequence == 0 and now >= stream.next_probe_at
+            if not self._queue and not probe:
+                # Wait for work, the next probe or the end of the stream (the
+                # reader sets _has_work when the call ends).
+                self._has_work.clear()
+                alarm = None
+                if stream.probe_sequence == 0:
+                    alarm = loop.call_later(stream.next_probe_at - now, self._has_work.set)
+                try:
+                    await self._has_work.wait()
+                finally:
+                    if alarm is not None:
+                        alarm.cancel()
+                continue
+            if self._queue:
+                batch.extend(self._take_batch())
+            stream.sequence += 1
+            if probe:
+                stream.probe_sequence = stream.sequence
+                stream.probe_sent_at = now
+                stream.watchdog = loop.call_later(
+                    self._cfg.rpc_timeout_s, self._on_probe_timeout, stream, stream.sequence
+                )
+            await call.write(
+                peer_pb2.DeliverStreamRequest(
+                    cluster_id=cluster_id,
+                    from_node=from_node,
+                    to_node=to_node,
+                    messages=[q.pb for q in batch],
+                    sequence=stream.sequence,
+                    ack_requested=probe,
+                )
+            )
+            self.sent += len(batch)
+            if not stream.acked:
+                stream.unconfirmed.extend(batch)
+                while len(stream.unconfirmed) > self._cfg.max_queue_messages:
+                    stream.unconfirmed.popleft()  # no longer tracked: left to Raft
+            batch.clear()
+
+    async def _read_acks(self, stream: _Stream) -> None:
+        """Read the peer's acknowledgements until the call ends, then wake the writer."""
+        try:
+            while True:
+                response = await stream.call.read()
+                if response is grpc.aio.EOF:
+                    return
+                if response.sequence != stream.probe_sequence:
+                    continue  # cannot happen with one probe at a time; ignore
+                now = time.monotonic()
+                self.last_rtt_s = now - stream.probe_sent_at
+                stream.acked = True
+                stream.unconfirmed.clear()
+                stream.probe_sequence = 0
+                stream.next_probe_at = now + self._cfg.ack_interval_s
+                if stream.watchdog is not None:
+                    stream.watchdog.cancel()
+                    stream.watchdog = None
+                self._mark_reachable()
+                self._has_work.set()  # the writer may be waiting to arm the next probe
+        except grpc.aio.AioRpcError:
+            return  # the writer reads the status from the call
+        finally:
+            self._has_work.set()
+
+    def _on_probe_timeout(self, stream: _Stream, sequence: int) -> None:
+        if stream.probe_sequence == sequence and not stream.call.done():
+            stream.stalled = True
+            stream.call.cancel()
+            self._has_work.set()
+
+    async def _stream_outcome(
+        self, stream: _Stream, done: bool, error: BaseException | None
+    ) -> tuple[Any, str]:
+        """The status a broken stream ended with, as (code, details)."""
+        if stream.stalled:
+            return (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no acknowledgement within {self._cfg.rpc_timeout_s} s",
+            )
+        if done:
+            return await stream.call.code(), await stream.call.details() or ""
+        if isinstance(error, grpc.aio.AioRpcError):
+            return error.code(), error.details() or ""
+        return grpc.StatusCode.UNKNOWN, repr(error)
 
     async def _deliver_one_batch(self) -> None:
+        """Unary fallback: ship one batch by Deliver and wait for the answer."""
         while not self._queue:
             self._has_work.clear()
             await self._has_work.wait()
@@ -722,7 +1076,7 @@ class PeerClient:
                 self._requeue(batch)
             else:
                 self.dropped += len(batch)
-            self._mark_unreachable("Deliver", e)
+            self._mark_unreachable("Deliver", e.code(), e.details() or "")
             raise _RetryLater from e
         self.last_rtt_s = time.monotonic() - started
         self.sent += len(batch)
@@ -743,9 +1097,13 @@ class PeerClient:
 
     def _requeue(self, batch: list[_Queued]) -> None:
         """Put a failed batch back in front (it is older than anything queued), then trim."""
+        if not batch:
+            return
         self._queue.extendleft(reversed(batch))
         self._queued_bytes += sum(q.size for q in batch)
         self._trim()
+
+    # -- the snapshot task --
 
     async def _run_snapshots(self) -> None:
         while True:
@@ -781,7 +1139,7 @@ class PeerClient:
         except grpc.aio.AioRpcError as e:
             self.failed_rpcs += 1
             self.dropped += 1
-            self._mark_unreachable("InstallSnapshot", e)
+            self._mark_unreachable("InstallSnapshot", e.code(), e.details() or "")
             return
         if response.accepted:
             self.sent += 1
@@ -796,7 +1154,7 @@ class PeerClient:
             )
         self._mark_reachable()
 
-    def _mark_unreachable(self, rpc: str, error: Any) -> None:
+    def _mark_unreachable(self, rpc: str, code: Any, details: str) -> None:
         if self.reachable:
             _log.warning(
                 "peer_unreachable",
@@ -804,8 +1162,8 @@ class PeerClient:
                 peer=self.peer_id,
                 address=self.address,
                 rpc=rpc,
-                code=error.code().name,
-                details=error.details(),
+                code=code.name,
+                details=details,
             )
         self.reachable = False
 

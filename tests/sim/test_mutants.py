@@ -39,7 +39,11 @@ def test_membership_erratum_scenario_holds_on_the_real_core(seed: int) -> None:
     assert not accepted, "the new leader must refuse a change before committing its own entry"
 
 
-@pytest.mark.parametrize("seed", [1, 3, 4])
+# Seeds whose schedule reaches step 2 with the mutant (L2 proposes the change).
+# The schedule follows every message the core sends: since matching followers
+# no longer answer commit-only appends, seed 3 gets L2's change refused for
+# another reason (an uncommitted configuration), so it tests nothing there.
+@pytest.mark.parametrize("seed", [1, 4, 5])
 def test_membership_erratum_scenario_catches_the_mutant(seed: int) -> None:
     with pytest.raises(SafetyViolation, match="Leader Completeness"):
         membership_change_before_own_term_commit(ChangesMembershipBeforeOwnTermCommit, seed)

@@ -32,7 +32,7 @@ from sidecar.raft.messages import (
 from sidecar.raft.types import Entry, EntryKind, Membership, Snapshot, SnapshotMetadata
 from sidecar.transport.codec import snapshot_header, to_wire
 from sidecar.transport.errors import InboxFull
-from sidecar.transport.peer import Inbox, Transport, TransportConfig
+from sidecar.transport.peer import Inbox, PeerServer, PeerServicer, Transport, TransportConfig
 
 CLUSTER = "settlement-test"
 MiB = 1 << 20
@@ -373,6 +373,354 @@ def test_a_snapshot_stream_cancelled_midway_delivers_nothing() -> None:
     run(main)
 
 
+# --- the stream -----------------------------------------------------------------
+
+
+def heartbeat(seq: int) -> HeartbeatRequest:
+    return HeartbeatRequest(term=1, leader_commit=0, read_seq=seq, **ENV_AB)
+
+
+def read_seqs(messages: list[Message]) -> list[int]:
+    return [m.read_seq for m in messages if isinstance(m, HeartbeatRequest)]
+
+
+def test_many_batches_arrive_in_order_over_one_stream() -> None:
+    async def main() -> None:
+        config = TransportConfig(max_batch_messages=8, max_queue_messages=10_000)
+        async with pair(config) as (a, b, inbox):
+            n = 3000
+            for i in range(1, n + 1):
+                a.send([heartbeat(i)])
+                if i % 7 == 0:  # let the sender cut batches of varying sizes
+                    await asyncio.sleep(0)
+            await eventually(lambda: len(inbox) >= n, "every message delivered")
+            assert read_seqs(inbox.drain()) == list(range(1, n + 1))
+            stats = a.stats()["b"]
+            assert (stats.sent, stats.dropped, stats.failed_rpcs) == (n, 0, 0)  # one stream
+            assert b.servicer.delivered_messages == n
+
+    run(main)
+
+
+def test_batches_are_pipelined_while_the_peer_still_processes_the_first() -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        release = asyncio.Event()
+        handed_over: list[list[Message]] = []
+
+        async def slow(messages: list[Message]) -> None:
+            handed_over.append(messages)
+            if len(handed_over) == 1:
+                await release.wait()  # the node is still busy with the first batch
+            await inbox.deliver(messages)
+
+        config = TransportConfig(max_batch_messages=1, rpc_timeout_s=30.0)
+        b = Transport(
+            node_id="b",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={},
+            deliver=slow,
+            config=config,
+        )
+        await b.start()
+        a = Transport(
+            node_id="a",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={"b": f"127.0.0.1:{b.port}"},
+            deliver=Inbox().deliver,
+            config=config,
+        )
+        await a.start()
+        for i in range(1, 21):
+            a.send([heartbeat(i)])
+            await asyncio.sleep(0)
+        # A unary Deliver per batch could not count a second batch before the
+        # first was answered: here ten are written while the first is held.
+        await eventually(lambda: a.stats()["b"].sent >= 10, "batches written ahead")
+        assert len(handed_over) == 1
+        assert len(inbox) == 0
+        release.set()
+        await eventually(lambda: len(inbox) == 20, "every batch delivered")
+        assert read_seqs(inbox.drain()) == list(range(1, 21))
+        assert a.stats()["b"].failed_rpcs == 0
+        await a.stop()
+        await b.stop()
+
+    run(main)
+
+
+def test_an_idle_stream_keeps_measuring_the_round_trip() -> None:
+    async def main() -> None:
+        config = TransportConfig(ack_interval_s=0.05)
+        async with pair(config) as (a, _, inbox):
+            client = a.clients["b"]
+            # No message is sent at all: empty probe batches ask for acks.
+            await eventually(lambda: client.last_rtt_s is not None, "a probe answered")
+            client.last_rtt_s = None
+            await eventually(lambda: client.last_rtt_s is not None, "a later probe answered")
+            stats = client.stats()
+            assert stats.last_rtt_s is not None and 0 < stats.last_rtt_s < 1
+            assert stats.reachable and stats.sent == stats.failed_rpcs == 0
+            assert len(inbox) == 0
+
+    run(main)
+
+
+def test_delivery_resumes_after_the_peer_restarts() -> None:
+    async def main() -> None:
+        port = reserve_port()
+
+        def receiver_on(inbox: Inbox) -> Transport:
+            return Transport(
+                node_id="b",
+                cluster_id=CLUSTER,
+                listen_address=f"127.0.0.1:{port}",
+                peers={},
+                deliver=inbox.deliver,
+                config=FAST,
+            )
+
+        first, second = Inbox(), Inbox()
+        b = receiver_on(first)
+        await b.start()
+        a = Transport(
+            node_id="a",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={"b": f"127.0.0.1:{port}"},
+            deliver=Inbox().deliver,
+            config=FAST,
+        )
+        await a.start()
+        seq = 0
+
+        def send_next() -> None:
+            nonlocal seq
+            seq += 1
+            a.send([heartbeat(seq)])
+
+        send_next()
+        await eventually(lambda: len(first) == 1, "delivered before the restart")
+        with structlog.testing.capture_logs() as logs:
+            await b.stop(grace_s=0)
+            b = receiver_on(second)
+            await b.start()
+            await eventually_with_traffic(lambda: len(second) > 0, send_next, 10.0)
+            await eventually(lambda: a.stats()["b"].reachable, "the peer acknowledged again")
+        got = read_seqs(second.drain())
+        assert got == sorted(got) and got[-1] <= seq
+        stats = a.stats()["b"]
+        assert stats.failed_rpcs >= 1
+        events = [e["event"] for e in logs]
+        assert events.count("peer_unreachable") == 1
+        assert events.index("peer_unreachable") < events.index("peer_reachable")
+        await a.stop()
+        await b.stop()
+
+    run(main)
+
+
+class _StallingServicer(PeerServicer):
+    """A peer that accepts streams but reads nothing until released (a frozen process)."""
+
+    release: asyncio.Event
+
+    async def DeliverStream(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: AsyncIterator[peer_pb2.DeliverStreamRequest], context: object
+    ) -> AsyncIterator[peer_pb2.DeliverStreamResponse]:
+        await self.release.wait()
+        async for response in super().DeliverStream(request_iterator, context):
+            yield response
+
+
+def test_a_stalled_peer_is_detected_and_costs_only_the_queue_bound() -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        bound = 32
+        config = TransportConfig(
+            max_queue_messages=bound,
+            rpc_timeout_s=0.3,
+            ack_interval_s=0.05,
+            backoff_multiplier_s=0.02,
+            backoff_max_s=0.2,
+        )
+        servicer = _StallingServicer(
+            node_id="b", cluster_id=CLUSTER, deliver=inbox.deliver, config=config
+        )
+        servicer.release = asyncio.Event()
+        server = PeerServer(servicer, "127.0.0.1:0", config=config)
+        port = await server.start()
+        a = Transport(
+            node_id="a",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={"b": f"127.0.0.1:{port}"},
+            deliver=Inbox().deliver,
+            config=config,
+        )
+        client = a.clients["b"]
+        seq = 0
+
+        def send_next() -> None:
+            nonlocal seq
+            seq += 1
+            a.send([heartbeat(seq)])
+
+        with structlog.testing.capture_logs() as logs:
+            await a.start()
+            send_next()
+            await eventually(lambda: not client.stats().reachable, "the stall noticed")
+            for _ in range(50):  # 0.5 s of traffic to the frozen peer
+                for _ in range(20):
+                    send_next()
+                    assert client.queue_len <= bound
+                await asyncio.sleep(0.01)
+            stats = client.stats()
+            assert not stats.reachable, "no flapping while the peer stays frozen"
+            assert 1 <= stats.failed_rpcs < 20
+            [unreachable] = [e for e in logs if e["event"] == "peer_unreachable"]
+            assert unreachable["code"] == "DEADLINE_EXCEEDED"
+            assert len(inbox) == 0
+            servicer.release.set()
+            await eventually_with_traffic(lambda: len(inbox) > 0, send_next, 10.0)
+            await eventually(lambda: client.stats().reachable, "acknowledged again")
+        got = read_seqs(inbox.drain())
+        assert got == sorted(got)
+        await a.stop()
+        await server.stop(0)
+
+    run(main)
+
+
+class _UnaryOnlyServicer(PeerServicer):
+    """A peer of an older version: no DeliverStream."""
+
+    async def DeliverStream(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.DeliverStreamResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        yield peer_pb2.DeliverStreamResponse()  # pragma: no cover - makes it a generator
+
+
+def test_a_peer_without_the_stream_is_served_by_unary_deliver() -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        servicer = _UnaryOnlyServicer(node_id="b", cluster_id=CLUSTER, deliver=inbox.deliver)
+        server = PeerServer(servicer, "127.0.0.1:0")
+        port = await server.start()
+        a = Transport(
+            node_id="a",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={"b": f"127.0.0.1:{port}"},
+            deliver=Inbox().deliver,
+            config=FAST,
+        )
+        with structlog.testing.capture_logs() as logs:
+            await a.start()
+            # What the refused stream carried is sent again by Deliver calls.
+            for i in range(1, 31):
+                a.send([heartbeat(i)])
+                await asyncio.sleep(0)
+            await eventually(lambda: len(inbox) == 30, "delivered by Deliver calls")
+            # The server hands the batch over before its answer reaches the
+            # client, so the client marks the peer reachable a little later.
+            await eventually(lambda: a.stats()["b"].reachable, "peer marked reachable")
+        assert read_seqs(inbox.drain()) == list(range(1, 31))
+        assert [e["event"] for e in logs].count("peer_stream_unsupported") == 1
+        stats = a.stats()["b"]
+        assert stats.failed_rpcs >= 1 and stats.last_rtt_s is not None
+        await a.stop()
+        await server.stop()
+
+    run(main)
+
+
+# --- stream refusals, through a raw stub ---------------------------------------------
+
+
+def stream_request(
+    sequence: int,
+    *,
+    ack: bool = False,
+    extra: list[peer_pb2.RaftMessage] | None = None,
+    **changes: str,
+) -> peer_pb2.DeliverStreamRequest:
+    fields = {"cluster_id": CLUSTER, "from_node": "a", "to_node": "b"} | changes
+    messages = [to_wire(heartbeat(sequence)), *(extra or [])]
+    return peer_pb2.DeliverStreamRequest(
+        messages=messages, sequence=sequence, ack_requested=ack, **fields
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "details"),
+    [
+        (
+            stream_request(2, cluster_id="payments-prod"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "cluster",
+        ),
+        (
+            stream_request(2, to_node="c"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "for node 'c' reached node 'b'",
+        ),
+        (
+            stream_request(2, extra=[peer_pb2.RaftMessage()]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed messages[1]",
+        ),
+        (stream_request(3), grpc.StatusCode.INVALID_ARGUMENT, "sequence 3 where 2 was due"),
+        (stream_request(2, from_node="z"), grpc.StatusCode.INVALID_ARGUMENT, "from_node changed"),
+        (stream_request(2, from_node="b"), grpc.StatusCode.INVALID_ARGUMENT, "the same"),
+    ],
+    ids=["wrong cluster", "wrong node", "malformed", "sequence gap", "sender changed", "self"],
+)
+def test_a_refused_batch_ends_the_stream_and_nothing_of_it_is_delivered(
+    bad: peer_pb2.DeliverStreamRequest, code: grpc.StatusCode, details: str
+) -> None:
+    async def main() -> None:
+        async with receiver() as (stub, b, inbox):
+            call = stub.DeliverStream()
+            await call.write(stream_request(1, ack=True))
+            assert (await call.read()).sequence == 1
+            await call.write(bad)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call.read()
+            assert info.value.code() == code
+            assert details in (info.value.details() or "")
+            assert "Traceback" not in (info.value.details() or "")
+            assert read_seqs(inbox.drain()) == [1]  # the batch before it, not the refused one
+            assert b.servicer.refused_requests == 1
+
+    run(main)
+
+
+def test_a_full_inbox_drops_the_stream_batch_and_the_stream_goes_on() -> None:
+    async def main() -> None:
+        async with receiver(Inbox(max_messages=1)) as (stub, b, inbox):
+            with structlog.testing.capture_logs() as logs:
+                call = stub.DeliverStream()
+                await call.write(stream_request(1))
+                await call.write(stream_request(2))  # no room: dropped
+                await call.write(stream_request(3, ack=True))  # dropped too, still answered
+                assert (await call.read()).sequence == 3
+                assert read_seqs(inbox.drain()) == [1]
+                await call.write(stream_request(4, ack=True))
+                assert (await call.read()).sequence == 4
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+            assert read_seqs(inbox.drain()) == [4]
+            assert b.servicer.dropped_batches == 2
+            assert b.servicer.refused_requests == 0
+            assert [e["event"] for e in logs].count("peer_batch_dropped") == 1
+
+    run(main)
+
+
 # --- a peer that is down ----------------------------------------------------------
 
 
@@ -437,7 +785,8 @@ def test_sends_to_a_down_peer_stay_bounded_and_delivery_resumes_when_it_starts()
         # Oldest dropped: what arrives is an in-order suffix of what was sent.
         assert got == sorted(got)
         assert got[-1] == seq
-        assert client.stats().reachable
+        # The acknowledgement reaches the client after the server took the batch.
+        await eventually(lambda: client.stats().reachable, "peer marked reachable")
         await a.stop()
         await b.stop()
 
@@ -482,7 +831,7 @@ def test_stop_while_backing_off_from_a_down_peer_leaves_no_task() -> None:
     run(main)
 
 
-def test_a_client_of_another_cluster_is_refused_and_drops_instead_of_retrying() -> None:
+def test_a_client_of_another_cluster_is_refused_and_backs_off() -> None:
     async def main() -> None:
         inbox = Inbox()
         b = Transport(
@@ -501,13 +850,22 @@ def test_a_client_of_another_cluster_is_refused_and_drops_instead_of_retrying() 
             deliver=Inbox().deliver,
             config=FAST,
         )
-        await a.start()
-        a.send([TimeoutNowRequest(term=1, **ENV_AB)])
-        await eventually(lambda: a.stats()["b"].dropped == 1, "batch dropped")
-        assert a.stats()["b"].failed_rpcs == 1
-        assert a.stats()["b"].queue_len == 0
+        with structlog.testing.capture_logs() as logs:
+            await a.start()
+            a.send([TimeoutNowRequest(term=1, **ENV_AB)])
+            await eventually(lambda: a.stats()["b"].failed_rpcs >= 1, "stream refused")
+            await asyncio.sleep(0.5)
+        stats = a.stats()["b"]
+        assert not stats.reachable
+        assert stats.queue_len == 0
+        # Each reopened stream is refused again: a few attempts, not a storm.
+        # (The last refusal may still be on its way back to the client.)
+        assert 1 <= stats.failed_rpcs < 15
+        assert stats.failed_rpcs <= b.servicer.refused_requests <= stats.failed_rpcs + 1
         assert len(inbox) == 0
-        assert b.servicer.refused_requests == 1
+        [unreachable] = [e for e in logs if e["event"] == "peer_unreachable"]
+        assert unreachable["code"] == "FAILED_PRECONDITION"
+        assert "another-cluster" in unreachable["details"]
         await a.stop()
         await b.stop()
 

@@ -15,6 +15,7 @@ from sidecar.raft import (
     ConfChangeKind,
     ConfChangeRejected,
     HeartbeatRequest,
+    HeartbeatResponse,
     Membership,
     NotLeader,
     ProposalDropped,
@@ -171,6 +172,37 @@ def test_6_4_new_leader_defers_reads_until_own_term_commit() -> None:
     c.deliver_all()
     assert a.commit_index == 1
     assert c.read_states["a"] == [ReadState(1, 1)]
+
+
+def test_6_4_reads_registered_during_a_round_share_the_next_one() -> None:
+    """§6.4 batching ("the leader can amortize the cost ... by confirming many
+    reads with one round of heartbeats"): while a round is unconfirmed, new
+    reads start none of their own; they share the next round, which leaves
+    once the first is confirmed, and each is still confirmed by heartbeats
+    sent after it was registered."""
+    c = Cluster(3)
+    a = c.elect("a")
+    c.tick_all(1)
+    commit = a.commit_index
+    a.read_index(1)
+    first = c.take(HeartbeatRequest, sender="a")
+    assert len(first) == 2
+    a.read_index(2)
+    a.read_index(3)
+    assert c.take(HeartbeatRequest, sender="a") == [], "a round is already in flight"
+    for m in first:
+        c.deliver(m)
+    for r in c.take(HeartbeatResponse, to="a"):
+        c.deliver(r)
+    assert c.read_states["a"] == [ReadState(1, commit)]
+    second = c.take(HeartbeatRequest, sender="a")
+    assert len(second) == 2
+    assert all(m.read_seq > max(f.read_seq for f in first) for m in second)
+    for m in second:
+        c.deliver(m)
+    c.deliver_all()
+    assert c.read_states["a"] == [ReadState(1, commit), ReadState(2, commit), ReadState(3, commit)]
+    assert c.take(HeartbeatRequest, sender="a") == [], "no round without reads"
 
 
 def test_6_4_reads_fail_when_leadership_lost() -> None:

@@ -7,6 +7,8 @@ delivers a message, so every intermediate state can be asserted.
 
 from __future__ import annotations
 
+import dataclasses
+
 from sidecar.raft import (
     AppendRequest,
     AppendResponse,
@@ -267,3 +269,40 @@ def test_5_4_2_leader_does_not_commit_earlier_term_entry_by_counting_replicas() 
     assert commit_when_replicated == 1, "entry 2 (term 2) sat on a majority, yet stays uncommitted"
     assert a.commit_index == 3, "committing the leader's own no-op commits entry 2 with it"
     assert [e.index for e in c.applied["a"]] == [1, 2, 3]
+
+
+# ---- commit index notifications (not in the paper) ------------------------------------------
+
+
+def test_commit_only_append_spreads_the_commit_index_and_is_answered_only_on_mismatch() -> None:
+    """Once an entry commits, the leader tells each follower it replicates to
+    with an empty, commit-only append. A follower whose log matches learns the
+    commit index and sends nothing back (its answer would repeat its last
+    one); a follower whose log does not match still rejects, so the leader
+    can repair it."""
+    c = Cluster(3)
+    a = c.elect("a")
+    c.deliver_all()
+    c.propose("a", b"x")
+    c.deliver_all()
+    notes = [m for m in c.sent if isinstance(m, AppendRequest) and m.commit_only]
+    assert {m.recipient for m in notes} == {"b", "c"}
+    assert all(not m.entries for m in notes)
+    assert max(m.leader_commit for m in notes) == a.commit_index
+    assert [c[i].commit_index for i in c.ids] == [a.commit_index] * 3
+    b = c["b"]
+    note = AppendRequest(
+        term=a.term,
+        sender="a",
+        recipient="b",
+        prev_log_index=b.log.last_index,
+        prev_log_term=b.log.last_term,
+        entries=(),
+        leader_commit=a.commit_index,
+        commit_only=True,
+    )
+    c.deliver(note)
+    assert c.take(AppendResponse, sender="b") == []
+    c.deliver(dataclasses.replace(note, prev_log_index=b.log.last_index + 2))
+    [rejection] = c.take(AppendResponse, sender="b")
+    assert not rejection.success

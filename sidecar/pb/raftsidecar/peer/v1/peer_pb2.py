@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eraftsidecar/peer/v1/peer.proto\x12\x13raftsidecar.peer.v1\"t\n\x11RenewLeaseRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x10\n\x08\x65lection\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"?\n\x12RenewLeaseResponse\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x08\x12\x18\n\x10remaining_ttl_ms\x18\x02 \x01(\x04\"Y\n\x0eProposeRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\x0c\".\n\x0fProposeResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\"J\n\x10ReadIndexRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\"\"\n\x11ReadIndexResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"|\n\x0e\x44\x65liverRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x32\n\x08messages\x18\x04 \x03(\x0b\x32 .raftsidecar.peer.v1.RaftMessage\"\x11\n\x0f\x44\x65liverResponse\"\xdd\x03\n\x0bRaftMessage\x12\x38\n\x0crequest_vote\x18\x01 \x01(\x0b\x32 .raftsidecar.peer.v1.RequestVoteH\x00\x12I\n\x15request_vote_response\x18\x02 \x01(\x0b\x32(.raftsidecar.peer.v1.RequestVoteResponseH\x00\x12<\n\x0e\x61ppend_entries\x18\x03 \x01(\x0b\x32\".raftsidecar.peer.v1.AppendEntriesH\x00\x12M\n\x17\x61ppend_entries_response\x18\x04 \x01(\x0b\x32*.raftsidecar.peer.v1.AppendEntriesResponseH\x00\x12\x33\n\theartbeat\x18\x05 \x01(\x0b\x32\x1e.raftsidecar.peer.v1.HeartbeatH\x00\x12\x44\n\x12heartbeat_response\x18\x06 \x01(\x0b\x32&.raftsidecar.peer.v1.HeartbeatResponseH\x00\x12\x36\n\x0btimeout_now\x18\x07 \x01(\x0b\x32\x1f.raftsidecar.peer.v1.TimeoutNowH\x00\x42\t\n\x07message\"\x8f\x01\n\x0bRequestVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\t\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x10\n\x08pre_vote\x18\x05 \x01(\x08\x12\x1b\n\x13leadership_transfer\x18\x06 \x01(\x08\"F\n\x13RequestVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\"\xa3\x01\n\rAppendEntries\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eprev_log_index\x18\x03 \x01(\x04\x12\x15\n\rprev_log_term\x18\x04 \x01(\x04\x12+\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x1a.raftsidecar.peer.v1.Entry\x12\x15\n\rleader_commit\x18\x06 \x01(\x04\"z\n\x15\x41ppendEntriesResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x19\n\x11reject_hint_index\x18\x04 \x01(\x04\x12\x18\n\x10reject_hint_term\x18\x05 \x01(\x04\"B\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x15\n\rleader_commit\x18\x02 \x01(\x04\x12\x10\n\x08read_seq\x18\x03 \x01(\x04\"3\n\x11HeartbeatResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08read_seq\x18\x02 \x01(\x04\"\x1a\n\nTimeoutNow\x12\x0c\n\x04term\x18\x01 \x01(\x04\"`\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.raftsidecar.peer.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"c\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x32\n\nconf_state\x18\x03 \x01(\x0b\x32\x1e.raftsidecar.peer.v1.ConfState\"\x8b\x01\n\x15InstallSnapshotHeader\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x01(\x0b\x32%.raftsidecar.peer.v1.SnapshotMetadata\x12\x18\n\x10total_size_bytes\x18\x04 \x01(\x04\"\xaa\x01\n\x16InstallSnapshotRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12<\n\x06header\x18\x04 \x01(\x0b\x32*.raftsidecar.peer.v1.InstallSnapshotHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x05 \x01(\x0cH\x00\x42\t\n\x07payload\"Q\n\x17InstallSnapshotResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04*o\n\tEntryType\x12\x1a\n\x16\x45NTRY_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x01\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x02\x12\x13\n\x0f\x45NTRY_TYPE_NOOP\x10\x03\x32\xe8\x03\n\x0fRaftPeerService\x12T\n\x07\x44\x65liver\x12#.raftsidecar.peer.v1.DeliverRequest\x1a$.raftsidecar.peer.v1.DeliverResponse\x12n\n\x0fInstallSnapshot\x12+.raftsidecar.peer.v1.InstallSnapshotRequest\x1a,.raftsidecar.peer.v1.InstallSnapshotResponse(\x01\x12T\n\x07Propose\x12#.raftsidecar.peer.v1.ProposeRequest\x1a$.raftsidecar.peer.v1.ProposeResponse\x12Z\n\tReadIndex\x12%.raftsidecar.peer.v1.ReadIndexRequest\x1a&.raftsidecar.peer.v1.ReadIndexResponse\x12]\n\nRenewLease\x12&.raftsidecar.peer.v1.RenewLeaseRequest\x1a\'.raftsidecar.peer.v1.RenewLeaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eraftsidecar/peer/v1/peer.proto\x12\x13raftsidecar.peer.v1\"t\n\x11RenewLeaseRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x10\n\x08\x65lection\x18\x04 \x01(\t\x12\x15\n\rfencing_token\x18\x05 \x01(\x04\"?\n\x12RenewLeaseResponse\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x08\x12\x18\n\x10remaining_ttl_ms\x18\x02 \x01(\x04\"Y\n\x0eProposeRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\x0c\".\n\x0fProposeResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\"J\n\x10ReadIndexRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\"\"\n\x11ReadIndexResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"|\n\x0e\x44\x65liverRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x32\n\x08messages\x18\x04 \x03(\x0b\x32 .raftsidecar.peer.v1.RaftMessage\"\x11\n\x0f\x44\x65liverResponse\"\xab\x01\n\x14\x44\x65liverStreamRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12\x32\n\x08messages\x18\x04 \x03(\x0b\x32 .raftsidecar.peer.v1.RaftMessage\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x15\n\rack_requested\x18\x06 \x01(\x08\")\n\x15\x44\x65liverStreamResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xdd\x03\n\x0bRaftMessage\x12\x38\n\x0crequest_vote\x18\x01 \x01(\x0b\x32 .raftsidecar.peer.v1.RequestVoteH\x00\x12I\n\x15request_vote_response\x18\x02 \x01(\x0b\x32(.raftsidecar.peer.v1.RequestVoteResponseH\x00\x12<\n\x0e\x61ppend_entries\x18\x03 \x01(\x0b\x32\".raftsidecar.peer.v1.AppendEntriesH\x00\x12M\n\x17\x61ppend_entries_response\x18\x04 \x01(\x0b\x32*.raftsidecar.peer.v1.AppendEntriesResponseH\x00\x12\x33\n\theartbeat\x18\x05 \x01(\x0b\x32\x1e.raftsidecar.peer.v1.HeartbeatH\x00\x12\x44\n\x12heartbeat_response\x18\x06 \x01(\x0b\x32&.raftsidecar.peer.v1.HeartbeatResponseH\x00\x12\x36\n\x0btimeout_now\x18\x07 \x01(\x0b\x32\x1f.raftsidecar.peer.v1.TimeoutNowH\x00\x42\t\n\x07message\"\x8f\x01\n\x0bRequestVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\t\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x10\n\x08pre_vote\x18\x05 \x01(\x08\x12\x1b\n\x13leadership_transfer\x18\x06 \x01(\x08\"F\n\x13RequestVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\"\xb8\x01\n\rAppendEntries\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eprev_log_index\x18\x03 \x01(\x04\x12\x15\n\rprev_log_term\x18\x04 \x01(\x04\x12+\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x1a.raftsidecar.peer.v1.Entry\x12\x15\n\rleader_commit\x18\x06 \x01(\x04\x12\x13\n\x0b\x63ommit_only\x18\x07 \x01(\x08\"z\n\x15\x41ppendEntriesResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x19\n\x11reject_hint_index\x18\x04 \x01(\x04\x12\x18\n\x10reject_hint_term\x18\x05 \x01(\x04\"B\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x15\n\rleader_commit\x18\x02 \x01(\x04\x12\x10\n\x08read_seq\x18\x03 \x01(\x04\"3\n\x11HeartbeatResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08read_seq\x18\x02 \x01(\x04\"\x1a\n\nTimeoutNow\x12\x0c\n\x04term\x18\x01 \x01(\x04\"`\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.raftsidecar.peer.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"c\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x32\n\nconf_state\x18\x03 \x01(\x0b\x32\x1e.raftsidecar.peer.v1.ConfState\"\x8b\x01\n\x15InstallSnapshotHeader\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x01(\x0b\x32%.raftsidecar.peer.v1.SnapshotMetadata\x12\x18\n\x10total_size_bytes\x18\x04 \x01(\x04\"\xaa\x01\n\x16InstallSnapshotRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x0f\n\x07to_node\x18\x03 \x01(\t\x12<\n\x06header\x18\x04 \x01(\x0b\x32*.raftsidecar.peer.v1.InstallSnapshotHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x05 \x01(\x0cH\x00\x42\t\n\x07payload\"Q\n\x17InstallSnapshotResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04*o\n\tEntryType\x12\x1a\n\x16\x45NTRY_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x01\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x02\x12\x13\n\x0f\x45NTRY_TYPE_NOOP\x10\x03\x32\xd4\x04\n\x0fRaftPeerService\x12T\n\x07\x44\x65liver\x12#.raftsidecar.peer.v1.DeliverRequest\x1a$.raftsidecar.peer.v1.DeliverResponse\x12j\n\rDeliverStream\x12).raftsidecar.peer.v1.DeliverStreamRequest\x1a*.raftsidecar.peer.v1.DeliverStreamResponse(\x01\x30\x01\x12n\n\x0fInstallSnapshot\x12+.raftsidecar.peer.v1.InstallSnapshotRequest\x1a,.raftsidecar.peer.v1.InstallSnapshotResponse(\x01\x12T\n\x07Propose\x12#.raftsidecar.peer.v1.ProposeRequest\x1a$.raftsidecar.peer.v1.ProposeResponse\x12Z\n\tReadIndex\x12%.raftsidecar.peer.v1.ReadIndexRequest\x1a&.raftsidecar.peer.v1.ReadIndexResponse\x12]\n\nRenewLease\x12&.raftsidecar.peer.v1.RenewLeaseRequest\x1a\'.raftsidecar.peer.v1.RenewLeaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sidecar.pb.raftsidecar.peer.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYTYPE']._serialized_start=2415
-  _globals['_ENTRYTYPE']._serialized_end=2526
+  _globals['_ENTRYTYPE']._serialized_start=2653
+  _globals['_ENTRYTYPE']._serialized_end=2764
   _globals['_RENEWLEASEREQUEST']._serialized_start=55
   _globals['_RENEWLEASEREQUEST']._serialized_end=171
   _globals['_RENEWLEASERESPONSE']._serialized_start=173
@@ -49,34 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERREQUEST']._serialized_end=613
   _globals['_DELIVERRESPONSE']._serialized_start=615
   _globals['_DELIVERRESPONSE']._serialized_end=632
-  _globals['_RAFTMESSAGE']._serialized_start=635
-  _globals['_RAFTMESSAGE']._serialized_end=1112
-  _globals['_REQUESTVOTE']._serialized_start=1115
-  _globals['_REQUESTVOTE']._serialized_end=1258
-  _globals['_REQUESTVOTERESPONSE']._serialized_start=1260
-  _globals['_REQUESTVOTERESPONSE']._serialized_end=1330
-  _globals['_APPENDENTRIES']._serialized_start=1333
-  _globals['_APPENDENTRIES']._serialized_end=1496
-  _globals['_APPENDENTRIESRESPONSE']._serialized_start=1498
-  _globals['_APPENDENTRIESRESPONSE']._serialized_end=1620
-  _globals['_HEARTBEAT']._serialized_start=1622
-  _globals['_HEARTBEAT']._serialized_end=1688
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1690
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1741
-  _globals['_TIMEOUTNOW']._serialized_start=1743
-  _globals['_TIMEOUTNOW']._serialized_end=1769
-  _globals['_ENTRY']._serialized_start=1771
-  _globals['_ENTRY']._serialized_end=1867
-  _globals['_CONFSTATE']._serialized_start=1869
-  _globals['_CONFSTATE']._serialized_end=1914
-  _globals['_SNAPSHOTMETADATA']._serialized_start=1916
-  _globals['_SNAPSHOTMETADATA']._serialized_end=2015
-  _globals['_INSTALLSNAPSHOTHEADER']._serialized_start=2018
-  _globals['_INSTALLSNAPSHOTHEADER']._serialized_end=2157
-  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_start=2160
-  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_end=2330
-  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_start=2332
-  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_end=2413
-  _globals['_RAFTPEERSERVICE']._serialized_start=2529
-  _globals['_RAFTPEERSERVICE']._serialized_end=3017
+  _globals['_DELIVERSTREAMREQUEST']._serialized_start=635
+  _globals['_DELIVERSTREAMREQUEST']._serialized_end=806
+  _globals['_DELIVERSTREAMRESPONSE']._serialized_start=808
+  _globals['_DELIVERSTREAMRESPONSE']._serialized_end=849
+  _globals['_RAFTMESSAGE']._serialized_start=852
+  _globals['_RAFTMESSAGE']._serialized_end=1329
+  _globals['_REQUESTVOTE']._serialized_start=1332
+  _globals['_REQUESTVOTE']._serialized_end=1475
+  _globals['_REQUESTVOTERESPONSE']._serialized_start=1477
+  _globals['_REQUESTVOTERESPONSE']._serialized_end=1547
+  _globals['_APPENDENTRIES']._serialized_start=1550
+  _globals['_APPENDENTRIES']._serialized_end=1734
+  _globals['_APPENDENTRIESRESPONSE']._serialized_start=1736
+  _globals['_APPENDENTRIESRESPONSE']._serialized_end=1858
+  _globals['_HEARTBEAT']._serialized_start=1860
+  _globals['_HEARTBEAT']._serialized_end=1926
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1928
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1979
+  _globals['_TIMEOUTNOW']._serialized_start=1981
+  _globals['_TIMEOUTNOW']._serialized_end=2007
+  _globals['_ENTRY']._serialized_start=2009
+  _globals['_ENTRY']._serialized_end=2105
+  _globals['_CONFSTATE']._serialized_start=2107
+  _globals['_CONFSTATE']._serialized_end=2152
+  _globals['_SNAPSHOTMETADATA']._serialized_start=2154
+  _globals['_SNAPSHOTMETADATA']._serialized_end=2253
+  _globals['_INSTALLSNAPSHOTHEADER']._serialized_start=2256
+  _globals['_INSTALLSNAPSHOTHEADER']._serialized_end=2395
+  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_start=2398
+  _globals['_INSTALLSNAPSHOTREQUEST']._serialized_end=2568
+  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_start=2570
+  _globals['_INSTALLSNAPSHOTRESPONSE']._serialized_end=2651
+  _globals['_RAFTPEERSERVICE']._serialized_start=2767
+  _globals['_RAFTPEERSERVICE']._serialized_end=3363
 # @@protoc_insertion_point(module_scope)

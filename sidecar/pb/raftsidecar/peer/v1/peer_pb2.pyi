@@ -310,6 +310,82 @@ class DeliverResponse(_message.Message):
 Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
 
 @_typing.final
+class DeliverStreamRequest(_message.Message):
+    """DeliverStreamRequest is one batch of a DeliverStream, in the order the
+    sender's core produced its messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACK_REQUESTED_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the sender's node id; the same in every batch of a stream."""
+    to_node: _builtins.str
+    """to_node is the intended recipient's node id; see DeliverRequest.to_node."""
+    sequence: _builtins.int
+    """sequence numbers the batches of one stream 1, 2, 3, ... without gaps;
+    the recipient refuses a gap with INVALID_ARGUMENT.
+    """
+    ack_requested: _builtins.bool
+    """ack_requested asks the recipient to answer with this batch's sequence
+    once it has handed the batch over.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RaftMessage]:
+        """messages are delivered to the recipient's core in this order, after
+        those of every earlier batch of the stream. May be empty (a probe).
+        """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        messages: _abc.Iterable[Global___RaftMessage] | None = ...,
+        sequence: _builtins.int = ...,
+        ack_requested: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_requested", b"ack_requested", "cluster_id", b"cluster_id", "from_node", b"from_node", "messages", b"messages", "sequence", b"sequence", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverStreamRequest: _TypeAlias = DeliverStreamRequest  # noqa: Y015
+
+@_typing.final
+class DeliverStreamResponse(_message.Message):
+    """DeliverStreamResponse acknowledges a batch that asked for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """sequence is the acknowledged batch's; every batch up to it was handed
+    to the recipient's inbox or dropped there because the inbox was full.
+    """
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverStreamResponse: _TypeAlias = DeliverStreamResponse  # noqa: Y015
+
+@_typing.final
 class RaftMessage(_message.Message):
     """RaftMessage wraps exactly one Raft message."""
 
@@ -465,6 +541,7 @@ class AppendEntries(_message.Message):
     PREV_LOG_TERM_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     LEADER_COMMIT_FIELD_NUMBER: _builtins.int
+    COMMIT_ONLY_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     """term is the leader's term."""
     leader_id: _builtins.str
@@ -477,6 +554,12 @@ class AppendEntries(_message.Message):
     """
     leader_commit: _builtins.int
     """leader_commit is the leader's commit index."""
+    commit_only: _builtins.bool
+    """commit_only marks a message without entries sent only to spread a new
+    commit index to a follower the leader replicates to: the follower
+    answers it only when its log does not match at prev_log_index. Never
+    set together with entries.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
         """entries are the new entries, in index order; may be empty."""
@@ -490,10 +573,11 @@ class AppendEntries(_message.Message):
         prev_log_term: _builtins.int = ...,
         entries: _abc.Iterable[Global___Entry] | None = ...,
         leader_commit: _builtins.int = ...,
+        commit_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "leader_commit", b"leader_commit", "leader_id", b"leader_id", "prev_log_index", b"prev_log_index", "prev_log_term", b"prev_log_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_only", b"commit_only", "entries", b"entries", "leader_commit", b"leader_commit", "leader_id", b"leader_id", "prev_log_index", b"prev_log_index", "prev_log_term", b"prev_log_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,11 @@ class RaftPeerServiceStub:
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverResponse.FromString,
                 _registered_method=True)
+        self.DeliverStream = channel.stream_stream(
+                '/raftsidecar.peer.v1.RaftPeerService/DeliverStream',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamResponse.FromString,
+                _registered_method=True)
         self.InstallSnapshot = channel.stream_unary(
                 '/raftsidecar.peer.v1.RaftPeerService/InstallSnapshot',
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.InstallSnapshotRequest.SerializeToString,
@@ -74,6 +79,24 @@ class RaftPeerServiceServicer:
         reached the recipient's inbox, not that it was processed. The recipient
         refuses with FAILED_PRECONDITION a request whose cluster_id or to_node is
         not its own, so a misrouted peer of another cluster cannot disturb it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverStream(self, request_iterator, context):
+        """DeliverStream carries every batch from one node to another over one
+        long-lived stream: the sender writes batches as the Raft core produces
+        them, without waiting for the previous one to be processed, so a hop
+        costs one stream message instead of a whole call. Batches are handed to
+        the recipient's core in stream order. The recipient answers only the
+        batches that ask for an acknowledgement (the sender asks about once a
+        second, to measure the round trip and to notice a stalled peer). It ends
+        the stream with FAILED_PRECONDITION for a batch whose cluster_id or
+        to_node is not its own, and with INVALID_ARGUMENT for a malformed batch,
+        of which nothing is delivered; a batch that does not fit the recipient's
+        inbox is dropped and the stream goes on, since Raft tolerates loss.
+        Unary Deliver stays for peers and tools that do not stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +146,11 @@ def add_RaftPeerServiceServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.FromString,
                     response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverResponse.SerializeToString,
+            ),
+            'DeliverStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeliverStream,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamResponse.SerializeToString,
             ),
             'InstallSnapshot': grpc.stream_unary_rpc_method_handler(
                     servicer.InstallSnapshot,
@@ -174,6 +202,33 @@ class RaftPeerService:
             '/raftsidecar.peer.v1.RaftPeerService/Deliver',
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/DeliverStream',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.DeliverStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

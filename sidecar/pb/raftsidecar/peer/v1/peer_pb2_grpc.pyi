@@ -48,6 +48,20 @@ class RaftPeerServiceStub:
     refuses with FAILED_PRECONDITION a request whose cluster_id or to_node is
     not its own, so a misrouted peer of another cluster cannot disturb it.
     """
+    DeliverStream: _grpc.StreamStreamMultiCallable[_peer_pb2.DeliverStreamRequest, _peer_pb2.DeliverStreamResponse]
+    """DeliverStream carries every batch from one node to another over one
+    long-lived stream: the sender writes batches as the Raft core produces
+    them, without waiting for the previous one to be processed, so a hop
+    costs one stream message instead of a whole call. Batches are handed to
+    the recipient's core in stream order. The recipient answers only the
+    batches that ask for an acknowledgement (the sender asks about once a
+    second, to measure the round trip and to notice a stalled peer). It ends
+    the stream with FAILED_PRECONDITION for a batch whose cluster_id or
+    to_node is not its own, and with INVALID_ARGUMENT for a malformed batch,
+    of which nothing is delivered; a batch that does not fit the recipient's
+    inbox is dropped and the stream goes on, since Raft tolerates loss.
+    Unary Deliver stays for peers and tools that do not stream.
+    """
     InstallSnapshot: _grpc.StreamUnaryMultiCallable[_peer_pb2.InstallSnapshotRequest, _peer_pb2.InstallSnapshotResponse]
     """InstallSnapshot streams a snapshot in chunks (Raft section 7). The first
     message carries the header, every later one a chunk of data. The
@@ -83,6 +97,20 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     reached the recipient's inbox, not that it was processed. The recipient
     refuses with FAILED_PRECONDITION a request whose cluster_id or to_node is
     not its own, so a misrouted peer of another cluster cannot disturb it.
+    """
+    DeliverStream: _aio.StreamStreamMultiCallable[_peer_pb2.DeliverStreamRequest, _peer_pb2.DeliverStreamResponse]  # type: ignore[assignment]
+    """DeliverStream carries every batch from one node to another over one
+    long-lived stream: the sender writes batches as the Raft core produces
+    them, without waiting for the previous one to be processed, so a hop
+    costs one stream message instead of a whole call. Batches are handed to
+    the recipient's core in stream order. The recipient answers only the
+    batches that ask for an acknowledgement (the sender asks about once a
+    second, to measure the round trip and to notice a stalled peer). It ends
+    the stream with FAILED_PRECONDITION for a batch whose cluster_id or
+    to_node is not its own, and with INVALID_ARGUMENT for a malformed batch,
+    of which nothing is delivered; a batch that does not fit the recipient's
+    inbox is dropped and the stream goes on, since Raft tolerates loss.
+    Unary Deliver stays for peers and tools that do not stream.
     """
     InstallSnapshot: _aio.StreamUnaryMultiCallable[_peer_pb2.InstallSnapshotRequest, _peer_pb2.InstallSnapshotResponse]  # type: ignore[assignment]
     """InstallSnapshot streams a snapshot in chunks (Raft section 7). The first
@@ -122,6 +150,26 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
         reached the recipient's inbox, not that it was processed. The recipient
         refuses with FAILED_PRECONDITION a request whose cluster_id or to_node is
         not its own, so a misrouted peer of another cluster cannot disturb it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.DeliverStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.DeliverStreamResponse], _abc.AsyncIterator[_peer_pb2.DeliverStreamResponse]]:
+        """DeliverStream carries every batch from one node to another over one
+        long-lived stream: the sender writes batches as the Raft core produces
+        them, without waiting for the previous one to be processed, so a hop
+        costs one stream message instead of a whole call. Batches are handed to
+        the recipient's core in stream order. The recipient answers only the
+        batches that ask for an acknowledgement (the sender asks about once a
+        second, to measure the round trip and to notice a stalled peer). It ends
+        the stream with FAILED_PRECONDITION for a batch whose cluster_id or
+        to_node is not its own, and with INVALID_ARGUMENT for a malformed batch,
+        of which nothing is delivered; a batch that does not fit the recipient's
+        inbox is dropped and the stream goes on, since Raft tolerates loss.
+        Unary Deliver stays for peers and tools that do not stream.
         """
 
     @_abc_1.abstractmethod
