@@ -51,6 +51,7 @@ from sidecar.raft import (
     Snapshot,
     SnapshotMetadata,
     SoftState,
+    needs_sync,
     split_messages,
 )
 from sidecar.storage.interface import RaftStorage
@@ -409,12 +410,7 @@ class RaftNode:
         if before:  # a leader's appends travel while it writes them itself
             self._outbox.send(before)
         hs = rd.hard_state
-        durable = self._durable_hard_state
-        if (
-            rd.snapshot is not None
-            or rd.entries
-            or (hs is not None and (hs.term, hs.voted_for) != (durable.term, durable.voted_for))
-        ):
+        if needs_sync(hs, rd.snapshot, rd.entries, last=self._durable_hard_state):
             await asyncio.get_running_loop().run_in_executor(
                 self._disk_thread, self._storage.persist, hs, rd.snapshot, rd.entries
             )

@@ -32,6 +32,7 @@ from sidecar.raft.types import (
     PersistentState,
     Snapshot,
     SnapshotMetadata,
+    needs_sync,
 )
 
 __all__ = [
@@ -68,5 +69,6 @@ __all__ = [
     "VoteRequest",
     "VoteResponse",
     "decode_conf_entry",
+    "needs_sync",
     "split_messages",
 ]

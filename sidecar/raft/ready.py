@@ -81,7 +81,7 @@ def split_messages(
     if role is not Role.LEADER or not rd.messages:
         return (), rd.messages
     hs = rd.hard_state
-    if hs is not None and (hs.term, hs.voted_for) != (durable.term, durable.voted_for):
+    if hs is not None and not hs.same_term_and_vote(durable):
         return (), rd.messages
     before = tuple(m for m in rd.messages if isinstance(m, AppendRequest | HeartbeatRequest))
     if len(before) == len(rd.messages):

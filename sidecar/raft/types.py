@@ -9,6 +9,7 @@ them to the wire lives outside the core.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar.raft.errors import InvariantViolation
@@ -56,6 +57,27 @@ class HardState:
     def __post_init__(self) -> None:
         if self.term < 0 or self.commit < 0:
             raise InvariantViolation(f"negative term or commit in {self}")
+
+    def same_term_and_vote(self, other: HardState) -> bool:
+        """Whether only ``commit`` may differ from ``other``."""
+        return self.term == other.term and self.voted_for == other.voted_for
+
+
+def needs_sync(
+    hard_state: HardState | None,
+    snapshot: Snapshot | None,
+    entries: Sequence[Entry],
+    *,
+    last: HardState,
+) -> bool:
+    """Whether persisting a ready batch must reach the disk (fsync) before
+    anything that depends on it: entries, a snapshot, or a new term or vote.
+    A batch that only raises the commit index (relative to ``last``, the hard
+    state written before) is recorded without a sync of its own, since Raft
+    never needs the commit index for safety."""
+    if entries or snapshot is not None:
+        return True
+    return hard_state is not None and not hard_state.same_term_and_vote(last)
 
 
 @dataclass(frozen=True, slots=True)

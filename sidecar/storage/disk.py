@@ -164,10 +164,7 @@ class DiskStorage:
             wal.append(entries, commit=commit)
         elif commit is not None and commit != self._saved_hard_state.commit:
             wal.note_commit(commit)  # durable with the next append: no fsync of its own
-        if hard_state is not None and (hard_state.term, hard_state.voted_for) != (
-            self._saved_hard_state.term,
-            self._saved_hard_state.voted_for,
-        ):
+        if hard_state is not None and not hard_state.same_term_and_vote(self._saved_hard_state):
             self._hard_state_file.save(hard_state)
         if hard_state is not None:
             self._saved_hard_state = hard_state

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sidecar.raft import Entry, HardState, PersistentState, Snapshot
+from sidecar.raft import Entry, HardState, PersistentState, Snapshot, needs_sync
 from sidecar.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -174,10 +174,9 @@ class MemoryStorage:
         self, hard_state: HardState | None, snapshot: Snapshot | None, entries: Sequence[Entry]
     ) -> bool:
         """Whether a batch changes nothing but the commit index (term and vote as staged)."""
-        if hard_state is None or snapshot is not None or entries:
-            return False
-        last = self._staged_hard_state()
-        return (hard_state.term, hard_state.voted_for) == (last.term, last.voted_for)
+        return hard_state is not None and not needs_sync(
+            hard_state, snapshot, entries, last=self._staged_hard_state()
+        )
 
     def _staged_hard_state(self) -> HardState:
         for batch in reversed(self._staged):

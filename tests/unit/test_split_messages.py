@@ -6,12 +6,15 @@ from __future__ import annotations
 from sidecar.raft import (
     AppendRequest,
     AppendResponse,
+    Entry,
+    EntryKind,
     HardState,
     HeartbeatRequest,
     Ready,
     Role,
     TimeoutNowRequest,
     VoteResponse,
+    needs_sync,
     split_messages,
 )
 from sidecar.raft.messages import Message
@@ -67,3 +70,12 @@ def test_followers_and_candidates_send_only_after_the_write() -> None:
     for role in (Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE):
         rd = ready((ACK, APPEND))
         assert split_messages(rd, role=role, durable=DURABLE) == ((), (ACK, APPEND))
+
+
+def test_only_a_commit_only_batch_skips_the_sync() -> None:
+    entry = Entry(3, 4, EntryKind.NORMAL, b"x")
+    assert not needs_sync(HardState(3, "a", 5), None, (), last=DURABLE)
+    assert not needs_sync(None, None, (), last=DURABLE)
+    assert needs_sync(None, None, (entry,), last=DURABLE)
+    assert needs_sync(HardState(4, "a", 2), None, (), last=DURABLE)
+    assert needs_sync(HardState(3, "b", 2), None, (), last=DURABLE)
