@@ -172,8 +172,11 @@ class TransportConfig:
     """Deadline of one whole InstallSnapshot stream."""
     backoff_multiplier_s: float = 0.05
     """Scale of the exponential backoff between failed attempts."""
-    backoff_max_s: float = 2.0
-    """Cap of the backoff, and of gRPC's own reconnect backoff."""
+    backoff_max_s: float = 0.5
+    """Cap of the backoff, and of gRPC's own reconnect backoff. A peer that
+    comes back is reached within about this long: short enough that a
+    restarted follower hears the leader before its election timeout runs out
+    more than once; a down peer costs a refused connect twice a second."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -187,19 +187,29 @@ class Cluster:
                 self.kill(node, signal.SIGTERM)
 
     def leader(self, among: list[Sidecar] | None = None) -> Sidecar:
-        """The one live node that reports itself leader, waiting for an election."""
+        """The one live node that reports itself leader, once every node of
+        ``among`` that answers names it too.
+
+        Waiting for agreement matters: a node that started or came back a
+        moment ago may not have heard the leader yet, and a test that then
+        sends it a call would see UNAVAILABLE ("no leader known").
+        """
 
         def find() -> Sidecar | None:
-            leaders = []
+            statuses = []
             for node in among or self.nodes:
                 if node.process is None:
                     continue
                 try:
-                    if node.status().role == worker_pb2.RAFT_ROLE_LEADER:
-                        leaders.append(node)
+                    statuses.append((node, node.status()))
                 except grpc.RpcError:
-                    continue
-            return leaders[0] if len(leaders) == 1 else None
+                    continue  # frozen or not serving yet: it has no say
+            leaders = [n for n, st in statuses if st.role == worker_pb2.RAFT_ROLE_LEADER]
+            if len(leaders) != 1:
+                return None
+            if any(st.leader_id != leaders[0].node_id for _, st in statuses):
+                return None
+            return leaders[0]
 
         return eventually(find, "a single leader")
 
