@@ -131,7 +131,7 @@ class ElectionsMachine(RuleBasedStateMachine):
         self.model = Model(1, 1)
 
     @initialize(
-        max_elections=st.integers(1, 2),
+        max_elections=st.integers(1, 4),
         max_queue_length=st.integers(1, 3),
         max_audit_records=st.integers(1, 4),
     )

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,6 +159,79 @@ def test_restart_restores_state_from_snapshot_and_log(tmp_path: Path) -> None:
         assert leader is not None
         index, _ = await leader.propose(b"next")
         assert index > expected_last, "indices (fencing tokens) keep increasing after restart"
+        for node in list(wiring.nodes.values()):
+            await node.stop()
+
+    run(main)
+
+
+class SlowableDisk(DiskStorage):
+    """Real disk storage that can be made slow, and records which thread wrote."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.delay_s = 0.0
+        self.synced_on: list[str] = []
+
+    def persist(self, hard_state: Any, snapshot: Any, entries: Sequence[Any]) -> None:
+        if entries:
+            self.synced_on.append(threading.current_thread().name)
+            time.sleep(self.delay_s)  # a slow fsync: blocks whichever thread runs it
+        super().persist(hard_state, snapshot, entries)
+
+
+async def propose_until(leader: RaftNode, prefix: bytes, condition: Callable[[], bool]) -> None:
+    """Propose one command at a time until ``condition`` holds (a lagging
+    follower gets several entries per write, so the count of writes varies)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    i = 0
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await leader.propose(prefix + b"-%d" % i)
+        i += 1
+        await asyncio.sleep(0.01)
+
+
+def test_a_follower_writes_on_the_loop_until_its_disk_is_slow(tmp_path: Path) -> None:
+    """Fast disk: a follower's synced writes skip the trip to the disk thread.
+    Once one write took longer than the limit, writes go to the disk thread,
+    so a slow disk cannot stall the follower's event loop (its API, its
+    transport) again."""
+
+    async def main() -> None:
+        wiring = Wiring()
+        disks: dict[str, SlowableDisk] = {}
+        for node_id in IDS:
+            disks[node_id] = SlowableDisk(str(tmp_path / node_id))
+            config = RaftConfig(node_id, Membership(frozenset(IDS)), election_timeout_ticks=10)
+            node = RaftNode(config, disks[node_id], wiring.outbox(), ListMachine(), settings=FAST)
+            wiring.nodes[node_id] = node
+            node.start()
+        await until(lambda: leader_of(wiring) is not None)
+        leader = leader_of(wiring)
+        assert leader is not None
+        follower = next(i for i in IDS if i != leader.id)
+        disk = disks[follower]
+        loop_thread = threading.current_thread().name
+
+        for i in range(5):
+            await leader.propose(b"fast-%d" % i)
+        await until(lambda: wiring.nodes[follower].raft.applied_index >= leader.raft.applied_index)
+        fast_writes = list(disk.synced_on)
+        assert fast_writes and fast_writes[-1] == loop_thread
+
+        disk.delay_s = 0.05  # well above FAST.inline_sync_limit_s (2 ms)
+        disk.synced_on.clear()
+        await propose_until(leader, b"slow", lambda: len(disk.synced_on) >= 3)
+        # The first slow write was made on the loop (nothing had been slow
+        # yet); every later one went to the disk thread.
+        assert disk.synced_on[0] == loop_thread
+        assert all(name.startswith(f"disk-{follower}") for name in disk.synced_on[1:])
+
+        disk.delay_s = 0.0  # fast again: back on the loop after one fast write
+        disk.synced_on.clear()
+        await propose_until(leader, b"again", lambda: len(disk.synced_on) >= 3)
+        assert disk.synced_on[-1] == loop_thread
         for node in list(wiring.nodes.values()):
             await node.stop()
 
