@@ -7,7 +7,8 @@ by wrapping the storage, and times every worker RPC with a server
 interceptor. Names follow the Prometheus conventions: a ``raft_sidecar_``
 prefix, base units in the name (``_seconds``), ``_total`` on counters
 (added by the client library), labels for bounded dimensions only
-(election names are bounded by the state machine).
+(election names are bounded by the state machine, and the series of an
+election it evicts are dropped at the next sample).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from sidecar.elections import ApplyResult, Outcome
+from sidecar.elections import ApplyResult, ElectionsState, Outcome
 from sidecar.machine import ElectionsMachine
 from sidecar.node import RaftNode
 from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState, needs_sync
@@ -135,6 +136,8 @@ class SidecarMetrics:
         self._counted: set[str] = set()
         """Elections whose per-election counters exist (created at 0 on first sight)."""
         self._unheld_since: dict[str, float] = {}
+        self._published: set[str] = set()
+        """Elections kept by the state at the last sample (they have series)."""
 
     # ---- event hooks -------------------------------------------------------------
 
@@ -180,9 +183,20 @@ class SidecarMetrics:
                 self.peer_rtt_seconds.labels(peer).set(stats.last_rtt_s)
             self.peer_reachable.labels(peer).set(1 if stats.reachable else 0)
             self.peer_dropped_messages.labels(peer).set(stats.dropped)
+        self.sample_elections(machine.state)
+
+    def sample_elections(self, state: ElectionsState) -> None:
+        """Publish each kept election's token, holder and time without holder,
+        and drop every series of an election the state no longer keeps.
+
+        The state keeps at most ``max_elections`` (idle ones are evicted to
+        make room), so dropping the evicted ones' series is what bounds the
+        label cardinality; without it, a stream of short-lived election
+        names would grow the registry and every scrape without limit.
+        """
         now = time.monotonic()
-        state = machine.state
-        for election in state.elections():
+        kept = state.elections()
+        for election in kept:
             grant = state.holder(election)
             old = self._holders.get(election)
             if grant is None:
@@ -201,6 +215,24 @@ class SidecarMetrics:
                     self.holder_info.remove(election, old)
                 self.holder_info.labels(election, grant.holder).set(1)
                 self._holders[election] = grant.holder
+        kept_set = set(kept)
+        for election in (self._published | self._counted) - kept_set:
+            for family in (
+                self.grants,
+                self.revocations,
+                self.expirations,
+                self.resignations,
+                self.fencing_token,
+                self.seconds_without_holder,
+            ):
+                with contextlib.suppress(KeyError):
+                    family.remove(election)
+            holder = self._holders.pop(election, None)
+            if holder is not None:
+                self.holder_info.remove(election, holder)
+            self._unheld_since.pop(election, None)
+            self._counted.discard(election)
+        self._published = kept_set
 
     async def run_sampler(
         self,
