@@ -75,6 +75,7 @@ async def serve(config: SidecarConfig) -> int:
             propose=handlers.propose,
             read_index=handlers.read_index,
             renew_lease=handlers.renew_lease,
+            on_peer_unreachable=handlers.peer_unreachable,
             server_credentials=credentials.server if credentials else None,
             channel_credentials=credentials.channel if credentials else None,
         )
@@ -221,6 +222,10 @@ class _PeerHandlers:
 
     def current_term(self) -> int:
         return self.node.raft.term if self.node is not None else 0
+
+    def peer_unreachable(self, peer: str) -> None:
+        if self.node is not None:
+            self.node.peer_unreachable(peer)
 
     def _require(self) -> tuple[RaftNode, LeaseKeeper]:
         if self.node is None or self.leases is None:

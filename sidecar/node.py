@@ -167,6 +167,7 @@ class RaftNode:
         # wait here until its next turn (a ready batch may be in flight).
         self._read_requests: list[int] = []
         self._transfer_to: str | None = None
+        self._unreachable_peers: set[str] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # One thread of our own for fsyncs: writes stay in order, and stop()
@@ -334,6 +335,13 @@ class RaftNode:
         self._transfer_to = target
         self._wakeup.set()
 
+    def peer_unreachable(self, peer: str) -> None:
+        """The transport lost its connection to ``peer``; the core hears it at
+        the next turn (``Raft.leader_unreachable``: a follower that lost its
+        leader campaigns sooner)."""
+        self._unreachable_peers.add(peer)
+        self._wakeup.set()
+
     # ---- the loop ------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -344,6 +352,7 @@ class RaftNode:
                 timeout = max(0.0, next_tick - time.monotonic())
                 idle = self._inbox.empty() and self._proposals.empty()
                 idle = idle and not self._read_requests and self._transfer_to is None
+                idle = idle and not self._unreachable_peers
                 if idle and not self._raft.has_ready():
                     # Not asyncio.wait_for: on Python 3.11 it can swallow a
                     # cancellation that races with the event, and stop() hangs.
@@ -376,6 +385,9 @@ class RaftNode:
                 self._raft.transfer_leadership(target)
             except RaftError as exc:
                 _log.warning("transfer_refused", node_id=self.id, target=target, error=str(exc))
+        lost, self._unreachable_peers = self._unreachable_peers, set()
+        for peer in sorted(lost):
+            self._raft.leader_unreachable(peer)
         requests, self._read_requests = self._read_requests, []
         for request_id in requests:
             try:

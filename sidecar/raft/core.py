@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 ``Raft`` is driven from outside and never calls out. Inputs are ``tick()``
 (one unit of logical time), ``step(message)``, ``propose()``,
-``propose_conf_change()``, ``read_index()``, ``transfer_leadership()`` and
-``compact()``. Each input only mutates memory and queues output; the runtime
-collects the output with ``ready()``, acts on it in the order that
-``sidecar.raft.ready`` documents, and acknowledges it with ``advance()``. No
+``propose_conf_change()``, ``read_index()``, ``transfer_leadership()``,
+``leader_unreachable()`` and ``compact()``. Each input only mutates memory
+and queues output; the runtime collects the output with ``ready()``, acts
+on it in the order that ``sidecar.raft.ready`` documents, and acknowledges
+it with ``advance()``. No
 input is accepted between ``ready()`` and ``advance()``, so everything a
 batch's messages depend on (term, vote, entries) is persisted before those
 messages leave: the durability contract.
@@ -252,6 +253,25 @@ class Raft:
             self._reads_awaiting_commit.append(request_id)
             return
         self._register_read(request_id)
+
+    def leader_unreachable(self, peer: NodeId) -> None:
+        """The runtime lost its connection to ``peer`` (its socket was closed or
+        refused: typically the process died). If ``peer`` is this follower's
+        leader, end the leader lease now and campaign after a random part of
+        one election timeout, instead of waiting out a whole randomized timeout
+        from the last heartbeat.
+
+        Only timing changes, never safety: a wrong signal (the leader is fine
+        and the connection just dropped) ends at the leader's next heartbeat,
+        and meanwhile PreVote needs a majority that also lost the leader, so a
+        healthy leader is not deposed. The random remainder ([0, T) ticks,
+        drawn with the election timeout) keeps followers that saw the same
+        loss from campaigning in lockstep.
+        """
+        self._check_accepting_input()
+        if self.role is not Role.FOLLOWER or self.leader_id != peer:
+            return
+        self.election_elapsed = max(self.election_elapsed, self.cfg.election_timeout_ticks)
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Hand leadership to ``target`` (dissertation §3.10).

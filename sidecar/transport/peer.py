@@ -777,6 +777,9 @@ class PeerClient:
         self.snapshots_sent = 0
         self.last_rtt_s: float | None = None
         self.reachable = True
+        self.on_unreachable: Callable[[NodeId], None] | None = None
+        """Called with the peer id when it turns unreachable because it is
+        down or stalled (UNAVAILABLE, DEADLINE_EXCEEDED); not on refusals."""
 
     # -- the caller's side (plain functions: they cannot block) --
 
@@ -1168,6 +1171,10 @@ class PeerClient:
                 code=code.name,
                 details=details,
             )
+            # Down or stalled, not refusing: tell the node once per episode
+            # (a follower that lost its leader campaigns sooner).
+            if self.on_unreachable is not None and code in _RETRYABLE_CODES:
+                self.on_unreachable(self.peer_id)
         self.reachable = False
 
     def _mark_reachable(self) -> None:
@@ -1201,6 +1208,7 @@ class Transport:
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
         renew_lease: RenewLeaseCallback | None = None,
+        on_peer_unreachable: Callable[[NodeId], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.servicer = PeerServicer(
@@ -1228,6 +1236,8 @@ class Transport:
             for peer_id in sorted(peers)
             if peer_id != node_id
         }
+        for client in self.clients.values():
+            client.on_unreachable = on_peer_unreachable
         self.unroutable = 0
         """Messages for a node that is not in the peer map (dropped)."""
         self._started = False

@@ -313,6 +313,11 @@ class Simulation:
         node.raft = None
         node.incarnation += 1
         node.role = Role.FOLLOWER
+        # Its sockets close with it: each peer still connected to it sees the
+        # loss at once, as sidecar.transport reports it (Raft.leader_unreachable).
+        for other in self._live():
+            if other.raft is not None and (other.id, node.id) not in self.cut:
+                other.raft.leader_unreachable(node.id)
 
     # ---- actions ---------------------------------------------------------------------
 

@@ -485,6 +485,7 @@ def test_delivery_resumes_after_the_peer_restarts() -> None:
         first, second = Inbox(), Inbox()
         b = receiver_on(first)
         await b.start()
+        lost: list[str] = []
         a = Transport(
             node_id="a",
             cluster_id=CLUSTER,
@@ -492,6 +493,7 @@ def test_delivery_resumes_after_the_peer_restarts() -> None:
             peers={"b": f"127.0.0.1:{port}"},
             deliver=Inbox().deliver,
             config=FAST,
+            on_peer_unreachable=lost.append,
         )
         await a.start()
         seq = 0
@@ -515,6 +517,7 @@ def test_delivery_resumes_after_the_peer_restarts() -> None:
         assert stats.failed_rpcs >= 1
         events = [e["event"] for e in logs]
         assert events.count("peer_unreachable") == 1
+        assert lost == ["b"], "the node is told once that the peer went away"
         assert events.index("peer_unreachable") < events.index("peer_reachable")
         await a.stop()
         await b.stop()
@@ -849,6 +852,7 @@ def test_a_client_of_another_cluster_is_refused_and_backs_off() -> None:
             deliver=inbox.deliver,
         )
         await b.start()
+        lost: list[str] = []
         a = Transport(
             node_id="a",
             cluster_id="another-cluster",
@@ -856,6 +860,7 @@ def test_a_client_of_another_cluster_is_refused_and_backs_off() -> None:
             peers={"b": f"127.0.0.1:{b.port}"},
             deliver=Inbox().deliver,
             config=FAST,
+            on_peer_unreachable=lost.append,
         )
         with structlog.testing.capture_logs() as logs:
             await a.start()
@@ -870,6 +875,7 @@ def test_a_client_of_another_cluster_is_refused_and_backs_off() -> None:
         assert 1 <= stats.failed_rpcs < 15
         assert stats.failed_rpcs <= b.servicer.refused_requests <= stats.failed_rpcs + 1
         assert len(inbox) == 0
+        assert lost == [], "a refusing peer is not reported as gone"
         [unreachable] = [e for e in logs if e["event"] == "peer_unreachable"]
         assert unreachable["code"] == "FAILED_PRECONDITION"
         assert "another-cluster" in unreachable["details"]
