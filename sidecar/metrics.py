@@ -284,42 +284,60 @@ class TimedStorage:
 
 
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts every worker RPC by method and status code; times unary calls."""
+    """Counts every worker RPC by method and status code; times unary calls.
+
+    The timed wrapper of each unary method is built once and reused, with
+    its label children bound, instead of a new closure and handler per call:
+    this runs on every API call of the hot path. Streams keep their own
+    handler (a wrapping generator would delay their cleanup, such as the
+    revocation when a KeepAlive stream breaks) and are counted when they open.
+    """
 
     def __init__(self, metrics: SidecarMetrics) -> None:
         self._metrics = metrics
+        self._unary: dict[str, Any] = {}
+        """Wrapped unary handlers by full method name (only methods that exist)."""
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
+        wrapped = self._unary.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            if handler is not None:
-                method = details.method.rsplit("/", 1)[-1]
-                self._metrics.rpc_requests.labels(method, "STREAM").inc()
-            return handler
+        if handler is None:
+            return None  # unknown method: nothing cached, so names cannot pile up
         method = details.method.rsplit("/", 1)[-1]
-        inner = handler.unary_unary
-        metrics = self._metrics
+        if handler.unary_unary is None:
+            self._metrics.rpc_requests.labels(method, "STREAM").inc()
+            return handler
+        wrapped = self._unary[details.method] = _timed_unary(handler, method, self._metrics)
+        return wrapped
 
-        async def timed(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return await inner(request, context)
-            except BaseException:
-                code_obj = context.code()
-                code = code_obj.name if code_obj is not None else "UNKNOWN"
-                raise
-            finally:
-                metrics.rpc_requests.labels(method, code).inc()
-                metrics.rpc_seconds.labels(method).observe(time.perf_counter() - start)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _timed_unary(handler: Any, method: str, metrics: SidecarMetrics) -> Any:
+    inner = handler.unary_unary
+    ok = metrics.rpc_requests.labels(method, "OK")
+    seconds = metrics.rpc_seconds.labels(method)
+
+    async def timed(request: Any, context: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            response = await inner(request, context)
+        except BaseException:
+            code = context.code()
+            metrics.rpc_requests.labels(method, code.name if code is not None else "UNKNOWN").inc()
+            seconds.observe(time.perf_counter() - start)
+            raise
+        ok.inc()
+        seconds.observe(time.perf_counter() - start)
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 async def cancel_quietly(task: asyncio.Task[None] | None) -> None:
