@@ -8,13 +8,19 @@ the core needs no locks. Inputs wait in bounded queues: peer messages
 the API). Each turn of the loop
 
 1. waits for an input or the next tick of the monotonic clock;
-2. steps every queued input into the core (at most ``max_inputs_per_turn``),
-   proposals of one turn going in as one ``propose_batch``;
-3. handles the ready batches in the order the core requires: persist (in
-   the node's disk thread: fsync must not stall the loop; a batch that only
-   raises the commit index is recorded inline, since storage does not sync
-   it), then send, then apply to the state machine and answer the waiting
-   proposals and reads, then ``advance``.
+2. steps every queued input into the core (at most ``max_inputs_per_turn``):
+   peers the transport lost (``Raft.leader_unreachable``), reads, messages,
+   then the proposals of the turn as one ``propose_batch``;
+3. handles the ready batches in the order the core requires: persist, then
+   send, then apply to the state machine and answer the waiting proposals
+   and reads, then ``advance``. A write that syncs goes to the node's disk
+   thread, so a slow fsync stalls only this loop, not the API and the
+   transport; but while the disk is fast, a batch with nothing to send
+   meanwhile is written on the loop, since the thread handoffs cost more
+   than the fsync (``_persist_synced``). A leader's appends leave before its
+   own write (``split_messages``). A batch that only raises the commit index
+   is recorded inline (storage does not sync it) and applied before its
+   messages are handed over, so the callers it answers go first.
 
 Proposals wait on futures keyed by log index; the entry applied at that index
 is theirs only if it carries the term they were proposed in (otherwise a new
