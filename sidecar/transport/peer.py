@@ -628,9 +628,14 @@ class PeerServer:
             else:
                 port = server.add_secure_port(self._listen_address, self._credentials)
         except RuntimeError as e:
-            raise TransportUsageError(f"cannot listen on {self._listen_address}: {e}") from e
+            port, error = 0, f": {e}"
+        else:
+            error = ""
         if port == 0:
-            raise TransportUsageError(f"cannot listen on {self._listen_address}")
+            # Stop it here: a dropped server is shut down by its finalizer,
+            # which may run after the event loop has closed.
+            await server.stop(None)
+            raise TransportUsageError(f"cannot listen on {self._listen_address}{error}")
         await server.start()
         self._server, self.port = server, int(port)
         return self.port

@@ -31,7 +31,7 @@ from sidecar.raft.messages import (
 )
 from sidecar.raft.types import Entry, EntryKind, Membership, Snapshot, SnapshotMetadata
 from sidecar.transport.codec import snapshot_header, to_wire
-from sidecar.transport.errors import InboxFull
+from sidecar.transport.errors import InboxFull, TransportUsageError
 from sidecar.transport.peer import Inbox, PeerServer, PeerServicer, Transport, TransportConfig
 
 CLUSTER = "settlement-test"
@@ -923,5 +923,19 @@ def test_a_newer_snapshot_replaces_an_unsent_older_one() -> None:
         assert inbox.drain() == [newer]
         await a.stop()
         await b.stop()
+
+    run(main)
+
+
+def test_a_taken_port_is_refused_clearly_and_leaves_no_server_behind() -> None:
+    async def main() -> None:
+        async with pair() as (_, b, _inbox):
+            # The port b serves on: SO_REUSEPORT is off, so a second bind fails.
+            servicer = PeerServicer(node_id="c", cluster_id=CLUSTER, deliver=Inbox().deliver)
+            second = PeerServer(servicer, f"127.0.0.1:{b.port}")
+            with pytest.raises(TransportUsageError, match=f"cannot listen on 127.0.0.1:{b.port}"):
+                await second.start()
+            assert second.port == 0
+            await second.stop()  # nothing to stop: harmless
 
     run(main)
