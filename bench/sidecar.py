@@ -287,22 +287,18 @@ def campaign_cycles(node: Sidecar, seconds: float) -> tuple[list[float], list[fl
     return campaign_s, resign_s, i, time.monotonic() - start
 
 
-def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tuple[int, float]:
-    """Campaign+Resign cycles/s from ``threads`` synchronous clients, distinct elections."""
-    channel = grpc.insecure_channel(node.api)
-    stub = worker_pb2_grpc.ElectionServiceStub(channel)
-    counts = [0] * threads
+def run_clients(
+    threads: int, seconds: float, client: Callable[[int, threading.Event], None], join_s: float
+) -> float:
+    """Start ``threads`` client threads together (``client(k, stop)`` loops until
+    ``stop`` is set), let them run ``seconds``, stop and join them; returns the
+    elapsed seconds."""
     stop = threading.Event()
     barrier = threading.Barrier(threads + 1)
 
     def run(k: int) -> None:
         barrier.wait()
-        i = 0
-        while not stop.is_set():
-            token = stub.Campaign(campaign_request(f"bench-p{k}-{i}", "solo", 5000), timeout=20)
-            resign(stub, token.token)
-            counts[k] += 1
-            i += 1
+        client(k, stop)
 
     workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
     for w in workers:
@@ -312,8 +308,25 @@ def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tup
     time.sleep(seconds)
     stop.set()
     for w in workers:
-        w.join(30)
-    elapsed = time.monotonic() - t0
+        w.join(join_s)
+    return time.monotonic() - t0
+
+
+def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tuple[int, float]:
+    """Campaign+Resign cycles/s from ``threads`` synchronous clients, distinct elections."""
+    channel = grpc.insecure_channel(node.api)
+    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+    counts = [0] * threads
+
+    def client(k: int, stop: threading.Event) -> None:
+        i = 0
+        while not stop.is_set():
+            token = stub.Campaign(campaign_request(f"bench-p{k}-{i}", "solo", 5000), timeout=20)
+            resign(stub, token.token)
+            counts[k] += 1
+            i += 1
+
+    elapsed = run_clients(threads, seconds, client, join_s=30)
     channel.close()
     return sum(counts), elapsed
 
@@ -425,11 +438,8 @@ def validate_throughput(target: str, request: Any, threads: int, seconds: float)
             stub.ValidateToken(request, timeout=5)
         counts = [0] * threads
         errors = [0] * threads
-        stop = threading.Event()
-        barrier = threading.Barrier(threads + 1)
 
-        def run(k: int) -> None:
-            barrier.wait()
+        def client(k: int, stop: threading.Event) -> None:
             while not stop.is_set():
                 try:
                     stub.ValidateToken(request, timeout=5)
@@ -437,16 +447,7 @@ def validate_throughput(target: str, request: Any, threads: int, seconds: float)
                 except grpc.RpcError:
                     errors[k] += 1
 
-        workers = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(threads)]
-        for w in workers:
-            w.start()
-        barrier.wait()
-        t0 = time.monotonic()
-        time.sleep(seconds)
-        stop.set()
-        for w in workers:
-            w.join(10)
-        elapsed = time.monotonic() - t0
+        elapsed = run_clients(threads, seconds, client, join_s=10)
         if sum(errors):
             print(f"  warning: {sum(errors)} ValidateToken errors against {target}")
         return sum(counts) / elapsed

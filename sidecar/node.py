@@ -181,7 +181,8 @@ class RaftNode:
         self._disk_thread = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{raft_config.node_id}")
         self._stopped: BaseException | None = None
         self._last_sync_s = 0.0
-        """Seconds the last synced write made on the loop took (0 before the first)."""
+        """Seconds the last synced write that could go on the loop took, wherever
+        it went (0 before the first): decides where the next one goes."""
         self.soft_state = SoftState(Role.FOLLOWER, None, recovered.hard_state.term)
         self._durable_hard_state = recovered.hard_state
 
@@ -472,11 +473,8 @@ class RaftNode:
         follower's common case, and its answers wait for the write anyway.
         """
         hs = rd.hard_state
-        inline = (
-            not sending
-            and rd.snapshot is None
-            and self._last_sync_s < self.settings.inline_sync_limit_s
-        )
+        may_inline = not sending and rd.snapshot is None
+        inline = may_inline and self._last_sync_s < self.settings.inline_sync_limit_s
         started = time.monotonic()
         if inline:
             self._storage.persist(hs, None, rd.entries)
@@ -484,7 +482,7 @@ class RaftNode:
             await asyncio.get_running_loop().run_in_executor(
                 self._disk_thread, self._storage.persist, hs, rd.snapshot, rd.entries
             )
-        if not sending and rd.snapshot is None:
+        if may_inline:
             self._last_sync_s = time.monotonic() - started
         if hs is not None:
             self._durable_hard_state = hs
