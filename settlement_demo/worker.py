@@ -63,6 +63,10 @@ _log = structlog.get_logger("settlement_demo.worker")
 
 IDLE_POLL_S = 0.2
 RETRY_PAUSE_S = 0.2
+LEDGER_BUSY_WAIT_S = 30.0
+"""How long a starting worker retries a ledger that is only busy: workers
+started together open a new SQLite ledger at once, and one may find it
+locked while another switches it to WAL or creates the schema."""
 
 
 class StartupError(Exception):
@@ -89,7 +93,7 @@ class SettlementWorker:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; 0 after a clean stop. Raises StartupError."""
         cfg = self.config
-        ledger = await asyncio.to_thread(self._open_ledger)
+        ledger = await self._open_ledger_when_free()
         http: HttpEndpoints | None = None
         try:
             if cfg.http_listen:
@@ -129,14 +133,34 @@ class SettlementWorker:
         if not self._leading and self._campaign is not None:
             self._campaign.cancel()
 
+    async def _open_ledger_when_free(self) -> Ledger:
+        """Open the ledger, retrying for ``LEDGER_BUSY_WAIT_S`` while it is
+        only busy (``LedgerUnavailableError``: nothing was written); any other
+        ledger error ends the start at once."""
+        deadline = time.monotonic() + LEDGER_BUSY_WAIT_S
+        while True:
+            try:
+                return await asyncio.to_thread(self._open_ledger)
+            except LedgerUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    raise StartupError(f"ledger {self.config.ledger_url!r}: {exc}") from None
+                _log.info("ledger_busy_at_start", error=str(exc))
+            await asyncio.sleep(RETRY_PAUSE_S)
+
     def _open_ledger(self) -> Ledger:
+        """Raises ``LedgerUnavailableError`` (busy: worth retrying) or StartupError."""
         cfg = self.config
         try:
             ledger = open_ledger(cfg.ledger_url, fencing=cfg.fencing, worker_id=cfg.worker_id)
+        except LedgerUnavailableError:
+            raise
         except LedgerError as exc:
             raise StartupError(f"ledger {cfg.ledger_url!r}: {exc}") from None
         try:
             ledger.create_schema()
+        except LedgerUnavailableError:
+            ledger.close()
+            raise
         except LedgerError as exc:
             ledger.close()
             raise StartupError(f"ledger {ledger.description}: {exc}") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from settlement_demo.ledger import open_ledger
+from settlement_demo.ledger_sqlite import BUSY_TIMEOUT_MS
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration.cluster import Cluster, eventually, free_port, running
 
@@ -168,3 +169,39 @@ def test_a_worker_leads_serves_probes_and_hands_over_on_sigterm(
             if w.poll() is None:
                 w.kill()
                 w.wait(10)
+
+
+def test_a_worker_waits_out_a_ledger_locked_at_its_start(cluster: Cluster, tmp_path: Path) -> None:
+    """Workers started together open a new SQLite ledger at once; one may find
+    it locked (another switching it to WAL or creating the schema). That is
+    worth waiting for, not a reason to exit: here the lock outlasts SQLite's
+    own busy timeout, and the worker still starts once it is released."""
+    path = tmp_path / "ledger.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    port = free_port()
+    worker = subprocess.Popen(
+        [
+            *WORKER,
+            "--sidecar",
+            cluster.nodes[0].api,
+            "--ledger-url",
+            f"sqlite:///{path}",
+            "--http-listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "w.log").open("w"),
+    )
+    try:
+        # Past the busy timeout (BUSY_TIMEOUT_MS) the worker is still there, waiting.
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(timeout=BUSY_TIMEOUT_MS / 1000 + 1.5)
+        assert http_get(port, "/readyz")[0] != 200
+        holder.execute("ROLLBACK")
+        holder.close()
+        eventually(lambda: http_get(port, "/readyz")[0] == 200 or None, "ready after the lock")
+        assert "ledger_busy_at_start" in (tmp_path / "w.log").read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
