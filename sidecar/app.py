@@ -27,12 +27,12 @@ from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine
 from sidecar.metrics import RpcMetricsInterceptor, SidecarMetrics, TimedStorage, cancel_quietly
-from sidecar.node import NodeError, NodeSettings, RaftNode
+from sidecar.node import InvalidProposal, NodeError, NodeSettings, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.errors import StorageError
-from sidecar.transport.errors import ForwardRefused, TransportUsageError
+from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import Transport
 from sidecar.transport.tls import PeerCredentials, load_peer_credentials
@@ -43,9 +43,10 @@ TRANSFER_WAIT_SECONDS = 2.0
 
 
 async def serve(config: SidecarConfig) -> int:
-    machine = ElectionsMachine()
+    machine = ElectionsMachine(ttl_min_ms=config.ttl_min_ms, ttl_max_ms=config.ttl_max_ms)
     metrics = SidecarMetrics()
     machine.listeners.append(metrics.on_apply)
+    machine.skip_listeners.append(metrics.on_skip)
     raft_config = RaftConfig(
         node_id=config.node_id,
         initial_membership=Membership(frozenset(config.peers)),
@@ -236,6 +237,8 @@ class _PeerHandlers:
         node, _ = self._require()
         try:
             return await node.append_for_peer(command)
+        except InvalidProposal as exc:
+            raise ForwardInvalid(str(exc)) from exc
         except NotLeader as exc:
             raise ForwardRefused(str(exc), exc.leader_hint) from exc
         except NodeError as exc:

@@ -23,7 +23,7 @@ import grpc  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from sidecar.elections import ApplyResult, ElectionsState, Outcome
-from sidecar.machine import ElectionsMachine
+from sidecar.machine import ElectionsMachine, SkippedEntry
 from sidecar.node import RaftNode
 from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState, needs_sync
 from sidecar.storage.interface import RaftStorage
@@ -121,6 +121,11 @@ class SidecarMetrics:
             ["election"],
             registry=r,
         )
+        self.undecodable_entries = Counter(
+            "raft_sidecar_undecodable_entries",
+            "Committed log entries skipped because they are not a valid command",
+            registry=r,
+        )
         self.rpc_requests = Counter(
             "raft_sidecar_rpc_requests", "Worker API calls", ["method", "code"], registry=r
         )
@@ -170,6 +175,9 @@ class SidecarMetrics:
             counter.labels(election).inc()
         if result.granted is not None:
             self.grants.labels(election).inc()
+
+    def on_skip(self, skipped: SkippedEntry) -> None:
+        self.undecodable_entries.inc()
 
     # ---- sampling ----------------------------------------------------------------
 

@@ -81,6 +81,10 @@ class NodeStopped(NodeError):
     """The node stopped (shutdown or a fatal storage error)."""
 
 
+class InvalidProposal(NodeError):
+    """The state machine refused a command before it entered the log."""
+
+
 def _consume(fut: asyncio.Future[tuple[int, object]]) -> None:
     """Retrieve a result nobody awaits, so asyncio does not warn about it."""
     if not fut.cancelled():
@@ -91,6 +95,10 @@ class StateMachine(Protocol):
     """What the node applies committed commands to."""
 
     def apply(self, index: int, data: bytes) -> object: ...
+    def refusal(self, data: bytes, *, forwarded: bool) -> str | None:
+        """Why ``data`` may not be proposed (``forwarded``: a peer asks), or None."""
+        ...
+
     def snapshot(self) -> bytes: ...
     def restore(self, index: int, data: bytes) -> None: ...
 
@@ -234,9 +242,11 @@ class RaftNode:
     async def propose(self, data: bytes) -> tuple[int, object]:
         """Replicate ``data``; returns (index, state machine result) once applied here.
 
-        Raises NotLeader (with a leader hint), Overloaded, ProposalLost, NodeStopped.
+        Raises InvalidProposal, NotLeader (with a leader hint), Overloaded,
+        ProposalLost, NodeStopped.
         """
         self._check_running()
+        self._check_proposal(data, forwarded=False)
         if self._raft.role is not Role.LEADER:
             raise NotLeader(self._raft.leader_id)
         done: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
@@ -254,9 +264,10 @@ class RaftNode:
     async def append_for_peer(self, data: bytes) -> tuple[int, int]:
         """Leader only: append ``data`` for a follower; returns (index, term) once in the log.
 
-        Raises NotLeader, Overloaded, NodeStopped.
+        Raises InvalidProposal, NotLeader, Overloaded, NodeStopped.
         """
         self._check_running()
+        self._check_proposal(data, forwarded=True)
         if self._raft.role is not Role.LEADER:
             raise NotLeader(self._raft.leader_id)
         loop = asyncio.get_running_loop()
@@ -274,11 +285,12 @@ class RaftNode:
         """Replicate ``data`` from any node: locally on the leader, forwarded otherwise.
 
         Returns (index, state machine result) once this node applied it.
-        Raises NotLeader (no leader known, or the leader moved), Overloaded,
-        ProposalLost, NodeStopped, or the forwarder's errors.
+        Raises InvalidProposal, NotLeader (no leader known, or the leader
+        moved), Overloaded, ProposalLost, NodeStopped, or the forwarder's errors.
         """
         if self._raft.role is Role.LEADER or self.forwarder is None:
             return await self.propose(data)
+        self._check_proposal(data, forwarded=False)
         leader = self._raft.leader_id
         if leader is None:
             raise NotLeader(None)
@@ -295,6 +307,12 @@ class RaftNode:
         index = await self.forwarder.read_index(leader)
         await self.wait_applied(index)
         return index
+
+    def _check_proposal(self, data: bytes, *, forwarded: bool) -> None:
+        """Nothing the state machine could not apply enters the log (docs/sidecar.md)."""
+        reason = self._sm.refusal(data, forwarded=forwarded)
+        if reason is not None:
+            raise InvalidProposal(reason)
 
     async def _await_entry(self, index: int, term: int) -> tuple[int, object]:
         self._check_running()

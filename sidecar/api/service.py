@@ -46,11 +46,11 @@ from sidecar.elections import (
     validate_ttl_ms,
 )
 from sidecar.leases import LeaseKeeper
-from sidecar.machine import ElectionsMachine
-from sidecar.node import NodeError, Overloaded, RaftNode
+from sidecar.machine import ElectionsMachine, SkippedEntry
+from sidecar.node import InvalidProposal, NodeError, Overloaded, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from sidecar.raft import NotLeader, RaftError, Role
-from sidecar.transport.errors import TransportError
+from sidecar.transport.errors import ForwardInvalid, TransportError
 
 _log = structlog.get_logger("sidecar.api")
 
@@ -137,6 +137,8 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"this sidecar is not the Raft leader; leader: {hint}"
             )
+        except (InvalidProposal, ForwardInvalid) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (NodeError, RaftError) as exc:
@@ -150,7 +152,10 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         raise AssertionError("unreachable: context.abort raises")
 
     async def _propose(self, command: Any) -> ApplyResult:
-        _, result = await self._node.submit(encode_command(command))
+        index, result = await self._node.submit(encode_command(command))
+        if isinstance(result, SkippedEntry):
+            # Only a build that encodes what it cannot decode gets here.
+            raise _Abort(grpc.StatusCode.INTERNAL, f"entry {index} did not decode and was skipped")
         if not isinstance(result, ApplyResult):
             raise AssertionError(f"unexpected apply result {result!r}")
         return result

@@ -31,3 +31,8 @@ class ForwardRefused(TransportError):
     def __init__(self, message: str, leader_hint: str | None = None) -> None:
         super().__init__(message)
         self.leader_hint = leader_hint
+
+
+class ForwardInvalid(TransportError):
+    """The leader refused a forwarded command as invalid; the server answers
+    INVALID_ARGUMENT and the forwarder raises this again on the follower."""

@@ -9,7 +9,8 @@ leader confirms a read point (``ReadIndex``), the follower answers once it
 has applied it.
 
 Refusals come back as ``ForwardRefused`` (the target is not the leader; the
-message names the leader it knows) or ``ForwardUnavailable`` (the leader
+message names the leader it knows), ``ForwardInvalid`` (the leader found the
+command invalid, e.g. a TTL outside its configured range) or ``ForwardUnavailable`` (the leader
 cannot be reached in time); the caller retries or reports UNAVAILABLE.
 """
 
@@ -19,7 +20,7 @@ import grpc  # type: ignore[import-untyped]
 
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
-from sidecar.transport.errors import ForwardRefused, TransportError
+from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportError
 
 
 class ForwardUnavailable(TransportError):
@@ -100,6 +101,8 @@ class Forwarder:
     def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
             return ForwardRefused(e.details() or f"{leader} refused")
+        if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return ForwardInvalid(e.details() or f"{leader} refused the command as invalid")
         return ForwardUnavailable(f"leader {leader}: {e.code().name}: {e.details()}")
 
     async def close(self) -> None:

@@ -85,6 +85,7 @@ from sidecar.transport.codec import (
     to_wire,
 )
 from sidecar.transport.errors import (
+    ForwardInvalid,
     ForwardRefused,
     InboxFull,
     TransportUsageError,
@@ -108,7 +109,8 @@ MiB = 1 << 20
 
 DeliverCallback = Callable[[list[Message]], Awaitable[None]]
 ProposeCallback = Callable[[bytes], Awaitable[tuple[int, int]]]
-"""Append a command on the leader; returns (index, term). Raises ForwardRefused."""
+"""Append a command on the leader; returns (index, term). Raises ForwardRefused,
+or ForwardInvalid for a command that must not enter the log."""
 ReadIndexCallback = Callable[[], Awaitable[int]]
 """A linearizable read point from the leader. Raises ForwardRefused."""
 RenewLeaseCallback = Callable[[str, int], Awaitable[tuple[bool, int]]]
@@ -514,6 +516,8 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no proposals here")
         try:
             index, term = await self._propose(bytes(request.command))
+        except ForwardInvalid as e:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except ForwardRefused as e:
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return peer_pb2.ProposeResponse(index=index, term=term)

@@ -25,6 +25,7 @@ REQUIRED_ALERTS = {
     "RaftSidecarLeaderFlapping",
     "RaftSidecarHolderFlapping",
     "RaftSidecarLeaseExpirations",
+    "RaftSidecarUndecodableEntries",  # a command got past the leader's gate
     "SettlementStaleTokenRejections",  # at the ledger
     "RaftSidecarDown",
     "RaftSidecarQuorumAtRisk",

@@ -34,6 +34,9 @@ class ListMachine:
         self.items.append((index, data))
         return len(self.items)
 
+    def refusal(self, data: bytes, *, forwarded: bool) -> str | None:
+        return None
+
     def snapshot(self) -> bytes:
         return json.dumps([[i, d.decode()] for i, d in self.items]).encode()
 

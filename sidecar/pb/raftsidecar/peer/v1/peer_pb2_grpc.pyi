@@ -71,7 +71,11 @@ class RaftPeerServiceStub:
     Propose: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ProposeRequest, _peer_pb2.ProposeResponse]
     """Propose asks the Raft leader to append a state machine command on behalf
     of a follower whose worker called it. The answer locates the entry; the
-    follower learns the outcome by applying that entry itself. A node that is
+    follower learns the outcome by applying that entry itself. The leader
+    decodes and validates the command first and refuses with
+    INVALID_ARGUMENT anything it would not propose itself: bytes that are not
+    a command, a TTL outside its configured range, or a command only the
+    leader may propose (Expire); nothing is appended then. A node that is
     not the leader refuses with FAILED_PRECONDITION, naming the leader it
     knows in the message.
     """
@@ -121,7 +125,11 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     Propose: _aio.UnaryUnaryMultiCallable[_peer_pb2.ProposeRequest, _peer_pb2.ProposeResponse]  # type: ignore[assignment]
     """Propose asks the Raft leader to append a state machine command on behalf
     of a follower whose worker called it. The answer locates the entry; the
-    follower learns the outcome by applying that entry itself. A node that is
+    follower learns the outcome by applying that entry itself. The leader
+    decodes and validates the command first and refuses with
+    INVALID_ARGUMENT anything it would not propose itself: bytes that are not
+    a command, a TTL outside its configured range, or a command only the
+    leader may propose (Expire); nothing is appended then. A node that is
     not the leader refuses with FAILED_PRECONDITION, naming the leader it
     knows in the message.
     """
@@ -192,7 +200,11 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.ProposeResponse, _abc.Awaitable[_peer_pb2.ProposeResponse]]:
         """Propose asks the Raft leader to append a state machine command on behalf
         of a follower whose worker called it. The answer locates the entry; the
-        follower learns the outcome by applying that entry itself. A node that is
+        follower learns the outcome by applying that entry itself. The leader
+        decodes and validates the command first and refuses with
+        INVALID_ARGUMENT anything it would not propose itself: bytes that are not
+        a command, a TTL outside its configured range, or a command only the
+        leader may propose (Expire); nothing is appended then. A node that is
         not the leader refuses with FAILED_PRECONDITION, naming the leader it
         knows in the message.
         """
