@@ -252,11 +252,13 @@ class _PeerHandlers:
             raise ForwardRefused(str(exc)) from exc
 
     async def renew_lease(self, election: str, token: int) -> tuple[bool, int]:
-        _, leases = self._require()
+        node, leases = self._require()
         try:
-            return leases.renew(election, token)
+            return await leases.renew(election, token)
         except NotLeader as exc:
             raise ForwardRefused(str(exc), exc.leader_hint) from exc
+        except NodeError as exc:
+            raise ForwardRefused(f"{node.id} cannot confirm its leadership: {exc}") from exc
 
 
 async def _hand_over_leadership(node: RaftNode) -> None:

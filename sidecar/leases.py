@@ -6,7 +6,8 @@ alone, on its own monotonic clock, and acted on through the log (an Expire
 command), so every replica agrees on the outcome.
 
 * A renewal (a worker's keep-alive, wherever it entered the cluster) sets
-  the deadline to now + TTL on the leader.
+  the deadline to now + TTL on the leader, once a ReadIndex round confirmed
+  that it still leads (``renew``).
 * A lease the leader has no deadline for yet (a fresh grant, or every lease
   right after this node became leader) gets now + TTL: a new leader extends
   every lease by a full TTL, so no lease ever expires early because the Raft
@@ -32,7 +33,7 @@ import structlog
 from sidecar.elections import Expire, encode_command
 from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeError, RaftNode
-from sidecar.raft import NotLeader, RaftError, Role
+from sidecar.raft import RaftError, Role
 
 _log = structlog.get_logger("sidecar.leases")
 
@@ -55,19 +56,30 @@ class LeaseKeeper:
         self._task: asyncio.Task[None] | None = None
         self._expiries: set[asyncio.Task[None]] = set()
 
-    def renew(self, election: str, token: int) -> tuple[bool, int]:
+    async def renew(self, election: str, token: int) -> tuple[bool, int]:
         """Leader only: renew (election, token) by its full TTL.
 
-        Returns (still current, remaining ms). Raises NotLeader on a follower.
+        Returns (still current, remaining ms). Raises NotLeader on a node
+        that is not, or is no longer, the leader, and NodeError when the
+        node cannot confirm it in time.
+
+        The renewal waits for a ReadIndex round first: a quorum must answer
+        a heartbeat of this term sent after the keep-alive arrived. A
+        leader whose loop stalled (a slow disk) while the others elected a
+        new leader still believes it leads; without the round it would
+        acknowledge a full TTL that the new leader, which extended the lease
+        only from its own election, may expire first. With it: no leader
+        newer than this heartbeat's send time can exist (a quorum was still
+        in this term after it), and a later one extends the lease by a full
+        TTL from its election, after this renewal's start (etcd's
+        ``ensureLeadership`` closes the same hole).
         """
-        if self._node.raft.role is not Role.LEADER:
-            raise NotLeader(self._node.raft.leader_id)
+        await self._node.read_barrier()
         grant = self._machine.state.holder(election)
         if grant is None or grant.token != token:
-            if token > self._machine.state.last_applied:
-                # Granted in an entry this leader has not applied yet: the
-                # token cannot be judged, and the loop will set its deadline.
-                return True, 0
+            # The read barrier applied everything committed when it started,
+            # and a token leaves a sidecar only once committed: a token this
+            # state does not hold is not current.
             return False, 0
         self._deadlines[(election, token)] = self._clock() + grant.ttl_ms / 1000
         return True, grant.ttl_ms

@@ -341,7 +341,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
 
     async def _renew(self, election: str, token: int) -> tuple[bool, int]:
         if self._node.raft.role is Role.LEADER:
-            return self._leases.renew(election, token)
+            return await self._leases.renew(election, token)
         leader = self._node.raft.leader_id
         if leader is None or self._node.forwarder is None:
             raise NotLeader(leader)
