@@ -26,15 +26,18 @@ from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine
+from sidecar.membership import MembershipManager, decide_entry
 from sidecar.metrics import RpcMetricsInterceptor, SidecarMetrics, TimedStorage, cancel_quietly
 from sidecar.node import InvalidProposal, NodeError, NodeSettings, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
+from sidecar.serverid import node_name
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.errors import StorageError
+from sidecar.storage.identity import Identity, IdentityMismatch, IdentityStore
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
-from sidecar.transport.peer import Transport
+from sidecar.transport.peer import HelloAnswer, Transport
 from sidecar.transport.tls import PeerCredentials, load_peer_credentials
 
 _log = structlog.get_logger("sidecar.app")
@@ -47,12 +50,6 @@ async def serve(config: SidecarConfig) -> int:
     metrics = SidecarMetrics()
     machine.listeners.append(metrics.on_apply)
     machine.skip_listeners.append(metrics.on_skip)
-    raft_config = RaftConfig(
-        node_id=config.node_id,
-        initial_membership=Membership(frozenset(config.peers)),
-        election_timeout_ticks=config.election_timeout_ticks,
-        heartbeat_ticks=config.heartbeat_ticks,
-    )
     credentials: PeerCredentials | None = None
     if config.tls is not None:
         try:
@@ -62,30 +59,88 @@ async def serve(config: SidecarConfig) -> int:
         except OSError as exc:
             print(f"raft-sidecar: cannot load peer TLS files: {exc}", file=sys.stderr)
             return 2
+    store = IdentityStore(config.data_dir)
+    try:
+        identity, created = store.load_or_create(cluster=config.cluster_id, node=config.node_id)
+    except IdentityMismatch as exc:
+        print(f"raft-sidecar: refusing the data directory: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        _log.critical("storage_unusable", error=str(exc))
+        print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
+        return 1
+    me = identity.server_id
+    if created:
+        _log.warning(
+            "new_incarnation",
+            server_id=me,
+            hint="a new data directory: this node joins as a new Raft server (docs/membership.md)",
+        )
+    handlers = _PeerHandlers(identity)
+    others = {k: v for k, v in config.peers.items() if k != config.node_id}
+    transport = Transport(
+        node_id=me,
+        cluster_id=config.cluster_id,
+        listen_address=config.peer_listen,
+        peers=others,
+        deliver=handlers.deliver,
+        current_term=handlers.current_term,
+        propose=handlers.propose,
+        read_index=handlers.read_index,
+        renew_lease=handlers.renew_lease,
+        hello=handlers.hello,
+        on_peer_unreachable=handlers.peer_unreachable,
+        server_credentials=credentials.server if credentials else None,
+        channel_credentials=credentials.channel if credentials else None,
+    )
+    forwarder = Forwarder(
+        node_id=me,
+        cluster_id=config.cluster_id,
+        peers=others,
+        channel_credentials=credentials.channel if credentials else None,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        _log.info("signal_received", signal=sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    try:
+        await transport.start()
+    except TransportUsageError as exc:
+        print(f"raft-sidecar: {exc} (is another process using the peer port?)", file=sys.stderr)
+        await forwarder.close()
+        return 1
+    # Peers ask who we are while we decide how to enter the cluster.
+    deciding = asyncio.create_task(decide_entry(store, identity, forwarder, config.peers))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({deciding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not deciding.done():
+        deciding.cancel()
+        await transport.stop()
+        await forwarder.close()
+        return 0
+    try:
+        identity = handlers.identity = deciding.result()
+    except StorageError as exc:
+        print(f"raft-sidecar: cannot record the bootstrap decision: {exc}", file=sys.stderr)
+        await transport.stop()
+        await forwarder.close()
+        return 1
+    raft_config = RaftConfig(
+        node_id=me,
+        initial_membership=Membership(frozenset(identity.initial_voters or ())),
+        election_timeout_ticks=config.election_timeout_ticks,
+        heartbeat_ticks=config.heartbeat_ticks,
+    )
     try:
         storage = TimedStorage(DiskStorage(config.data_dir), metrics)
-        handlers = _PeerHandlers()
-        others = {k: v for k, v in config.peers.items() if k != config.node_id}
-        transport = Transport(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            listen_address=config.peer_listen,
-            peers=others,
-            deliver=handlers.deliver,
-            current_term=handlers.current_term,
-            propose=handlers.propose,
-            read_index=handlers.read_index,
-            renew_lease=handlers.renew_lease,
-            on_peer_unreachable=handlers.peer_unreachable,
-            server_credentials=credentials.server if credentials else None,
-            channel_credentials=credentials.channel if credentials else None,
-        )
-        forwarder = Forwarder(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            peers=others,
-            channel_credentials=credentials.channel if credentials else None,
-        )
         node = RaftNode(
             raft_config,
             storage,
@@ -97,11 +152,14 @@ async def serve(config: SidecarConfig) -> int:
     except StorageError as exc:
         _log.critical("storage_unusable", error=str(exc))
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
+        await transport.stop()
+        await forwarder.close()
         return 1
     node.forwarder = forwarder
     node.on_proposal_latency = metrics.proposal_seconds.observe
     leases = LeaseKeeper(node, machine)
-    handlers.node, handlers.leases = node, leases
+    membership = MembershipManager(node, forwarder, config.peers)
+    handlers.node, handlers.leases, handlers.membership = node, leases, membership
 
     try:
         metrics.serve(config.metrics_listen)
@@ -109,7 +167,7 @@ async def serve(config: SidecarConfig) -> int:
         print(
             f"raft-sidecar: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr
         )
-        await node.stop()
+        await _abandon_start(node, transport, forwarder)
         return 1
     api = grpc.aio.server(
         interceptors=[RpcMetricsInterceptor(metrics)],
@@ -126,33 +184,18 @@ async def serve(config: SidecarConfig) -> int:
         bound = 0
     if bound == 0:
         print(f"raft-sidecar: cannot listen on {config.api_listen} (in use?)", file=sys.stderr)
-        await node.stop()
+        await _abandon_start(node, transport, forwarder)
         return 1
     try:
         probes = _health_server(config.health_listen, health_updater)
     except OSError as exc:
         print(f"raft-sidecar: {exc}", file=sys.stderr)
-        await node.stop()
+        await _abandon_start(node, transport, forwarder)
         return 1
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        _log.info("signal_received", signal=sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    try:
-        await transport.start()
-    except TransportUsageError as exc:
-        print(f"raft-sidecar: {exc} (is another process using the peer port?)", file=sys.stderr)
-        await node.stop()
-        return 1
     node.start()
     leases.start()
+    membership.start()
     health_updater.start()
     sampler = asyncio.create_task(
         metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
@@ -163,6 +206,7 @@ async def serve(config: SidecarConfig) -> int:
     _log.info(
         "sidecar_started",
         peers=sorted(config.peers),
+        server_id=me,
         peer_listen=config.peer_listen,
         api_listen=config.api_listen,
     )
@@ -185,6 +229,7 @@ async def serve(config: SidecarConfig) -> int:
     if probes is not None:
         await probes.stop(grace=0)
     await leases.stop()
+    await membership.stop()
     await cancel_quietly(sampler)
     await node.stop()
     await transport.stop()
@@ -213,9 +258,11 @@ class _PeerHandlers:
     """What this node does for its peers; bound to the node once it exists
     (the transport, which calls these, is built before the node)."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
         self.node: RaftNode | None = None
         self.leases: LeaseKeeper | None = None
+        self.membership: MembershipManager | None = None
 
     async def deliver(self, messages: list[Message]) -> None:
         if self.node is not None:
@@ -225,8 +272,24 @@ class _PeerHandlers:
         return self.node.raft.term if self.node is not None else 0
 
     def peer_unreachable(self, peer: str) -> None:
-        if self.node is not None:
-            self.node.peer_unreachable(peer)
+        """The transport lost the node *named* ``peer``; the core hears of it
+        only if that is its leader's name."""
+        if self.node is None:
+            return
+        leader = self.node.raft.leader_id
+        if leader is not None and node_name(leader) == peer:
+            self.node.peer_unreachable(leader)
+
+    def hello(self, caller: str) -> HelloAnswer:
+        if self.membership is not None:
+            self.membership.on_hello(caller)
+        leader = self.node.raft.leader_id if self.node is not None else None
+        return HelloAnswer(
+            server_id=self.identity.server_id,
+            decided=self.identity.initial_voters is not None,
+            initial_voters=self.identity.initial_voters or (),
+            leader_id=leader,
+        )
 
     def _require(self) -> tuple[RaftNode, LeaseKeeper]:
         if self.node is None or self.leases is None:
@@ -259,6 +322,12 @@ class _PeerHandlers:
             raise ForwardRefused(str(exc), exc.leader_hint) from exc
         except NodeError as exc:
             raise ForwardRefused(f"{node.id} cannot confirm its leadership: {exc}") from exc
+
+
+async def _abandon_start(node: RaftNode, transport: Transport, forwarder: Forwarder) -> None:
+    await node.stop()
+    await transport.stop()
+    await forwarder.close()
 
 
 async def _hand_over_leadership(node: RaftNode) -> None:

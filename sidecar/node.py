@@ -45,6 +45,7 @@ from typing import Protocol
 import structlog
 
 from sidecar.raft import (
+    ConfChange,
     Entry,
     EntryKind,
     Message,
@@ -181,6 +182,7 @@ class RaftNode:
         # wait here until its next turn (a ready batch may be in flight).
         self._read_requests: list[int] = []
         self._transfer_to: str | None = None
+        self._conf_changes: list[tuple[ConfChange, asyncio.Future[int]]] = []
         self._unreachable_peers: set[str] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -355,6 +357,24 @@ class RaftNode:
         self._applied_waiters.append((index, done))
         await done
 
+    async def change_membership(self, change: ConfChange) -> int:
+        """Leader only: append a single-server membership change; returns its index.
+
+        The change takes effect as soon as it is in the log (dissertation
+        §4.1); the caller watches ``raft.membership`` and the commit index.
+        Raises NotLeader, ConfChangeRejected (another change pending, a
+        learner not caught up, ...), NodeStopped.
+        """
+        self._check_running()
+        if self._raft.role is not Role.LEADER:
+            raise NotLeader(self._raft.leader_id)
+        if len(self._conf_changes) >= 8:
+            raise Overloaded("too many membership changes waiting")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._conf_changes.append((change, done))
+        self._wakeup.set()
+        return await done
+
     def transfer_leadership(self, target: str) -> None:
         """Ask the core to hand leadership to ``target`` at the next turn of the loop."""
         self._transfer_to = target
@@ -377,7 +397,7 @@ class RaftNode:
                 timeout = max(0.0, next_tick - time.monotonic())
                 idle = self._inbox.empty() and self._proposals.empty()
                 idle = idle and not self._read_requests and self._transfer_to is None
-                idle = idle and not self._unreachable_peers
+                idle = idle and not self._unreachable_peers and not self._conf_changes
                 if idle and not self._raft.has_ready():
                     # Not asyncio.wait_for: on Python 3.11 it can swallow a
                     # cancellation that races with the event, and stop() hangs.
@@ -410,6 +430,16 @@ class RaftNode:
                 self._raft.transfer_leadership(target)
             except RaftError as exc:
                 _log.warning("transfer_refused", node_id=self.id, target=target, error=str(exc))
+        changes, self._conf_changes = self._conf_changes, []
+        for change, done in changes:
+            try:
+                index = self._raft.propose_conf_change(change)
+            except RaftError as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                continue
+            if not done.done():
+                done.set_result(index)
         lost, self._unreachable_peers = self._unreachable_peers, set()
         for peer in sorted(lost):
             self._raft.leader_unreachable(peer)
@@ -601,3 +631,7 @@ class RaftNode:
             if not waiter.done():
                 waiter.set_exception(exc)
         self._applied_waiters.clear()
+        for _, change in self._conf_changes:
+            if not change.done():
+                change.set_exception(exc)
+        self._conf_changes.clear()

@@ -50,6 +50,7 @@ from sidecar.machine import ElectionsMachine, SkippedEntry
 from sidecar.node import InvalidProposal, NodeError, Overloaded, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from sidecar.raft import NotLeader, RaftError, Role
+from sidecar.serverid import node_name
 from sidecar.transport.errors import ForwardInvalid, TransportError
 
 _log = structlog.get_logger("sidecar.api")
@@ -261,8 +262,8 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             progress = raft.progress.get(peer_id)
             peers.append(
                 worker_pb2.Peer(
-                    id=peer_id,
-                    address=self._config.peers.get(peer_id, ""),
+                    id=node_name(peer_id),
+                    address=self._config.peers.get(node_name(peer_id), ""),
                     match_index=progress.match if progress else 0,
                     role=worker_pb2.PEER_ROLE_VOTER
                     if peer_id in membership.voters
@@ -270,12 +271,12 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                 )
             )
         return worker_pb2.StatusResponse(
-            node_id=raft.id,
+            node_id=node_name(raft.id),
             role=_ROLES[raft.role],
             term=raft.term,
             commit_index=raft.commit_index,
             applied_index=raft.applied_index,
-            leader_id=raft.leader_id or "",
+            leader_id=node_name(raft.leader_id) if raft.leader_id else "",
             peers=peers,
         )
 

@@ -26,6 +26,7 @@ from sidecar.raft import HardState
 from sidecar.storage.errors import StorageError, StorageIOError
 from sidecar.storage.fs import FileSystem
 from sidecar.storage.hardstate import HardStateFile
+from sidecar.storage.identity import Identity, IdentityStore
 from sidecar.storage.snapshots import SnapshotInfo, SnapshotStore
 from sidecar.storage.wal import TornTail, WalContents, WriteAheadLog
 
@@ -192,6 +193,8 @@ class InspectReport:
     wal_error: str | None = None
     wal_segments: tuple[SegmentInfo, ...] = ()
     """The WAL directory's files, listed even when the log could not be read."""
+    identity: Identity | None = None
+    identity_error: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -205,6 +208,7 @@ class InspectReport:
             and self.hard_state_error is None
             and self.snapshots_error is None
             and self.wal_error is None
+            and self.identity_error is None
             and all(s.ok for s in self.snapshots)
         )
 
@@ -252,6 +256,11 @@ def inspect_directory(fs: FileSystem, directory: str) -> InspectReport:
     """
     if not fs.exists(directory):
         return InspectReport(directory, exists=False)
+    identity, identity_error = None, None
+    try:
+        identity = IdentityStore(directory, fs).read()
+    except StorageError as exc:
+        identity_error = str(exc)
     hs_file = HardStateFile(fs, directory)
     hard_state, hard_state_error = None, None
     try:
@@ -291,6 +300,8 @@ def inspect_directory(fs: FileSystem, directory: str) -> InspectReport:
         wal=wal,
         wal_error=wal_error,
         wal_segments=segments,
+        identity=identity,
+        identity_error=identity_error,
     )
 
 
@@ -304,6 +315,25 @@ def format_report(report: InspectReport) -> str:
     if not report.exists:
         lines.append("  does not exist")
         return "\n".join(lines) + "\n"
+
+    if report.identity_error is not None:
+        lines.append(f"identity: CORRUPT: {report.identity_error}")
+    elif report.identity is None:
+        lines.append("identity: none (a new directory, or written by an older build)")
+    else:
+        ident = report.identity
+        voters = ident.initial_voters
+        entered = (
+            "undecided (asking its peers)"
+            if voters is None
+            else "joined an existing cluster"
+            if not voters
+            else "bootstrapped with " + ", ".join(voters)
+        )
+        lines.append(
+            f"identity: cluster {ident.cluster}, node {ident.node}, "
+            f"incarnation {ident.incarnation} (server {ident.server_id}); {entered}"
+        )
 
     if report.hard_state_error is not None:
         lines.append(f"hard state: CORRUPT: {report.hard_state_error}")

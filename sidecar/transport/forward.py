@@ -20,7 +20,9 @@ import grpc  # type: ignore[import-untyped]
 
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
+from sidecar.serverid import node_name
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportError
+from sidecar.transport.peer import HelloAnswer, TransportConfig
 
 
 class ForwardUnavailable(TransportError):
@@ -46,18 +48,24 @@ class Forwarder:
         self._channels: list[grpc.aio.Channel] = []
 
     def _stub(self, leader: NodeId) -> peer_pb2_grpc.RaftPeerServiceStub:
-        stub = self._stubs.get(leader)
+        """The stub for ``leader``'s address, by node name (``sidecar.serverid``)."""
+        name = node_name(leader)
+        stub = self._stubs.get(name)
         if stub is None:
-            address = self._peers.get(leader)
+            address = self._peers.get(name)
             if address is None:
                 raise ForwardRefused(f"unknown leader {leader!r}")
+            # gRPC's default reconnect backoff grows to 120 s: a peer that
+            # was not listening yet (a node still starting, one that just
+            # came back) would stay unreachable for that long.
+            options = TransportConfig().channel_options()
             channel = (
-                grpc.aio.insecure_channel(address)
+                grpc.aio.insecure_channel(address, options=options)
                 if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials)
+                else grpc.aio.secure_channel(address, self._credentials, options=options)
             )
             self._channels.append(channel)
-            stub = self._stubs[leader] = peer_pb2_grpc.RaftPeerServiceStub(channel)
+            stub = self._stubs[name] = peer_pb2_grpc.RaftPeerServiceStub(channel)
         return stub
 
     async def propose(self, leader: NodeId, command: bytes) -> tuple[int, int]:
@@ -96,6 +104,22 @@ class Forwarder:
         except grpc.aio.AioRpcError as e:
             raise self._translate(leader, e) from e
         return bool(response.current), int(response.remaining_ttl_ms)
+
+    async def hello(self, peer: str, timeout_s: float = 1.0) -> HelloAnswer:
+        """Ask the node named ``peer`` who it is (``Hello``). Raises ForwardUnavailable."""
+        request = peer_pb2.HelloRequest(
+            cluster_id=self._cluster_id, from_node=self._node_id, to_node=peer
+        )
+        try:
+            response = await self._stub(peer).Hello(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise ForwardUnavailable(f"{peer}: {e.code().name}: {e.details()}") from e
+        return HelloAnswer(
+            server_id=response.server_id,
+            decided=response.decided,
+            initial_voters=tuple(response.initial_voters),
+            leader_id=response.leader_id or None,
+        )
 
     @staticmethod
     def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:

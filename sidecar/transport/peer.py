@@ -77,6 +77,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.messages import Message, SnapshotRequest
 from sidecar.raft.types import NodeId
+from sidecar.serverid import is_server_id, node_name
 from sidecar.transport.codec import (
     check_snapshot_header,
     from_wire,
@@ -94,6 +95,8 @@ from sidecar.transport.errors import (
 
 __all__ = [
     "DeliverCallback",
+    "HelloAnswer",
+    "HelloCallback",
     "Inbox",
     "PeerClient",
     "PeerServer",
@@ -115,6 +118,20 @@ ReadIndexCallback = Callable[[], Awaitable[int]]
 """A linearizable read point from the leader. Raises ForwardRefused."""
 RenewLeaseCallback = Callable[[str, int], Awaitable[tuple[bool, int]]]
 """Renew (election, token) on the leader's clock: (still current, remaining ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAnswer:
+    """What a node says of itself in answer to ``Hello`` (see the proto)."""
+
+    server_id: NodeId
+    decided: bool
+    initial_voters: tuple[NodeId, ...] = ()
+    leader_id: NodeId | None = None
+
+
+HelloCallback = Callable[[NodeId], HelloAnswer]
+"""Called with the caller's server id; returns this node's answer."""
 """Hands a decoded batch to the local node; may raise ``InboxFull``."""
 
 # Failures after which the same batch is worth another try: the peer is down
@@ -281,9 +298,11 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
         renew_lease: RenewLeaseCallback | None = None,
+        hello: HelloCallback | None = None,
     ) -> None:
         if not node_id or not cluster_id:
             raise TransportUsageError("node_id and cluster_id must not be empty")
+        self._hello = hello
         self._propose = propose
         self._read_index = read_index
         self._renew_lease = renew_lease
@@ -548,16 +567,41 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return peer_pb2.RenewLeaseResponse(current=current, remaining_ttl_ms=remaining_ms)
 
+    async def Hello(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.HelloRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.HelloResponse:
+        await self._check_addressing(request.cluster_id, request.to_node, context, by_name=True)
+        if not request.from_node:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "from_node is empty")
+        if self._hello is None:
+            await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no hello here")
+        answer = self._hello(request.from_node)
+        return peer_pb2.HelloResponse(
+            server_id=answer.server_id,
+            decided=answer.decided,
+            initial_voters=list(answer.initial_voters),
+            leader_id=answer.leader_id or "",
+        )
+
     async def _check_addressing(
-        self, cluster_id: str, to_node: str, context: grpc.aio.ServicerContext
+        self,
+        cluster_id: str,
+        to_node: str,
+        context: grpc.aio.ServicerContext,
+        *,
+        by_name: bool = False,
     ) -> None:
+        """Refuse a request of another cluster, or for another server (or, with
+        ``by_name``, another node name): a message for an older incarnation of
+        this node must not reach this one, which never promised what it did."""
         if cluster_id != self._cluster_id:
             await self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cluster_id {cluster_id!r} is not this node's cluster {self._cluster_id!r}",
             )
-        if to_node != self._node_id:
+        mine = node_name(self._node_id) if by_name else self._node_id
+        if to_node != mine:
             await self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -683,6 +727,8 @@ class PeerStats:
 class _Queued:
     pb: peer_pb2.RaftMessage
     size: int
+    recipient: NodeId
+    """The Raft server id it is for: a batch never mixes two incarnations."""
 
 
 class _StreamEnded(Exception):
@@ -763,6 +809,12 @@ class PeerClient:
             raise TransportUsageError("node_id, peer_id, cluster_id and address must be set")
         self.node_id = node_id
         self.peer_id = peer_id
+        """The peer's node name: one client per address, whatever its incarnation."""
+        self.target: NodeId = peer_id
+        """The Raft server id of the last message queued (probes go there)."""
+        self.target_known = not is_server_id(node_id)
+        """Whether ``target`` names a server yet: ids without an incarnation
+        (tools, tests) address the name itself."""
         self.address = address
         self._cluster_id = cluster_id
         self._cfg = config
@@ -798,8 +850,10 @@ class PeerClient:
         Raises ``TransportUsageError`` if ``msg`` is addressed to another
         node or cannot be encoded (a bug in the caller).
         """
-        if msg.recipient != self.peer_id:
+        if node_name(msg.recipient) != self.peer_id:
             raise TransportUsageError(f"message for {msg.recipient!r} given to {self.peer_id!r}")
+        self.target = msg.recipient
+        self.target_known = True
         if self._stopped:
             self.dropped += 1
             return
@@ -813,7 +867,7 @@ class PeerClient:
             pb = to_wire(msg)
         except ValueError as e:
             raise TransportUsageError(f"cannot encode {msg}: {e}") from e
-        queued = _Queued(pb, pb.ByteSize())
+        queued = _Queued(pb, pb.ByteSize(), msg.recipient)
         self._queue.append(queued)
         self._queued_bytes += queued.size
         if (
@@ -979,12 +1033,14 @@ class PeerClient:
         """
         loop = asyncio.get_running_loop()
         call = stream.call
-        cluster_id, from_node, to_node = self._cluster_id, self.node_id, self.peer_id
+        cluster_id, from_node = self._cluster_id, self.node_id
         while True:
             if call.done():
                 raise _StreamEnded
             now = time.monotonic()
-            probe = stream.probe_sequence == 0 and now >= stream.next_probe_at
+            # No probe before the core has addressed a message to this peer:
+            # only then is its current server id (incarnation) known.
+            probe = stream.probe_sequence == 0 and now >= stream.next_probe_at and self.target_known
             if not self._queue and not probe:
                 # Wait for work, the next probe or the end of the stream (the
                 # reader sets _has_work when the call ends).
@@ -1011,7 +1067,7 @@ class PeerClient:
                 peer_pb2.DeliverStreamRequest(
                     cluster_id=cluster_id,
                     from_node=from_node,
-                    to_node=to_node,
+                    to_node=batch[0].recipient if batch else self.target,
                     messages=[q.pb for q in batch],
                     sequence=stream.sequence,
                     ack_requested=probe,
@@ -1079,7 +1135,7 @@ class PeerClient:
         request = peer_pb2.DeliverRequest(
             cluster_id=self._cluster_id,
             from_node=self.node_id,
-            to_node=self.peer_id,
+            to_node=batch[0].recipient,
             messages=[q.pb for q in batch],
         )
         started = time.monotonic()
@@ -1102,6 +1158,7 @@ class PeerClient:
         size = batch[0].size
         while (
             self._queue
+            and self._queue[0].recipient == batch[0].recipient
             and len(batch) < self._cfg.max_batch_messages
             and size + self._queue[0].size <= self._cfg.max_batch_bytes
         ):
@@ -1132,7 +1189,7 @@ class PeerClient:
         header = snapshot_header(msg)
         data = msg.snapshot.data
         chunk = self._cfg.snapshot_chunk_bytes
-        cluster_id, from_node, to_node = self._cluster_id, self.node_id, self.peer_id
+        cluster_id, from_node, to_node = self._cluster_id, self.node_id, msg.recipient
 
         async def requests() -> AsyncIterator[peer_pb2.InstallSnapshotRequest]:
             # Every message names cluster and nodes, so the server checks each.
@@ -1198,8 +1255,11 @@ class PeerClient:
 class Transport:
     """The peer transport of one node: a server and a client per static peer.
 
-    ``peers`` maps node ids to ``host:port`` addresses; an entry for this node
-    itself is ignored. ``deliver`` receives every decoded inbound batch.
+    ``peers`` maps node *names* to ``host:port`` addresses; an entry for this
+    node itself is ignored. ``node_id`` is this node's Raft server id, and
+    messages are routed by the name of their recipient's server id
+    (``sidecar.serverid``), so a peer that comes back as a new incarnation is
+    reached at the same address. ``deliver`` receives every decoded inbound batch.
     """
 
     def __init__(
@@ -1217,6 +1277,7 @@ class Transport:
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
         renew_lease: RenewLeaseCallback | None = None,
+        hello: HelloCallback | None = None,
         on_peer_unreachable: Callable[[NodeId], None] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -1229,6 +1290,7 @@ class Transport:
             propose=propose,
             read_index=read_index,
             renew_lease=renew_lease,
+            hello=hello,
         )
         self.server = PeerServer(
             self.servicer, listen_address, config=config, server_credentials=server_credentials
@@ -1243,7 +1305,7 @@ class Transport:
                 channel_credentials=channel_credentials,
             )
             for peer_id in sorted(peers)
-            if peer_id != node_id
+            if peer_id != node_name(node_id)
         }
         for client in self.clients.values():
             client.on_unreachable = on_peer_unreachable
@@ -1277,7 +1339,7 @@ class Transport:
         Messages for unknown nodes are dropped and counted in ``unroutable``.
         """
         for msg in messages:
-            client = self.clients.get(msg.recipient)
+            client = self.clients.get(node_name(msg.recipient))
             if client is None:
                 self.unroutable += 1
                 _log.debug("unroutable_message", node_id=self.node_id, recipient=msg.recipient)

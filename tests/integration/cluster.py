@@ -7,6 +7,7 @@ it with the generated gRPC stubs and kill it with real signals.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -98,6 +99,15 @@ class Sidecar:
     def status(self) -> Any:
         return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
 
+    def incarnation(self) -> str:
+        """The incarnation of its data directory (docs/membership.md)."""
+        body = json.loads((self.data_dir / "identity").read_text())["body"]
+        return str(body["incarnation"])
+
+    def server_id(self) -> str:
+        """Its Raft server id, ``<name>~<incarnation>``, as peers address it."""
+        return f"{self.node_id}~{self.incarnation()}"
+
 
 class Cluster:
     def __init__(self, root: Path, size: int = 3, tick_ms: int = 10) -> None:
@@ -158,7 +168,14 @@ class Cluster:
                 self.start(node)
             try:
                 for node in self.nodes:
-                    eventually(lambda n=node: _answers(n, self), f"{node.node_id} to serve its API")
+                    # A new node first agrees with its peers on the cluster's
+                    # bootstrap (docs/membership.md): on a loaded machine that
+                    # takes a few round trips more.
+                    eventually(
+                        lambda n=node: _answers(n, self),
+                        f"{node.node_id} to serve its API",
+                        seconds=60,
+                    )
             except _NodeExited:
                 self.stop_all()
                 if attempt == attempts - 1:

@@ -17,6 +17,7 @@ from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from sidecar.raft import Entry, HardState
 from sidecar.storage.disk import DiskStorage
+from sidecar.storage.identity import IdentityStore
 from tests.integration.cluster import Cluster, Sidecar, eventually
 
 PLANTED = b"\xffPLANTED-NOT-A-COMMAND\x00"
@@ -26,7 +27,10 @@ def propose_on_peer_port(node: Sidecar, command: bytes) -> Any:
     with grpc.insecure_channel(f"127.0.0.1:{node.peer_port}") as channel:
         stub = peer_pb2_grpc.RaftPeerServiceStub(channel)
         request = peer_pb2.ProposeRequest(
-            cluster_id="raft-sidecar", from_node="intruder", to_node=node.node_id, command=command
+            cluster_id="raft-sidecar",
+            from_node="intruder",
+            to_node=node.server_id(),
+            command=command,
         )
         return stub.Propose(request, timeout=5)
 
@@ -75,24 +79,32 @@ def test_the_leader_refuses_invalid_commands_from_the_peer_port(cluster: Cluster
     assert all(undecodable_count(n) == 0 for n in cluster.nodes)
 
 
-def plant(data_dir: Path) -> None:
-    """A committed entry at index 1 that no build of ours wrote."""
-    storage = DiskStorage(str(data_dir))
-    try:
-        storage.recover()
-        storage.persist(
-            HardState(term=1, voted_for=None, commit=1), None, [Entry(1, 1, data=PLANTED)]
-        )
-    finally:
-        storage.close()
+def plant(cluster: Cluster) -> None:
+    """A committed entry at index 1 that no build of ours wrote, on every
+    node of a cluster whose bootstrap was decided with all three."""
+    stores = [IdentityStore(str(n.data_dir)) for n in cluster.nodes]
+    identities = [
+        store.load_or_create(cluster="raft-sidecar", node=n.node_id)[0]
+        for store, n in zip(stores, cluster.nodes, strict=True)
+    ]
+    voters = tuple(i.server_id for i in identities)
+    for store, identity, node in zip(stores, identities, cluster.nodes, strict=True):
+        store.decide(identity, voters)
+        storage = DiskStorage(str(node.data_dir))
+        try:
+            storage.recover()
+            storage.persist(
+                HardState(term=1, voted_for=None, commit=1), None, [Entry(1, 1, data=PLANTED)]
+            )
+        finally:
+            storage.close()
 
 
 def test_a_committed_undecodable_entry_is_skipped_alike_and_never_crash_loops(
     tmp_path: Path,
 ) -> None:
     cluster = Cluster(tmp_path)
-    for node in cluster.nodes:
-        plant(node.data_dir)
+    plant(cluster)
     cluster.start_all()
     try:
         leader = cluster.leader()

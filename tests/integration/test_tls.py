@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -96,11 +97,22 @@ def test_a_node_without_tls_cannot_join_a_tls_cluster(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "pki")
     files = {f"s{i}": ca.issue(f"s{i}") for i in range(3)}
     cluster = Cluster(tmp_path, 3)
-    # s2 speaks plaintext: with s0 and s1 still a quorum, they elect a leader,
-    # and s2 never learns one (its messages and theirs are refused).
-    cluster.extra_args = lambda node: files[node.node_id].flags() if node.node_id != "s2" else []
+    # The three bootstrap the cluster with TLS (a new cluster forms only when
+    # every initial voter answers); then s2 comes back speaking plaintext:
+    # s0 and s1 are still a quorum and keep a leader, and s2 never learns
+    # one (its messages and theirs are refused).
+    plaintext: set[str] = set()
+    cluster.extra_args = lambda node: (
+        [] if node.node_id in plaintext else files[node.node_id].flags()
+    )
     cluster.start_all()
     try:
+        cluster.leader()
+        outsider = cluster.nodes[2]
+        cluster.kill(outsider, signal.SIGKILL)
+        plaintext.add(outsider.node_id)
+        cluster.start(outsider)
+        eventually(outsider.answers, "s2 to serve its API in plaintext")
         leader = cluster.leader(among=cluster.nodes[:2])
         assert leader.node_id in {"s0", "s1"}
         outsider = cluster.nodes[2]

@@ -12,6 +12,7 @@ from sidecar.storage import inspect as inspect_module
 from sidecar.storage.errors import CorruptionError, StorageIOError
 from sidecar.storage.fs import WritableFile
 from sidecar.storage.hardstate import HardStateFile
+from sidecar.storage.identity import IdentityStore
 from sidecar.storage.inspect import ScratchOverlay, format_report, inspect_directory
 from sidecar.storage.snapshots import SnapshotStore
 from sidecar.storage.wal import TornTail, WalContents, WriteAheadLog
@@ -140,6 +141,25 @@ def test_an_empty_directory_is_a_fresh_node() -> None:
     assert report.wal is None and report.wal_error is None
     text = format_report(report)
     assert "hard state: none" in text and "no segments" in text
+
+
+def test_the_identity_is_shown_and_a_damaged_one_fails_verification() -> None:
+    fs = CrashFileSystem()
+    store = IdentityStore(DIR, fs)
+    identity, _ = store.load_or_create(cluster="pay", node="s0")
+    decided = store.decide(identity, (identity.server_id, "s1~0123456789abcdef"))
+    report = inspect_directory(ReadOnlyFS(fs), DIR)
+    assert report.identity == decided and report.verified
+    text = format_report(report)
+    assert f"incarnation {identity.incarnation}" in text and "bootstrapped with" in text
+    path = posixpath.join(DIR, "identity")
+    data = fs.read_bytes(path).replace(b'"pay"', b'"pax"')
+    f = fs.open_truncate(path)
+    f.write(data)
+    f.sync()
+    f.close()
+    damaged = inspect_directory(ReadOnlyFS(fs), DIR)
+    assert not damaged.verified and "identity: CORRUPT" in format_report(damaged)
 
 
 @pytest.mark.usefixtures("fake_wal")

@@ -62,6 +62,76 @@ entry of its own term (the Figure 8 commit rule).
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
 @_typing.final
+class HelloRequest(_message.Message):
+    """HelloRequest introduces the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the caller's Raft server id, <name>~<incarnation>."""
+    to_node: _builtins.str
+    """to_node is the recipient's node name, without incarnation."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HelloRequest: _TypeAlias = HelloRequest  # noqa: Y015
+
+@_typing.final
+class HelloResponse(_message.Message):
+    """HelloResponse introduces the recipient."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    DECIDED_FIELD_NUMBER: _builtins.int
+    INITIAL_VOTERS_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """server_id is the recipient's Raft server id, <name>~<incarnation>."""
+    decided: _builtins.bool
+    """decided is true once the recipient has bootstrapped a cluster or
+    decided to join one: a cluster exists.
+    """
+    leader_id: _builtins.str
+    """leader_id is the Raft leader the recipient follows; empty if none."""
+    @_builtins.property
+    def initial_voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """initial_voters are the server ids the recipient bootstrapped with,
+        sorted; empty when it joined an existing cluster or is undecided.
+        """
+
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        decided: _builtins.bool = ...,
+        initial_voters: _abc.Iterable[_builtins.str] | None = ...,
+        leader_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided", b"decided", "initial_voters", b"initial_voters", "leader_id", b"leader_id", "server_id", b"server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HelloResponse: _TypeAlias = HelloResponse  # noqa: Y015
+
+@_typing.final
 class RenewLeaseRequest(_message.Message):
     """RenewLeaseRequest renews one grant's lease by a full TTL."""
 

@@ -66,6 +66,11 @@ class RaftPeerServiceStub:
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.FromString,
                 _registered_method=True)
+        self.Hello = channel.unary_unary(
+                '/raftsidecar.peer.v1.RaftPeerService/Hello',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServiceServicer:
@@ -143,6 +148,20 @@ class RaftPeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hello(self, request, context):
+        """Hello exchanges identities. A node with a new data directory asks its
+        peers before it takes part in Raft, to decide whether it bootstraps a
+        new cluster with them or joins an existing one; every node says hello
+        to its peers from time to time, so the Raft leader learns each node's
+        current incarnation and admits a new one (docs/membership.md).
+        to_node is the recipient's node name (the caller may not know its
+        incarnation); a request for another name or cluster is refused with
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +194,11 @@ def add_RaftPeerServiceServicer_to_server(servicer, server):
                     servicer.RenewLease,
                     request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.FromString,
                     response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'Hello': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hello,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,6 +365,33 @@ class RaftPeerService:
             '/raftsidecar.peer.v1.RaftPeerService/RenewLease',
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseRequest.SerializeToString,
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hello(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/Hello',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.FromString,
             options,
             channel_credentials,
             insecure,

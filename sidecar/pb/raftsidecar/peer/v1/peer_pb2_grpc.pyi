@@ -87,6 +87,16 @@ class RaftPeerServiceStub:
     """RenewLease carries a worker's keep-alive from its sidecar to the Raft
     leader, whose monotonic clock alone decides when a lease expires.
     """
+    Hello: _grpc.UnaryUnaryMultiCallable[_peer_pb2.HelloRequest, _peer_pb2.HelloResponse]
+    """Hello exchanges identities. A node with a new data directory asks its
+    peers before it takes part in Raft, to decide whether it bootstraps a
+    new cluster with them or joins an existing one; every node says hello
+    to its peers from time to time, so the Raft leader learns each node's
+    current incarnation and admits a new one (docs/membership.md).
+    to_node is the recipient's node name (the caller may not know its
+    incarnation); a request for another name or cluster is refused with
+    FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
@@ -140,6 +150,16 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     RenewLease: _aio.UnaryUnaryMultiCallable[_peer_pb2.RenewLeaseRequest, _peer_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """RenewLease carries a worker's keep-alive from its sidecar to the Raft
     leader, whose monotonic clock alone decides when a lease expires.
+    """
+    Hello: _aio.UnaryUnaryMultiCallable[_peer_pb2.HelloRequest, _peer_pb2.HelloResponse]  # type: ignore[assignment]
+    """Hello exchanges identities. A node with a new data directory asks its
+    peers before it takes part in Raft, to decide whether it bootstraps a
+    new cluster with them or joins an existing one; every node says hello
+    to its peers from time to time, so the Raft leader learns each node's
+    current incarnation and admits a new one (docs/membership.md).
+    to_node is the recipient's node name (the caller may not know its
+    incarnation); a request for another name or cluster is refused with
+    FAILED_PRECONDITION.
     """
 
 class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,6 +247,22 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.RenewLeaseResponse, _abc.Awaitable[_peer_pb2.RenewLeaseResponse]]:
         """RenewLease carries a worker's keep-alive from its sidecar to the Raft
         leader, whose monotonic clock alone decides when a lease expires.
+        """
+
+    @_abc_1.abstractmethod
+    def Hello(
+        self,
+        request: _peer_pb2.HelloRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.HelloResponse, _abc.Awaitable[_peer_pb2.HelloResponse]]:
+        """Hello exchanges identities. A node with a new data directory asks its
+        peers before it takes part in Raft, to decide whether it bootstraps a
+        new cluster with them or joins an existing one; every node says hello
+        to its peers from time to time, so the Raft leader learns each node's
+        current incarnation and admits a new one (docs/membership.md).
+        to_node is the recipient's node name (the caller may not know its
+        incarnation); a request for another name or cluster is refused with
+        FAILED_PRECONDITION.
         """
 
 def add_RaftPeerServiceServicer_to_server(servicer: RaftPeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

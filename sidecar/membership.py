@@ -1,0 +1,254 @@
+"""How a node enters the cluster, and how the Raft leader admits a node's new
+incarnation (docs/membership.md).
+
+Theory of operation
+-------------------
+**Entering.** A node whose data directory is new has a new incarnation
+(``sidecar.storage.identity``) and has not yet decided how it enters the
+cluster. Before it takes part in Raft it says hello to every peer of
+``--peers`` (``decide_entry``):
+
+* a peer that already decided and lists this very server among the voters
+  it bootstrapped with: adopt that bootstrap (the two started together);
+* any other peer that already decided: a cluster exists, so *join* it, with
+  no membership of its own: it never campaigns and no quorum counts it until
+  the leader admits it through the log;
+* every peer answered and none decided: bootstrap a new cluster whose
+  voters are all of them, each under its current incarnation;
+* a peer does not answer: wait and ask again; a node never bootstraps
+  because its peers are unreachable.
+
+The decision is stored in the identity file before Raft starts, so a restart
+never decides differently.
+
+**Admitting.** Every node says hello to its peers every second, so the
+leader learns each name's current server id. A name whose current server is
+not a member is admitted one single-server change at a time
+(``plan_change``, pure): first the old incarnation is removed, but only
+while the voters that remain and answer still form a quorum of the new
+configuration; then the new server is added as a learner; once it has
+caught up with the commit index it is promoted to voter. Every change goes
+through the log (``RaftNode.change_membership``), is logged, and is shown
+by ``raft-sidecar status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from sidecar.node import NodeError, RaftNode
+from sidecar.raft import ConfChange, ConfChangeKind, Membership, RaftError, Role
+from sidecar.serverid import node_name
+from sidecar.storage.identity import Identity, IdentityStore
+from sidecar.transport.errors import TransportError
+from sidecar.transport.forward import Forwarder
+from sidecar.transport.peer import HelloAnswer
+
+_log = structlog.get_logger("sidecar.membership")
+
+HELLO_INTERVAL_S = 1.0
+"""How often every node says hello to each peer."""
+SEEN_FRESH_S = 10.0
+"""A hello older than this no longer tells a node's current incarnation."""
+PLAN_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    change: ConfChange
+    reason: str
+
+
+def plan_change(
+    *,
+    me: str,
+    membership: Membership,
+    names: Iterable[str],
+    current: Mapping[str, str],
+    live: frozenset[str],
+    match: Mapping[str, int],
+    commit_index: int,
+) -> Planned | None:
+    """The next membership change the leader ``me`` should propose, or None.
+
+    ``names`` are the node names it admits (its contact list and its
+    members'); ``current`` maps a name to the server id that last said hello
+    under it (fresh hellos only); ``live`` holds the servers the leader
+    heard from recently (itself included); ``match`` is each follower's
+    match index. Pure: no clock, no I/O.
+    """
+    members = membership.members
+    for name in sorted(set(names)):
+        new = current.get(name)
+        if new is None or new in members or node_name(new) != name:
+            continue
+        stale = sorted(m for m in members if node_name(m) == name and m != me)
+        if stale:
+            old = stale[0]
+            if old in membership.voters:
+                remaining = membership.voters - {old}
+                if len(remaining & live) < len(remaining) // 2 + 1:
+                    continue  # removing it now could stop the cluster: wait
+            return Planned(
+                ConfChange(ConfChangeKind.REMOVE_NODE, old),
+                f"{name} came back as {new}: its old incarnation {old} is removed first",
+            )
+        return Planned(ConfChange(ConfChangeKind.ADD_LEARNER, new), f"{new} asks to join")
+    for learner in sorted(membership.learners):
+        if learner in live and match.get(learner, 0) >= commit_index:
+            return Planned(
+                ConfChange(ConfChangeKind.PROMOTE_LEARNER, learner),
+                f"{learner} caught up with the commit index {commit_index}",
+            )
+    return None
+
+
+async def decide_entry(
+    store: IdentityStore,
+    identity: Identity,
+    forwarder: Forwarder,
+    peer_names: Iterable[str],
+    *,
+    retry_s: float = 0.5,
+) -> Identity:
+    """Decide, once, whether this node bootstraps a new cluster or joins one.
+
+    Returns the identity with ``initial_voters`` set (stored durably).
+    Waits (forever, asking again every ``retry_s``) while a peer does not
+    answer and none has decided.
+    """
+    if identity.initial_voters is not None:
+        return identity
+    me = identity.server_id
+    others = sorted(set(peer_names) - {identity.node})
+    if not others:
+        _log.info("cluster_bootstrapped", voters=[me])
+        return store.decide(identity, (me,))
+    while True:
+        answers = await asyncio.gather(
+            *(forwarder.hello(name) for name in others), return_exceptions=True
+        )
+        heard = [a for a in answers if isinstance(a, HelloAnswer)]
+        for answer in heard:
+            if answer.decided and me in answer.initial_voters:
+                _log.info("cluster_bootstrapped", voters=list(answer.initial_voters))
+                return store.decide(identity, answer.initial_voters)
+        if any(a.decided for a in heard):
+            _log.info("joining_existing_cluster", server_id=me)
+            return store.decide(identity, ())
+        if len(heard) == len(others):
+            voters = tuple(sorted({me, *(a.server_id for a in heard)}))
+            _log.info("cluster_bootstrapped", voters=list(voters))
+            return store.decide(identity, voters)
+        missing = [
+            n for n, a in zip(others, answers, strict=True) if not isinstance(a, HelloAnswer)
+        ]
+        _log.info("waiting_for_peers_to_decide_bootstrap", missing=missing)
+        await asyncio.sleep(retry_s)
+
+
+class MembershipManager:
+    """Says hello to every peer each second and, on the Raft leader, admits
+    the current incarnation of each name (``plan_change``).
+
+    ``on_hello`` is called for every hello this node receives; the answers
+    to its own hellos count the same way.
+    """
+
+    def __init__(
+        self,
+        node: RaftNode,
+        forwarder: Forwarder,
+        contact_names: Iterable[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._node = node
+        self._forwarder = forwarder
+        self._names = frozenset(contact_names)
+        self._clock = clock
+        self._seen: dict[str, tuple[str, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.changes_proposed = 0
+
+    def on_hello(self, server: str) -> None:
+        self._seen[node_name(server)] = (server, self._clock())
+
+    def current(self) -> dict[str, str]:
+        """Name -> the server id that said hello under it recently."""
+        now = self._clock()
+        return {
+            name: server
+            for name, (server, at) in sorted(self._seen.items())
+            if now - at <= SEEN_FRESH_S
+        }
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._greet(), name="membership-hello"),
+            asyncio.create_task(self._admit(), name="membership-admit"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _greet(self) -> None:
+        me = self._node.id
+        others = sorted(self._names - {node_name(me)})
+        while True:
+            answers = await asyncio.gather(
+                *(self._forwarder.hello(name) for name in others), return_exceptions=True
+            )
+            for answer in answers:
+                if isinstance(answer, HelloAnswer):
+                    self.on_hello(answer.server_id)
+            await asyncio.sleep(HELLO_INTERVAL_S)
+
+    async def _admit(self) -> None:
+        while True:
+            await asyncio.sleep(PLAN_INTERVAL_S)
+            raft = self._node.raft
+            if raft.role is not Role.LEADER:
+                continue
+            me = self._node.id
+            current = self.current()
+            members = raft.membership.members
+            live = frozenset({me} | {m for m in members if current.get(node_name(m)) == m})
+            planned = plan_change(
+                me=me,
+                membership=raft.membership,
+                names=self._names | {node_name(m) for m in members},
+                current=current,
+                live=live,
+                match={peer: pr.match for peer, pr in raft.progress.items()},
+                commit_index=raft.commit_index,
+            )
+            if planned is None:
+                continue
+            try:
+                index = await self._node.change_membership(planned.change)
+            except (NodeError, RaftError, TransportError) as exc:
+                _log.info(
+                    "membership_change_deferred",
+                    change=planned.change.kind.value,
+                    server=planned.change.node_id,
+                    error=str(exc),
+                )
+                continue
+            self.changes_proposed += 1
+            _log.warning(
+                "membership_change_proposed",
+                change=planned.change.kind.value,
+                server=planned.change.node_id,
+                index=index,
+                reason=planned.reason,
+            )

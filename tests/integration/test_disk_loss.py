@@ -1,0 +1,156 @@
+"""A sidecar whose data directory is lost comes back as a new Raft server:
+it never votes or counts until the leader has replaced its old incarnation
+through the log, and committed grants never disappear (docs/membership.md).
+
+Real processes on loopback, killed with SIGKILL, directories really wiped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration.cluster import Cluster, Sidecar, eventually
+
+ELECTION = "settlement-eur"
+
+
+def campaign(node: Sidecar, candidate: str, election: str = ELECTION, timeout: float = 10) -> Any:
+    request = worker_pb2.CampaignRequest(election=election, candidate_id=candidate, ttl_ms=60_000)
+    return node.stub().Campaign(request, timeout=timeout).token
+
+
+def holder(node: Sidecar) -> int | None:
+    try:
+        response = node.stub().Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2)
+    except grpc.RpcError:
+        return None
+    return int(response.holder.fencing_token) or None
+
+
+def incarnation(node: Sidecar) -> str:
+    body = json.loads((node.data_dir / "identity").read_text())["body"]
+    return str(body["incarnation"])
+
+
+def wipe_and_restart(cluster: Cluster, node: Sidecar) -> str:
+    cluster.kill(node, signal.SIGKILL)
+    old = incarnation(node)
+    shutil.rmtree(node.data_dir)
+    cluster.start(node)
+    eventually(node.answers, f"{node.node_id} to serve again")
+    assert incarnation(node) != old, "a wiped directory is a new incarnation"
+    return old
+
+
+def membership_changes(node: Sidecar) -> list[tuple[str, str]]:
+    changes = []
+    for line in node.log_path.read_text(errors="replace").splitlines():
+        if "membership_change_proposed" in line:
+            event = json.loads(line)
+            changes.append((event["change"], event["server"]))
+    return changes
+
+
+def test_a_follower_that_lost_its_disk_is_replaced_and_counts_again(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.start_all()
+    try:
+        leader = cluster.leader()
+        token = campaign(leader, "worker-a").fencing_token
+        wiped, other = [n for n in cluster.nodes if n is not leader]
+        old = wipe_and_restart(cluster, wiped)
+        new = incarnation(wiped)
+
+        # It catches up on the grants it forgot, through the log.
+        eventually(lambda: holder(wiped) == token or None, "the wiped node to learn the grant")
+        # The leader replaced it one change at a time: old out, new in as a
+        # learner, then promoted once caught up.
+        name = wiped.node_id
+        expected = [
+            ("remove_node", f"{name}~{old}"),
+            ("add_learner", f"{name}~{new}"),
+            ("promote_learner", f"{name}~{new}"),
+        ]
+        eventually(
+            lambda: membership_changes(leader) == expected or None,
+            "the leader to replace the old incarnation",
+        )
+        # The new incarnation is a voter: with the other follower gone, the
+        # leader and it still commit.
+        cluster.kill(other, signal.SIGKILL)
+        second = eventually(
+            lambda: _try(lambda: campaign(cluster.leader([leader, wiped]), "worker-b", "usd")),
+            "a grant with the new incarnation's vote",
+            seconds=30,
+        )
+        assert second.fencing_token > token
+        assert holder(wiped) == token, "the old grant is intact"
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop_all()
+
+
+def test_a_wiped_node_never_makes_up_a_quorum(tmp_path: Path) -> None:
+    """The grant is committed on the leader and one follower; the other
+    follower missed it. Both nodes that hold it go down and one of them
+    comes back wiped. The follower that missed the grant and the wiped node
+    are two of three, but the wiped one has forgotten what it promised: it
+    must not help elect a leader whose log lacks the grant (which would then
+    hand the same token to another worker). Nothing may happen until a node
+    that holds the log is back; then the grant is still there."""
+    cluster = Cluster(tmp_path)
+    cluster.start_all()
+    try:
+        leader = cluster.leader()
+        behind, wiped = [n for n in cluster.nodes if n is not leader]
+        cluster.kill(behind, signal.SIGKILL)
+        grant = eventually(
+            lambda: _try(lambda: campaign(leader, "worker-a")), "a grant by leader and one follower"
+        )
+        cluster.kill(leader, signal.SIGKILL)
+        cluster.kill(wiped, signal.SIGKILL)
+        old = incarnation(wiped)
+        shutil.rmtree(wiped.data_dir)
+        for node in (behind, wiped):
+            cluster.start(node)
+            eventually(node.answers, f"{node.node_id} to serve")
+        assert incarnation(wiped) != old
+
+        refused = _try(lambda: campaign(behind, "worker-b", timeout=5))
+        assert refused is None, f"granted {refused} without a quorum that holds the log"
+        assert holder(behind) is None and holder(wiped) is None, "nobody knows the grant yet"
+
+        cluster.start(leader)
+        eventually(leader.answers, "the node that holds the log to serve again")
+        for node in cluster.nodes:
+            eventually(
+                lambda n=node: holder(n) == grant.fencing_token or None,
+                f"{node.node_id} to learn the grant",
+                seconds=30,
+            )
+        second = eventually(
+            lambda: _try(lambda: campaign(cluster.leader(), "worker-b", "usd")),
+            "a grant once a real quorum is back",
+            seconds=30,
+        )
+        assert second.fencing_token > grant.fencing_token, "tokens never go backwards"
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop_all()
+
+
+def _try(call: Any) -> Any:
+    try:
+        return call()
+    except grpc.RpcError:
+        return None

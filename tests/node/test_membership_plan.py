@@ -1,0 +1,69 @@
+"""The leader's plan for admitting new incarnations (sidecar.membership.plan_change)."""
+
+from __future__ import annotations
+
+from sidecar.membership import plan_change
+from sidecar.raft import ConfChangeKind, Membership
+
+A, B, C = "a~" + "a" * 16, "b~" + "b" * 16, "c~" + "c" * 16
+C2 = "c~" + "2" * 16
+
+
+def plan(
+    membership: Membership,
+    current: dict[str, str],
+    live: set[str],
+    match: dict[str, int] | None = None,
+    commit: int = 10,
+) -> tuple[ConfChangeKind, str] | None:
+    planned = plan_change(
+        me=A,
+        membership=membership,
+        names=["a", "b", "c"],
+        current=current,
+        live=frozenset(live),
+        match=match or {},
+        commit_index=commit,
+    )
+    return None if planned is None else (planned.change.kind, planned.change.node_id)
+
+
+THREE = Membership(frozenset({A, B, C}))
+
+
+def test_nothing_to_do_when_every_name_is_its_member() -> None:
+    assert plan(THREE, {"b": B, "c": C}, {A, B, C}) is None
+    assert plan(THREE, {}, {A}) is None, "no news is no change"
+
+
+def test_a_new_incarnation_first_removes_the_old_one_then_joins_as_learner() -> None:
+    assert plan(THREE, {"b": B, "c": C2}, {A, B}) == (ConfChangeKind.REMOVE_NODE, C)
+    after_removal = Membership(frozenset({A, B}))
+    assert plan(after_removal, {"b": B, "c": C2}, {A, B}) == (ConfChangeKind.ADD_LEARNER, C2)
+
+
+def test_the_old_incarnation_stays_while_the_rest_would_lack_a_quorum() -> None:
+    """Removing c from {a, b, c} leaves {a, b}: both must answer."""
+    assert plan(THREE, {"c": C2}, {A}) is None
+    five = Membership(frozenset({A, B, C, "d~" + "d" * 16, "e~" + "e" * 16}))
+    # {a, b, d, e} needs 3 live voters.
+    assert plan(five, {"c": C2, "b": B}, {A, B}) is None
+    assert plan(five, {"c": C2, "b": B}, {A, B, "d~" + "d" * 16}) == (
+        ConfChangeKind.REMOVE_NODE,
+        C,
+    )
+
+
+def test_a_learner_is_promoted_only_once_caught_up_and_answering() -> None:
+    with_learner = Membership(frozenset({A, B}), frozenset({C2}))
+    assert plan(with_learner, {"b": B, "c": C2}, {A, B, C2}, {C2: 9}) is None
+    assert plan(with_learner, {"b": B, "c": C2}, {A, B}, {C2: 10}) is None
+    assert plan(with_learner, {"b": B, "c": C2}, {A, B, C2}, {C2: 10}) == (
+        ConfChangeKind.PROMOTE_LEARNER,
+        C2,
+    )
+
+
+def test_a_name_outside_the_contact_list_and_membership_is_not_admitted() -> None:
+    stranger = "z~" + "f" * 16
+    assert plan(THREE, {"z": stranger}, {A, B, C}) is None
