@@ -35,7 +35,7 @@ from sidecar.storage.errors import StorageError
 from sidecar.transport.errors import ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import Transport
-from sidecar.transport.tls import PeerCredentials, load_peer_credentials
+from sidecar.transport.tls import PeerTls, TlsMaterialError
 
 _log = structlog.get_logger("sidecar.app")
 
@@ -44,7 +44,7 @@ TRANSFER_WAIT_SECONDS = 2.0
 
 async def serve(config: SidecarConfig) -> int:
     machine = ElectionsMachine()
-    metrics = SidecarMetrics()
+    metrics = SidecarMetrics(peer_tls=config.tls is not None)
     machine.listeners.append(metrics.on_apply)
     raft_config = RaftConfig(
         node_id=config.node_id,
@@ -52,15 +52,28 @@ async def serve(config: SidecarConfig) -> int:
         election_timeout_ticks=config.election_timeout_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
     )
-    credentials: PeerCredentials | None = None
+    tls: PeerTls | None = None
     if config.tls is not None:
         try:
-            credentials = load_peer_credentials(
-                config.tls.cert_file, config.tls.key_file, config.tls.ca_file
+            tls = PeerTls(
+                config.tls.cert_file,
+                config.tls.key_file,
+                config.tls.ca_file,
+                node_id=config.node_id,
+                cluster_id=config.cluster_id,
+                on_event=metrics.on_peer_tls,
             )
-        except OSError as exc:
-            print(f"raft-sidecar: cannot load peer TLS files: {exc}", file=sys.stderr)
+        except TlsMaterialError as exc:
+            print(f"raft-sidecar: peer TLS: {exc}", file=sys.stderr)
             return 2
+    elif config.insecure_plaintext_peers:
+        _log.warning(
+            "insecure_plaintext_peers",
+            flag="--insecure-plaintext-peers",
+            peer_listen=config.peer_listen,
+            message="peer traffic is plaintext and unauthenticated: anyone who reaches "
+            "the peer port can speak Raft to this node",
+        )
     try:
         storage = TimedStorage(DiskStorage(config.data_dir), metrics)
         handlers = _PeerHandlers()
@@ -76,14 +89,10 @@ async def serve(config: SidecarConfig) -> int:
             read_index=handlers.read_index,
             renew_lease=handlers.renew_lease,
             on_peer_unreachable=handlers.peer_unreachable,
-            server_credentials=credentials.server if credentials else None,
-            channel_credentials=credentials.channel if credentials else None,
+            tls=tls,
         )
         forwarder = Forwarder(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            peers=others,
-            channel_credentials=credentials.channel if credentials else None,
+            node_id=config.node_id, cluster_id=config.cluster_id, peers=others, tls=tls
         )
         node = RaftNode(
             raft_config,
@@ -156,6 +165,9 @@ async def serve(config: SidecarConfig) -> int:
     sampler = asyncio.create_task(
         metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
     )
+    tls_reloader = (
+        asyncio.create_task(tls.run(), name="peer-tls-reloader") if tls is not None else None
+    )
     await api.start()
     if probes is not None:
         await probes.start()
@@ -164,6 +176,7 @@ async def serve(config: SidecarConfig) -> int:
         peers=sorted(config.peers),
         peer_listen=config.peer_listen,
         api_listen=config.api_listen,
+        peer_tls=tls is not None,
     )
     node_ended = asyncio.create_task(node.wait())
     stop_requested = asyncio.create_task(stop.wait())
@@ -185,6 +198,7 @@ async def serve(config: SidecarConfig) -> int:
         await probes.stop(grace=0)
     await leases.stop()
     await cancel_quietly(sampler)
+    await cancel_quietly(tls_reloader)
     await node.stop()
     await transport.stop()
     await forwarder.close()

@@ -11,6 +11,10 @@ has applied it.
 Refusals come back as ``ForwardRefused`` (the target is not the leader; the
 message names the leader it knows) or ``ForwardUnavailable`` (the leader
 cannot be reached in time); the caller retries or reports UNAVAILABLE.
+
+Channels come from ``channels.PeerChannel``, like the replication stream's:
+with peer TLS the leader must present a certificate naming it in this
+cluster, and after a reload of the files the next call dials anew with them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import grpc  # type: ignore[import-untyped]
 
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
+from sidecar.transport.channels import PeerChannel
 from sidecar.transport.errors import ForwardRefused, TransportError
+from sidecar.transport.tls import PeerTls
 
 
 class ForwardUnavailable(TransportError):
@@ -34,30 +40,26 @@ class Forwarder:
         cluster_id: str,
         peers: dict[NodeId, str],
         timeout_s: float = 5.0,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._peers = dict(peers)
         self._timeout_s = timeout_s
-        self._credentials = channel_credentials
-        self._stubs: dict[NodeId, peer_pb2_grpc.RaftPeerServiceStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._tls = tls
+        self._links: dict[NodeId, PeerChannel] = {}
 
     def _stub(self, leader: NodeId) -> peer_pb2_grpc.RaftPeerServiceStub:
-        stub = self._stubs.get(leader)
-        if stub is None:
+        """A stub to ``leader``; raises ForwardRefused for a node not in the peer map."""
+        link = self._links.get(leader)
+        if link is None:
             address = self._peers.get(leader)
             if address is None:
                 raise ForwardRefused(f"unknown leader {leader!r}")
-            channel = (
-                grpc.aio.insecure_channel(address)
-                if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials)
+            link = self._links[leader] = PeerChannel(
+                peer_id=leader, address=address, tls=self._tls, retire_grace_s=self._timeout_s
             )
-            self._channels.append(channel)
-            stub = self._stubs[leader] = peer_pb2_grpc.RaftPeerServiceStub(channel)
-        return stub
+        return link.stub()
 
     async def propose(self, leader: NodeId, command: bytes) -> tuple[int, int]:
         """Have ``leader`` append ``command``; returns (index, term)."""
@@ -103,7 +105,6 @@ class Forwarder:
         return ForwardUnavailable(f"leader {leader}: {e.code().name}: {e.details()}")
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
-        self._channels.clear()
-        self._stubs.clear()
+        for leader in sorted(self._links):
+            await self._links[leader].close()
+        self._links.clear()
