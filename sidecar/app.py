@@ -38,7 +38,7 @@ from sidecar.storage.identity import Identity, IdentityMismatch, IdentityStore
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
 from sidecar.transport.peer import HelloAnswer, Transport
-from sidecar.transport.tls import PeerCredentials, load_peer_credentials
+from sidecar.transport.tls import PeerTls, TlsMaterialError
 
 _log = structlog.get_logger("sidecar.app")
 
@@ -47,18 +47,31 @@ TRANSFER_WAIT_SECONDS = 2.0
 
 async def serve(config: SidecarConfig) -> int:
     machine = ElectionsMachine(ttl_min_ms=config.ttl_min_ms, ttl_max_ms=config.ttl_max_ms)
-    metrics = SidecarMetrics()
+    metrics = SidecarMetrics(peer_tls=config.tls is not None)
     machine.listeners.append(metrics.on_apply)
     machine.skip_listeners.append(metrics.on_skip)
-    credentials: PeerCredentials | None = None
+    tls: PeerTls | None = None
     if config.tls is not None:
         try:
-            credentials = load_peer_credentials(
-                config.tls.cert_file, config.tls.key_file, config.tls.ca_file
+            tls = PeerTls(
+                config.tls.cert_file,
+                config.tls.key_file,
+                config.tls.ca_file,
+                node_id=config.node_id,
+                cluster_id=config.cluster_id,
+                on_event=metrics.on_peer_tls,
             )
-        except OSError as exc:
-            print(f"raft-sidecar: cannot load peer TLS files: {exc}", file=sys.stderr)
+        except TlsMaterialError as exc:
+            print(f"raft-sidecar: peer TLS: {exc}", file=sys.stderr)
             return 2
+    elif config.insecure_plaintext_peers:
+        _log.warning(
+            "insecure_plaintext_peers",
+            flag="--insecure-plaintext-peers",
+            peer_listen=config.peer_listen,
+            message="peer traffic is plaintext and unauthenticated: anyone who reaches "
+            "the peer port can speak Raft to this node",
+        )
     store = IdentityStore(config.data_dir)
     try:
         identity, created = store.load_or_create(cluster=config.cluster_id, node=config.node_id)
@@ -90,15 +103,9 @@ async def serve(config: SidecarConfig) -> int:
         renew_lease=handlers.renew_lease,
         hello=handlers.hello,
         on_peer_unreachable=handlers.peer_unreachable,
-        server_credentials=credentials.server if credentials else None,
-        channel_credentials=credentials.channel if credentials else None,
+        tls=tls,
     )
-    forwarder = Forwarder(
-        node_id=me,
-        cluster_id=config.cluster_id,
-        peers=others,
-        channel_credentials=credentials.channel if credentials else None,
-    )
+    forwarder = Forwarder(node_id=me, cluster_id=config.cluster_id, peers=others, tls=tls)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -200,6 +207,9 @@ async def serve(config: SidecarConfig) -> int:
     sampler = asyncio.create_task(
         metrics.run_sampler(node, machine, transport.stats), name="metrics-sampler"
     )
+    tls_reloader = (
+        asyncio.create_task(tls.run(), name="peer-tls-reloader") if tls is not None else None
+    )
     await api.start()
     if probes is not None:
         await probes.start()
@@ -209,6 +219,7 @@ async def serve(config: SidecarConfig) -> int:
         server_id=me,
         peer_listen=config.peer_listen,
         api_listen=config.api_listen,
+        peer_tls=tls is not None,
     )
     node_ended = asyncio.create_task(node.wait())
     stop_requested = asyncio.create_task(stop.wait())
@@ -231,6 +242,7 @@ async def serve(config: SidecarConfig) -> int:
     await leases.stop()
     await membership.stop()
     await cancel_quietly(sampler)
+    await cancel_quietly(tls_reloader)
     await node.stop()
     await transport.stop()
     await forwarder.close()

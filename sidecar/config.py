@@ -10,11 +10,14 @@ operator fixes a manifest in one round trip.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sidecar.transport.identity import naming_problems
 
 ENV_PREFIX = "RAFT_SIDECAR_"
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -45,6 +48,8 @@ class SidecarConfig:
     """host:port of the health-only gRPC server for kubelet probes; empty: none."""
     tls: TlsFiles | None = None
     """Peer mutual TLS; None: plaintext peer traffic."""
+    insecure_plaintext_peers: bool = False
+    """Plaintext peer traffic beyond loopback was asked for deliberately."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,15 @@ class _Setting:
 
 def _int(value: str) -> int:
     return int(value, 10)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ValueError("use true or false")
 
 
 def _peers(value: str) -> dict[str, str]:
@@ -119,6 +133,12 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("tls-cert-file", "PEM certificate chain for peer mTLS (with key and CA)", "", str),
     _Setting("tls-key-file", "PEM private key for peer mTLS", "", str),
     _Setting("tls-ca-file", "PEM CA bundle that peers' certificates must chain to", "", str),
+    _Setting(
+        "insecure-plaintext-peers",
+        "allow plaintext, unauthenticated peer traffic beyond loopback (without TLS files)",
+        "false",
+        _bool,
+    ),
 )
 
 _TLS_SETTINGS = ("tls-cert-file", "tls-key-file", "tls-ca-file")
@@ -134,11 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default = " (required)"
         else:
             default = f" (default {s.default})" if s.default else " (default: none)"
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if s.parse is _bool else {}
         parser.add_argument(
             f"--{s.name}",
             dest=s.name.replace("-", "_"),
             default=None,
             help=f"{s.help}{default}; env {env_name(s.name)}",
+            **switch,
         )
 
 
@@ -185,13 +207,14 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         tls=TlsFiles(*(values[name] for name in _TLS_SETTINGS))
         if values["tls-cert-file"]
         else None,
+        insecure_plaintext_peers=values["insecure-plaintext-peers"],
     )
 
 
 def _check_tls(v: Mapping[str, Any]) -> Sequence[str]:
     given = [name for name in _TLS_SETTINGS if v.get(name)]
     if not given:
-        return []
+        return _check_plaintext(v)
     if len(given) < len(_TLS_SETTINGS):
         missing = ", ".join(f"--{n}" for n in _TLS_SETTINGS if n not in given)
         return [
@@ -208,7 +231,41 @@ def _check_tls(v: Mapping[str, Any]) -> Sequence[str]:
             continue
         if b"-----BEGIN " not in pem:
             problems.append(f"--{name}={v[name]!r}: not a PEM file")
+    if v.get("insecure-plaintext-peers"):
+        problems.append("--insecure-plaintext-peers contradicts the peer TLS files: drop one")
+    if "cluster-id" in v and "node-id" in v:
+        problems.extend(naming_problems(v["cluster-id"], [v["node-id"], *v.get("peers", {})]))
     return problems
+
+
+def _check_plaintext(v: Mapping[str, Any]) -> Sequence[str]:
+    """Without TLS, peer traffic stays on loopback unless asked otherwise."""
+    if v.get("insecure-plaintext-peers", True):
+        return []
+    exposed = []
+    listen = v.get("peer-listen")
+    if listen is not None and _valid_address(listen) and not _is_loopback(listen):
+        exposed.append(f"--peer-listen={listen}")
+    remote = sorted(p for p, a in (v.get("peers") or {}).items() if not _is_loopback(a))
+    if remote:
+        exposed.append(f"--peers {', '.join(remote)}")
+    if not exposed:
+        return []
+    return [
+        f"plaintext peer traffic must stay on loopback ({'; '.join(exposed)}: not loopback): "
+        "configure peer TLS (--tls-cert-file, --tls-key-file, --tls-ca-file) "
+        "or pass --insecure-plaintext-peers to run plaintext deliberately"
+    ]
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def _check(v: Mapping[str, Any]) -> Sequence[str]:

@@ -27,12 +27,17 @@ from sidecar.machine import ElectionsMachine, SkippedEntry
 from sidecar.node import RaftNode
 from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState, needs_sync
 from sidecar.storage.interface import RaftStorage
+from sidecar.transport.tls import TlsEvent, TlsLoaded
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class SidecarMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, peer_tls: bool = False
+    ) -> None:
+        """``peer_tls``: export the peer certificate's series (only a sidecar
+        with TLS files has them, so no alert reads a 0 expiry as "expired")."""
         r = self.registry = registry or CollectorRegistry()
         self.raft_role = Gauge(
             "raft_sidecar_raft_role", "1 for this node's current Raft role", ["role"], registry=r
@@ -136,6 +141,25 @@ class SidecarMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.peer_certificate_expiry: Gauge | None = None
+        self.peer_tls_files_refused: Gauge | None = None
+        self.peer_tls_reload_failures: Counter | None = None
+        if peer_tls:
+            self.peer_certificate_expiry = Gauge(
+                "raft_sidecar_peer_certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter, unix seconds) of the peer TLS certificate in use",
+                registry=r,
+            )
+            self.peer_tls_files_refused = Gauge(
+                "raft_sidecar_peer_tls_files_refused",
+                "1 while the peer TLS files on disk were refused (the previous ones stay in use)",
+                registry=r,
+            )
+            self.peer_tls_reload_failures = Counter(
+                "raft_sidecar_peer_tls_reload_failures",
+                "Changed peer TLS file sets refused (unparsable, key not matching, expired, ...)",
+                registry=r,
+            )
         self._leader: str | None = None
         self._holders: dict[str, str] = {}
         self._counted: set[str] = set()
@@ -156,6 +180,20 @@ class SidecarMetrics:
                 self.raft_leader_changes.inc()
             self._leader = soft.leader_id
         self.raft_has_leader.set(1 if soft.leader_id is not None else 0)
+
+    def on_peer_tls(self, event: TlsEvent) -> None:
+        if (
+            self.peer_certificate_expiry is None
+            or self.peer_tls_files_refused is None
+            or self.peer_tls_reload_failures is None
+        ):
+            return
+        if isinstance(event, TlsLoaded):
+            self.peer_certificate_expiry.set(event.not_after_s)
+            self.peer_tls_files_refused.set(0)
+        else:
+            self.peer_tls_files_refused.set(1)
+            self.peer_tls_reload_failures.inc()
 
     def on_apply(self, result: ApplyResult) -> None:
         election = result.election

@@ -9,9 +9,14 @@ leader confirms a read point (``ReadIndex``), the follower answers once it
 has applied it.
 
 Refusals come back as ``ForwardRefused`` (the target is not the leader; the
-message names the leader it knows), ``ForwardInvalid`` (the leader found the
-command invalid, e.g. a TTL outside its configured range) or ``ForwardUnavailable`` (the leader
-cannot be reached in time); the caller retries or reports UNAVAILABLE.
+message names the leader it knows), ``ForwardInvalid`` (the leader found
+the command invalid, e.g. a TTL outside its configured range) or
+``ForwardUnavailable`` (the leader cannot be reached in time); the caller
+retries or reports UNAVAILABLE.
+
+Channels come from ``channels.PeerChannel``, like the replication stream's:
+with peer TLS the leader must present a certificate naming it in this
+cluster, and after a reload of the files the next call dials anew with them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import grpc  # type: ignore[import-untyped]
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
 from sidecar.serverid import node_name
+from sidecar.transport.channels import PeerChannel
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportError
 from sidecar.transport.peer import HelloAnswer, TransportConfig
+from sidecar.transport.tls import PeerTls
 
 
 class ForwardUnavailable(TransportError):
@@ -37,36 +44,35 @@ class Forwarder:
         cluster_id: str,
         peers: dict[NodeId, str],
         timeout_s: float = 5.0,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._peers = dict(peers)
         self._timeout_s = timeout_s
-        self._credentials = channel_credentials
-        self._stubs: dict[NodeId, peer_pb2_grpc.RaftPeerServiceStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._tls = tls
+        self._links: dict[NodeId, PeerChannel] = {}
 
     def _stub(self, leader: NodeId) -> peer_pb2_grpc.RaftPeerServiceStub:
-        """The stub for ``leader``'s address, by node name (``sidecar.serverid``)."""
+        """A stub to ``leader``'s address, by node name (``sidecar.serverid``);
+        raises ForwardRefused for a node not in the peer map."""
         name = node_name(leader)
-        stub = self._stubs.get(name)
-        if stub is None:
+        link = self._links.get(name)
+        if link is None:
             address = self._peers.get(name)
             if address is None:
                 raise ForwardRefused(f"unknown leader {leader!r}")
             # gRPC's default reconnect backoff grows to 120 s: a peer that
             # was not listening yet (a node still starting, one that just
             # came back) would stay unreachable for that long.
-            options = TransportConfig().channel_options()
-            channel = (
-                grpc.aio.insecure_channel(address, options=options)
-                if self._credentials is None
-                else grpc.aio.secure_channel(address, self._credentials, options=options)
+            link = self._links[name] = PeerChannel(
+                peer_id=name,
+                address=address,
+                tls=self._tls,
+                options=TransportConfig().channel_options(),
+                retire_grace_s=self._timeout_s,
             )
-            self._channels.append(channel)
-            stub = self._stubs[name] = peer_pb2_grpc.RaftPeerServiceStub(channel)
-        return stub
+        return link.stub()
 
     async def propose(self, leader: NodeId, command: bytes) -> tuple[int, int]:
         """Have ``leader`` append ``command``; returns (index, term)."""
@@ -130,7 +136,6 @@ class Forwarder:
         return ForwardUnavailable(f"leader {leader}: {e.code().name}: {e.details()}")
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
-        self._channels.clear()
-        self._stubs.clear()
+        for leader in sorted(self._links):
+            await self._links[leader].close()
+        self._links.clear()

@@ -41,6 +41,9 @@ Outbound (``PeerClient``, one per remote peer):
 
 Inbound (``PeerServicer`` on a ``grpc.aio`` server):
 
+* With peer mTLS, the caller's certificate must name the request's
+  ``from_node`` of this cluster (``identity.py``), else PERMISSION_DENIED;
+  checked per unary call, on a stream's first batch, on a snapshot's header.
 * ``cluster_id`` and ``to_node`` must match this node, else
   FAILED_PRECONDITION; a batch that does not decode is INVALID_ARGUMENT and
   nothing of it is delivered; the decoded batch goes to the injected async
@@ -64,6 +67,7 @@ it runs on one event loop; none of it is thread-safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -78,6 +82,7 @@ from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.messages import Message, SnapshotRequest
 from sidecar.raft.types import NodeId
 from sidecar.serverid import is_server_id, node_name
+from sidecar.transport.channels import PeerChannel
 from sidecar.transport.codec import (
     check_snapshot_header,
     from_wire,
@@ -92,6 +97,8 @@ from sidecar.transport.errors import (
     TransportUsageError,
     WireFormatError,
 )
+from sidecar.transport.identity import refusal
+from sidecar.transport.tls import PeerTls
 
 __all__ = [
     "DeliverCallback",
@@ -299,10 +306,14 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         read_index: ReadIndexCallback | None = None,
         renew_lease: RenewLeaseCallback | None = None,
         hello: HelloCallback | None = None,
+        require_peer_identity: bool = False,
     ) -> None:
         if not node_id or not cluster_id:
             raise TransportUsageError("node_id and cluster_id must not be empty")
         self._hello = hello
+        self._require_peer_identity = require_peer_identity
+        """Refuse calls whose client certificate does not name ``from_node`` of
+        this cluster (peer mTLS; see ``identity.py``)."""
         self._propose = propose
         self._read_index = read_index
         self._renew_lease = renew_lease
@@ -324,6 +335,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
     async def Deliver(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.DeliverRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.DeliverResponse:
+        await self._check_identity(request.from_node, context)
         messages = await self._decode_batch(request, context)
         if messages:
             await self._hand_over(messages, context)
@@ -359,6 +371,8 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         sender = ""
         dropping = False
         async for request in request_iterator:
+            if expected == 1:  # the sender cannot change within the stream
+                await self._check_identity(request.from_node, context)
             messages = await self._decode_batch(request, context)
             if request.sequence != expected:
                 await self._refuse(
@@ -464,6 +478,8 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         chunks: list[bytes] = []
         received = 0
         async for req in request_iterator:
+            if header is None:  # later messages must keep the sender (checked below)
+                await self._check_identity(req.from_node, context)
             await self._check_addressing(req.cluster_id, req.to_node, context)
             payload = req.WhichOneof("payload")
             if header is None:
@@ -530,6 +546,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
     async def Propose(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.ProposeResponse:
+        await self._check_identity(request.from_node, context)
         await self._check_addressing(request.cluster_id, request.to_node, context)
         if self._propose is None:
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no proposals here")
@@ -544,6 +561,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
     async def ReadIndex(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.ReadIndexRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.ReadIndexResponse:
+        await self._check_identity(request.from_node, context)
         await self._check_addressing(request.cluster_id, request.to_node, context)
         if self._read_index is None:
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no reads here")
@@ -556,6 +574,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
     async def RenewLease(  # noqa: N802 - gRPC method name
         self, request: peer_pb2.RenewLeaseRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.RenewLeaseResponse:
+        await self._check_identity(request.from_node, context)
         await self._check_addressing(request.cluster_id, request.to_node, context)
         if self._renew_lease is None:
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no leases here")
@@ -571,6 +590,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         self, request: peer_pb2.HelloRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.HelloResponse:
         await self._check_addressing(request.cluster_id, request.to_node, context, by_name=True)
+        await self._check_identity(request.from_node, context)
         if not request.from_node:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "from_node is empty")
         if self._hello is None:
@@ -582,6 +602,13 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
             initial_voters=list(answer.initial_voters),
             leader_id=answer.leader_id or "",
         )
+
+    async def _check_identity(self, from_node: str, context: grpc.aio.ServicerContext) -> None:
+        """With peer mTLS, the client certificate must name ``from_node`` of this cluster."""
+        if self._require_peer_identity:
+            problem = refusal(context.auth_context(), self._cluster_id, node_name(from_node))
+            if problem:
+                await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, problem)
 
     async def _check_addressing(
         self,
@@ -633,7 +660,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
 class PeerServer:
     """A ``grpc.aio`` server carrying ``PeerServicer`` on one address.
 
-    TLS hook: pass ``server_credentials`` (``grpc.ssl_server_credentials``)
+    TLS hook: pass ``server_credentials`` (``PeerTls.server_credentials()``)
     to serve over TLS instead of plaintext.
     """
 
@@ -739,6 +766,10 @@ class _RetryLater(Exception):
     """The last attempt failed before the peer acknowledged anything; back off."""
 
 
+class _NewCredentials(Exception):
+    """The stream was ended on purpose after the TLS files were reloaded."""
+
+
 class _Stream:
     """One open DeliverStream call and the state its writer and reader share.
 
@@ -791,8 +822,10 @@ class PeerClient:
     per ``ack_interval_s`` (RTT, reachability, stall watchdog), reopened
     with backoff; unary ``Deliver`` for peers that do not stream.
 
-    TLS hook: pass ``channel_credentials`` (``grpc.ssl_channel_credentials``)
-    to dial the peer over TLS.
+    TLS: with ``tls`` the peer is dialled through a ``PeerChannel`` that
+    checks the peer's identity; after a reload of the files the current
+    stream is ended cleanly (half-closed, so everything written on it is
+    delivered) and the next one opens on a channel with the new credentials.
     """
 
     def __init__(
@@ -803,7 +836,7 @@ class PeerClient:
         address: str,
         cluster_id: str,
         config: TransportConfig = TransportConfig(),
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         if not node_id or not peer_id or not cluster_id or not address:
             raise TransportUsageError("node_id, peer_id, cluster_id and address must be set")
@@ -818,7 +851,7 @@ class PeerClient:
         self.address = address
         self._cluster_id = cluster_id
         self._cfg = config
-        self._credentials = channel_credentials
+        self._tls = tls
         # Invariant: len(_queue) <= max_queue_messages and
         # _queued_bytes == sum of sizes <= max_queue_bytes, after every call.
         self._queue: deque[_Queued] = deque()
@@ -826,8 +859,7 @@ class PeerClient:
         self._has_work = asyncio.Event()
         self._pending_snapshot: SnapshotRequest | None = None
         self._has_snapshot = asyncio.Event()
-        self._channel: Any = None
-        self._stub: Any = None
+        self._link: PeerChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._unary_until = 0.0
@@ -905,16 +937,15 @@ class PeerClient:
 
     async def start(self) -> None:
         """Open the channel and start the sender tasks (no connection is awaited)."""
-        if self._channel is not None or self._stopped:
+        if self._link is not None or self._stopped:
             raise TransportUsageError(f"PeerClient for {self.peer_id!r} already started")
-        options = self._cfg.channel_options()
-        if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                self.address, self._credentials, options=options
-            )
-        self._stub = peer_pb2_grpc.RaftPeerServiceStub(self._channel)
+        self._link = PeerChannel(
+            peer_id=self.peer_id,
+            address=self.address,
+            tls=self._tls,
+            options=self._cfg.channel_options(),
+            retire_grace_s=self._cfg.snapshot_timeout_s,
+        )
         self._tasks = [
             asyncio.create_task(self._run_deliveries(), name=f"peer-send-{self.peer_id}"),
             asyncio.create_task(self._run_snapshots(), name=f"peer-snapshot-{self.peer_id}"),
@@ -948,9 +979,14 @@ class PeerClient:
         self._queue.clear()
         self._queued_bytes = 0
         self._pending_snapshot = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if self._link is not None:
+            await self._link.close()
+
+    def _peer_stub(self) -> Any:
+        """The stub for the next call, on a channel with the credentials in use."""
+        if self._link is None:
+            raise TransportUsageError(f"PeerClient for {self.peer_id!r} is not started")
+        return self._link.stub()
 
     # -- the sender task --
 
@@ -977,7 +1013,7 @@ class PeerClient:
         on it (reopen at once) or when the peer does not know the RPC (unary
         fallback); raises ``_RetryLater`` when it broke before (back off).
         """
-        stream = _Stream(self._stub.DeliverStream())
+        stream = _Stream(self._peer_stub().DeliverStream())
         reader = asyncio.create_task(self._read_acks(stream), name=f"peer-acks-{self.peer_id}")
         batch: list[_Queued] = []
         error: BaseException | None = None
@@ -1000,6 +1036,8 @@ class PeerClient:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         code, details = await self._stream_outcome(stream, done, error)
+        if isinstance(error, _NewCredentials) and code is grpc.StatusCode.OK:
+            return  # the peer read everything; reopen at once with the new files
         self.failed_rpcs += 1
         # A stream that broke before its first acknowledgement (the peer was
         # still starting, or never took it) may have delivered nothing: what
@@ -1037,6 +1075,8 @@ class PeerClient:
         while True:
             if call.done():
                 raise _StreamEnded
+            if self._link is not None and self._link.outdated:
+                await self._end_for_new_credentials(call)
             now = time.monotonic()
             # No probe before the core has addressed a message to this peer:
             # only then is its current server id (incarnation) known.
@@ -1079,6 +1119,14 @@ class PeerClient:
                 while len(stream.unconfirmed) > self._cfg.max_queue_messages:
                     stream.unconfirmed.popleft()  # no longer tracked: left to Raft
             batch.clear()
+
+    async def _end_for_new_credentials(self, call: Any) -> NoReturn:
+        """Half-close the stream and wait (bounded) until the peer has read all of
+        it; raises ``_NewCredentials`` so the next stream dials with the new files."""
+        await call.done_writing()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(call.code(), self._cfg.rpc_timeout_s)
+        raise _NewCredentials
 
     async def _read_acks(self, stream: _Stream) -> None:
         """Read the peer's acknowledgements until the call ends, then wake the writer."""
@@ -1140,7 +1188,7 @@ class PeerClient:
         )
         started = time.monotonic()
         try:
-            await self._stub.Deliver(request, timeout=self._cfg.rpc_timeout_s)
+            await self._peer_stub().Deliver(request, timeout=self._cfg.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
             self.failed_rpcs += 1
             if e.code() in _RETRYABLE_CODES:
@@ -1205,7 +1253,7 @@ class PeerClient:
                 )
 
         try:
-            response = await self._stub.InstallSnapshot(
+            response = await self._peer_stub().InstallSnapshot(
                 requests(), timeout=self._cfg.snapshot_timeout_s
             )
         except grpc.aio.AioRpcError as e:
@@ -1260,6 +1308,9 @@ class Transport:
     messages are routed by the name of their recipient's server id
     (``sidecar.serverid``), so a peer that comes back as a new incarnation is
     reached at the same address. ``deliver`` receives every decoded inbound batch.
+    With ``tls`` both directions use peer mTLS and check identities: the
+    server refuses calls whose certificate does not name their ``from_node``
+    of this cluster, each client accepts only its peer's certificate.
     """
 
     def __init__(
@@ -1271,8 +1322,7 @@ class Transport:
         peers: Mapping[NodeId, str],
         deliver: DeliverCallback,
         config: TransportConfig = TransportConfig(),
-        server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: PeerTls | None = None,
         current_term: Callable[[], int] | None = None,
         propose: ProposeCallback | None = None,
         read_index: ReadIndexCallback | None = None,
@@ -1291,9 +1341,13 @@ class Transport:
             read_index=read_index,
             renew_lease=renew_lease,
             hello=hello,
+            require_peer_identity=tls is not None,
         )
         self.server = PeerServer(
-            self.servicer, listen_address, config=config, server_credentials=server_credentials
+            self.servicer,
+            listen_address,
+            config=config,
+            server_credentials=tls.server_credentials() if tls is not None else None,
         )
         self.clients: dict[NodeId, PeerClient] = {
             peer_id: PeerClient(
@@ -1302,7 +1356,7 @@ class Transport:
                 address=peers[peer_id],
                 cluster_id=cluster_id,
                 config=config,
-                channel_credentials=channel_credentials,
+                tls=tls,
             )
             for peer_id in sorted(peers)
             if peer_id != node_name(node_id)

@@ -29,6 +29,8 @@ REQUIRED_ALERTS = {
     "SettlementStaleTokenRejections",  # at the ledger
     "RaftSidecarDown",
     "RaftSidecarQuorumAtRisk",
+    "RaftSidecarPeerCertificateExpiringSoon",  # peer mTLS
+    "RaftSidecarPeerCertificateReloadRefused",
 }
 
 

@@ -22,7 +22,9 @@ def test_helm_lint_strict(helm: str, helm_home: Path, case: str) -> None:
 
 
 def test_every_ci_values_file_is_a_case() -> None:
-    assert {"replicas-3", "replicas-5", "external-postgresql", "tls", "monitoring"} <= set(CASES)
+    assert {
+        "replicas-3", "replicas-5", "external-postgresql", "tls", "plaintext", "monitoring"
+    } <= set(CASES)  # fmt: skip
 
 
 # (--set arguments, a fragment helm must print)
@@ -40,7 +42,17 @@ REFUSED = {
         "additional properties 'tickMillis' not allowed",
     ),
     "a port out of range": (["sidecar.ports.peer=70000"], "/sidecar/ports/peer"),
-    "TLS on without a Secret": (["tls.enabled=true"], "/tls/existingSecret"),
+    "TLS off without saying plaintext is meant": (
+        ["tls.enabled=false"],
+        "tls.enabled=false makes peer traffic plaintext and unauthenticated: "
+        "set tls.insecurePlaintextPeers=true",
+    ),
+    "plaintext asked for with TLS on": (
+        ["tls.insecurePlaintextPeers=true"],
+        "tls.insecurePlaintextPeers=true goes only with tls.enabled=false",
+    ),
+    "a cluster id certificates cannot name": (["sidecar.clusterId=Payments_EU"], "/clusterId"),
+    "an unknown issuer kind": (["tls.certManager.issuerRef.kind=Vault"], "issuerRef/kind"),
     "a non-PostgreSQL ledger URL": (["ledger.url=mysql://db/x"], "/ledger/url"),
     "resources without limits": (["sidecar.resources.limits=null"], "limits"),
     "an unknown anti-affinity type": (["podAntiAffinity.type=sometimes"], "podAntiAffinity/type"),
@@ -85,12 +97,17 @@ def test_pdb_of_two_is_fine_for_five_replicas(helm: str, helm_home: Path) -> Non
 
 def test_notes_render(helm: str, helm_home: Path) -> None:
     args = ["install", "rs", str(CHART), "--dry-run=client", "--namespace", "payments"]
-    args += ["--set", "tls.enabled=true"]
-    args += ["--set", "tls.existingSecret=peer-tls"]
     result = run_helm(helm, helm_home, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "rs-raft-sidecar-2  rs-raft-sidecar-2.rs-raft-sidecar-headless.payments.svc" in notes
     assert "tolerates 1 lost pod(s)" in notes
-    assert "Peer mTLS: on, from Secret peer-tls" in notes
+    assert (
+        "Peer mTLS: on. Each pod's certificate comes from its Secret <pod name>-peer-tls" in notes
+    )
+    assert "rs-raft-sidecar-0.payments.rs-raft-sidecar.raft-sidecar.internal" in notes
+    args += ["--set", "tls.enabled=false", "--set", "tls.insecurePlaintextPeers=true"]
+    result = run_helm(helm, helm_home, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING: peer mTLS is off" in result.stdout.split("NOTES:", 1)[1]
     assert "WARNING: the ledger URL comes from values" in notes

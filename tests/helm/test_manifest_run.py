@@ -147,6 +147,8 @@ class Localizer:
             argv = [*program(argv[0]), *argv[1:]]
             process_env = {
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                # The code under test, when it is not the installed one (a worktree).
+                **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
                 "HOME": str(root),
                 "LANG": "C.UTF-8",
                 "TMPDIR": str(mounts.get("/tmp", root)),
@@ -169,9 +171,12 @@ def rendered_ledger_secret(m: Manifests, local_url: str | None) -> Callable[[str
 
 
 class RunningPods:
-    def __init__(self, pods: list[Pod], processes: Processes) -> None:
+    def __init__(
+        self, pods: list[Pod], processes: Processes, peer_secrets: PeerSecrets | None = None
+    ) -> None:
         self.pods = pods
         self.processes = processes
+        self.peer_secrets = peer_secrets
 
     def start_sidecars(self) -> None:
         for pod in self.pods:
@@ -222,9 +227,13 @@ def run_pods(helm: str, helm_home: Path, tmp_path: Path) -> Iterator[Callable[..
     ) -> RunningPods:
         m = Manifests(render(helm, helm_home, values))
         localizer = Localizer(m, tmp_path / "pods", rendered_ledger_secret(m, ledger))
+        peer_secrets = None
+        if any(v["name"] == "tls" for v in m.pod_spec["volumes"]):
+            peer_secrets = PeerSecrets(tmp_path / "tls-volume", localizer)
+            localizer.volume_dirs["tls"] = peer_secrets.root
         if setup is not None:
             setup(localizer)
-        running = RunningPods(localizer.pods(), Processes(tmp_path))
+        running = RunningPods(localizer.pods(), Processes(tmp_path), peer_secrets)
         started.append(running)
         return running
 
@@ -299,42 +308,92 @@ def test_rendered_pods_elect_a_leader_serve_probes_and_hand_over(
     assert new_status.term > status.term
 
 
-def openssl_certificates(directory: Path, ips: list[str], dns: list[str]) -> None:
-    """A CA and one certificate for every peer (like a cert-manager
-    Certificate's Secret: tls.crt, tls.key, ca.crt), valid for the peers' DNS
-    names and, for this run on loopback, their IPs."""
-    openssl = find_tool("openssl")
-    if openssl is None:
+def openssl(directory: Path, *args: str) -> None:
+    tool = find_tool("openssl")
+    if tool is None:
         unavailable("openssl not found: it makes the test certificates")
         return
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=raft-sidecar test CA")  # fmt: skip
-    run("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=raft-sidecar peer")
-    sans = ",".join([*(f"DNS:{d}" for d in dns), *(f"IP:{ip}" for ip in ips)])
-    (directory / "ext.cnf").write_text(
-        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    subprocess.run([tool, *args], cwd=directory, check=True, capture_output=True)
 
 
-def test_rendered_pods_with_tls_elect_a_leader_over_mtls(
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+
+class PeerSecrets:
+    """Every pod's peer TLS Secret as the kubelet lays out the projected volume:
+    ``<pod>/{tls.crt,tls.key,ca.crt}`` reached through the ``..data`` symlink,
+    which an update swaps atomically to a new directory. The certificates are
+    made with openssl, like cert-manager's: one CA, and per pod one
+    certificate naming ``<pod>.<cluster id>.raft-sidecar.internal``."""
+
+    def __init__(self, root: Path, localizer: Localizer) -> None:
+        self.root = root
+        self.pods = list(localizer.ips)
+        self.cluster_id = literal_env(localizer.m.container("sidecar"))["RAFT_SIDECAR_CLUSTER_ID"]
+        self.ca_dir = root.parent / "tls-ca"
+        self.ca_dir.mkdir(parents=True)
+        root.mkdir(parents=True)
+        openssl(self.ca_dir, "req", "-x509", *EC_KEY, "-keyout", "ca.key", "-out", "ca.crt",
+                "-days", "2", "-subj", "/CN=raft-sidecar test CA")  # fmt: skip
+        self.generation = 0
+        self.publish()
+        for pod in self.pods:
+            (root / pod).symlink_to(Path("..data") / pod)
+
+    def publish(self) -> None:
+        """New keys and certificates for every pod, swapped in at once."""
+        self.generation += 1
+        version = self.root / f"..version-{self.generation}"
+        for pod in self.pods:
+            directory = version / pod
+            directory.mkdir(parents=True)
+            identity = f"{pod}.{self.cluster_id}.raft-sidecar.internal"
+            (directory / "ext.cnf").write_text(
+                f"subjectAltName=DNS:{identity}\nextendedKeyUsage=serverAuth,clientAuth\n"
+            )
+            openssl(directory, "req", *EC_KEY, "-keyout", "tls.key", "-out", "tls.csr",
+                    "-subj", f"/CN={pod}")  # fmt: skip
+            openssl(directory, "x509", "-req", "-in", "tls.csr",
+                    "-CA", str(self.ca_dir / "ca.crt"), "-CAkey", str(self.ca_dir / "ca.key"),
+                    "-CAcreateserial", "-out", "tls.crt", "-days", "2",
+                    "-extfile", "ext.cnf")  # fmt: skip
+            (directory / "ca.crt").write_bytes((self.ca_dir / "ca.crt").read_bytes())
+        swap = self.root / "..data_tmp"
+        swap.symlink_to(version.name)
+        os.replace(swap, self.root / "..data")
+
+    def files(self, pod: str) -> Path:
+        return self.root / pod
+
+    def identity(self, pod: str) -> str:
+        return f"{pod}.{self.cluster_id}.raft-sidecar.internal"
+
+
+def served_certificate(secrets: PeerSecrets, server: Pod, client: str) -> bytes:
+    """DER of the certificate ``server``'s peer port shows a new connection
+    with ``client``'s files that expects ``server``'s identity."""
+    host, _, port = server.sidecar.env["RAFT_SIDECAR_PEER_LISTEN"].rpartition(":")
+    context = ssl.create_default_context(cafile=str(secrets.files(client) / "ca.crt"))
+    context.load_cert_chain(secrets.files(client) / "tls.crt", secrets.files(client) / "tls.key")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=secrets.identity(server.name)) as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+def test_rendered_pods_with_tls_elect_a_leader_over_mtls_and_reload(
     run_pods: Callable[..., RunningPods], tmp_path: Path
 ) -> None:
-    def mount_certificates(localizer: Localizer) -> None:
-        secret_dir = tmp_path / "tls-secret"
-        secret_dir.mkdir()
-        openssl_certificates(secret_dir, list(localizer.ips.values()), list(localizer.dns))
-        localizer.volume_dirs["tls"] = secret_dir
-
-    pods = run_pods((CHART / "ci" / "tls-values.yaml",), setup=mount_certificates)
+    pods = run_pods((CHART / "ci" / "tls-values.yaml",))
+    secrets_root = tmp_path / "tls-volume"
     for pod in pods.pods:
-        assert pod.sidecar.env["RAFT_SIDECAR_TLS_CA_FILE"].endswith("tls-secret/ca.crt")
+        assert pod.sidecar.env["RAFT_SIDECAR_TLS_CA_FILE"] == str(
+            secrets_root / pod.name / "ca.crt"
+        )
     pods.start_sidecars()
     leader, _ = pods.leader()
 
@@ -350,24 +409,31 @@ def test_rendered_pods_with_tls_elect_a_leader_over_mtls(
         }
         return reachable if len(reachable) == 2 else None
 
-    # The leader reaches both peers, and the peer port speaks TLS with the
-    # certificate from the mounted Secret.
+    # The leader reaches both peers, and the peer port shows each pod's own
+    # certificate from the mounted Secrets.
     assert eventually(reachable_peers, "the leader to reach both peers") == {
         pod.name for pod in pods.pods if pod is not leader
     }
-    host, _, port = leader.sidecar.env["RAFT_SIDECAR_PEER_LISTEN"].rpartition(":")
-    context = ssl.create_default_context(cafile=str(tmp_path / "tls-secret" / "ca.crt"))
-    context.load_cert_chain(
-        tmp_path / "tls-secret" / "tls.crt", tmp_path / "tls-secret" / "tls.key"
-    )
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        served = tls.getpeercert(binary_form=True)
-    mounted = ssl.PEM_cert_to_DER_cert((tmp_path / "tls-secret" / "tls.crt").read_text())
-    assert served == mounted
+    secrets = pods.peer_secrets
+    assert secrets is not None
+    other = next(pod for pod in pods.pods if pod is not leader)
+
+    def own(pod: Pod) -> bytes:
+        return ssl.PEM_cert_to_DER_cert((secrets.files(pod.name) / "tls.crt").read_text())
+
+    assert served_certificate(secrets, leader, other.name) == own(leader)
+
+    # cert-manager renews, the kubelet swaps ..data: every sidecar reloads.
+    secrets.publish()
+    for pod in pods.pods:
+        target = pod.sidecar.env["RAFT_SIDECAR_METRICS_LISTEN"]
+        expiry = "raft_sidecar_peer_certificate_expiry_timestamp_seconds"
+        eventually(
+            lambda p=pod, t=target: served_certificate(secrets, p, other.name) == own(p) or None,
+            f"{pod.name} to serve its renewed certificate",
+        )
+        assert metric(target, expiry) is not None
+    pods.leader()
 
 
 def test_rendered_workers_one_holds_the_election(

@@ -34,7 +34,9 @@ from tests.helm.chart import (
 )
 
 ALL_CASES = sorted(CASES)
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
+CRD_KINDS = MONITORING_KINDS | CERT_MANAGER_KINDS
 Rendered = Callable[[str], Manifests]
 
 
@@ -91,7 +93,7 @@ def test_validation_catches_a_typo(rendered: Rendered) -> None:
 def test_crds_have_the_expected_structure(rendered: Rendered, case: str) -> None:
     m = rendered(case)
     for doc in m.docs:
-        if doc["kind"] not in CRD_KINDS:
+        if doc["kind"] not in MONITORING_KINDS:
             continue
         assert doc["apiVersion"] == "monitoring.coreos.com/v1"
         assert doc["metadata"]["name"] and doc["metadata"]["namespace"]
@@ -193,16 +195,28 @@ def _no(name: str, key: str) -> str:
     raise AssertionError(f"the sidecar reads no Secret ({name}/{key})")
 
 
-@pytest.mark.parametrize("case", [c for c in ALL_CASES if c != "tls"])
-def test_sidecar_accepts_the_rendered_settings(rendered: Rendered, case: str) -> None:
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_sidecar_accepts_the_rendered_settings(
+    rendered: Rendered, case: str, tmp_path: Path
+) -> None:
     """The rendered env passes the sidecar's own validation (sidecar/config.py)
-    for every pod. (The tls case names certificate files that exist only in a pod.)"""
+    for every pod, with the peer listener on the pod network (0.0.0.0). The
+    certificate files exist only in a pod: here each is a PEM stand-in under
+    the same relative path (the sidecar checks the real ones at start)."""
     m = rendered(case)
     name = m.statefulset["metadata"]["name"]
+    mounts = {v["name"]: v["mountPath"] for v in m.container("sidecar")["volumeMounts"]}
     for i in range(replicas(m)):
         env = resolve_env(
             m.container("sidecar"), field={"metadata.name": f"{name}-{i}"}.__getitem__, secret=_no
         )
+        for variable in sorted(TLS_ENV & set(env)):
+            relative = Path(env[variable]).relative_to(mounts["tls"])
+            stand_in = tmp_path / relative
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            stand_in.write_text("-----BEGIN CERTIFICATE-----\n")
+            env[variable] = str(stand_in)
+        assert env["RAFT_SIDECAR_PEER_LISTEN"].startswith("0.0.0.0:")
         args = argparse.Namespace(
             **{s.name.replace("-", "_"): None for s in sidecar_config.SETTINGS}
         )
@@ -211,13 +225,13 @@ def test_sidecar_accepts_the_rendered_settings(rendered: Rendered, case: str) ->
         assert len(loaded.peers) == replicas(m)
 
 
-@pytest.mark.parametrize("case", ["default", "tls"])
+@pytest.mark.parametrize("case", ["default", "tls", "plaintext"])
 def test_every_sidecar_setting_is_set_explicitly(rendered: Rendered, case: str) -> None:
     """No setting falls back to a sidecar default the chart does not show
     (the TLS files only when TLS is on: see test_tls_flags_iff_enabled)."""
     names = set(env_names(rendered(case).container("sidecar")))
     settings = {sidecar_config.env_name(s.name) for s in sidecar_config.SETTINGS}
-    if case != "tls":
+    if case == "plaintext":
         settings -= TLS_ENV
     assert not settings - names
     # And nothing the sidecar does not know (a typo would be silently ignored).
@@ -400,24 +414,78 @@ TLS_ENV = {"RAFT_SIDECAR_TLS_CERT_FILE", "RAFT_SIDECAR_TLS_KEY_FILE", "RAFT_SIDE
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
-def test_tls_flags_iff_enabled(rendered: Rendered, case: str) -> None:
+def test_tls_is_on_unless_plaintext_is_asked_for(rendered: Rendered, case: str) -> None:
+    """Each sidecar reads its own pod's files from one projected volume of
+    every pod's Secret; plaintext only with tls.insecurePlaintextPeers."""
     m = rendered(case)
     sidecar = m.container("sidecar")
     env = literal_env(sidecar)
     tls_volumes = [v for v in m.pod_spec["volumes"] if v["name"] == "tls"]
-    if case != "tls":
+    if case == "plaintext":
+        assert env["RAFT_SIDECAR_INSECURE_PLAINTEXT_PEERS"] == "true"
         assert not TLS_ENV & set(env)
         assert not tls_volumes
         assert not any(v["name"] == "tls" for v in sidecar["volumeMounts"])
+        assert not m.of_kind("Certificate")
         return
-    assert set(env) >= TLS_ENV
-    (volume,) = tls_volumes
-    assert volume["secret"]["secretName"] == "raft-sidecar-peer-tls"
+    assert env["RAFT_SIDECAR_INSECURE_PLAINTEXT_PEERS"] == "false"
     (mount,) = [v for v in sidecar["volumeMounts"] if v["name"] == "tls"]
     assert mount["readOnly"] is True
     files = {env[name] for name in TLS_ENV}
-    assert files == {f"{mount['mountPath']}/{key}" for key in ("tls.crt", "tls.key", "ca.crt")}
+    assert files == {
+        f"{mount['mountPath']}/$(POD_NAME)/{f}" for f in ("tls.crt", "tls.key", "ca.crt")
+    }
+    name = m.statefulset["metadata"]["name"]
+    (volume,) = tls_volumes
+    sources = volume["projected"]["sources"]
+    assert [src["secret"]["name"] for src in sources] == [
+        f"{name}-{i}-peer-tls" for i in range(replicas(m))
+    ]
+    for i, src in enumerate(sources):
+        paths = {item["path"] for item in src["secret"]["items"]}
+        assert paths == {f"{name}-{i}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")}
     assert not any(v["name"] == "tls" for v in m.container("worker")["volumeMounts"])
+
+
+IDENTITY = re.compile(r"^(?P<node>[a-z0-9-]+)\.(?P<cluster>[a-z0-9.-]+)\.raft-sidecar\.internal$")
+
+
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if c != "plaintext"])
+def test_every_pod_gets_a_certificate_naming_its_node_and_the_cluster(
+    rendered: Rendered, case: str
+) -> None:
+    m = rendered(case)
+    name = m.statefulset["metadata"]["name"]
+    cluster_id = literal_env(m.container("sidecar"))["RAFT_SIDECAR_CLUSTER_ID"]
+    certificates = {c["metadata"]["name"]: c for c in m.of_kind("Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in m.of_kind("Issuer")}
+    for doc in [*certificates.values(), *issuers.values()]:
+        assert doc["apiVersion"] == "cert-manager.io/v1"
+        assert doc["metadata"]["namespace"] == NAMESPACE
+    for i in range(replicas(m)):
+        spec = certificates.pop(f"{name}-{i}-peer-tls")["spec"]
+        assert spec["secretName"] == f"{name}-{i}-peer-tls"
+        (dns,) = spec["dnsNames"]
+        match = IDENTITY.match(dns)
+        assert match is not None, dns
+        assert (match["node"], match["cluster"]) == (f"{name}-{i}", cluster_id)
+        assert set(spec["usages"]) >= {"server auth", "client auth"}
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+        issuer = spec["issuerRef"]
+    if case == "tls":  # the operator's own issuer: the chart makes none
+        assert issuer == {
+            "name": "payments-ca",
+            "kind": "ClusterIssuer",
+            "group": "cert-manager.io",
+        }
+        assert not certificates and not issuers
+        return
+    # Its own CA: self-signed Issuer -> CA Certificate (key kept on renewal) -> CA Issuer.
+    ca = certificates.pop(f"{name}-peer-ca")["spec"]
+    assert not certificates
+    assert ca["isCA"] is True and ca["privateKey"]["rotationPolicy"] == "Never"
+    assert issuers[ca["issuerRef"]["name"]]["spec"] == {"selfSigned": {}}
+    assert issuers[issuer["name"]]["spec"] == {"ca": {"secretName": ca["secretName"]}}
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

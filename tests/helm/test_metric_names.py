@@ -32,6 +32,7 @@ from tests.helm.programs import (
     scrape,
 )
 from tests.helm.tools import unavailable
+from tests.integration.certs import CertificateAuthority
 from tests.integration.cluster import Cluster, eventually, free_port, running
 
 PREFIXES = ("raft_sidecar_", "settlement_worker_")
@@ -115,7 +116,12 @@ def exported(texts: list[str]) -> Exported:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from running(tmp_path_factory.mktemp("metric-names"))
+    """Sidecars with peer mTLS, as the chart runs them (the peer certificate's
+    series exist only with TLS)."""
+    root = tmp_path_factory.mktemp("metric-names")
+    ca = CertificateAuthority(root / "pki")
+    files = {f"s{i}": ca.issue(f"s{i}") for i in range(3)}
+    yield from running(root, extra_args=lambda node: files[node.node_id].flags())
 
 
 def test_sidecar_exports_every_metric_the_rules_and_dashboard_use(cluster: Cluster) -> None:

@@ -248,9 +248,12 @@ def _answers(node: Sidecar, cluster: Cluster) -> bool | None:
     return node.answers()
 
 
-def running(root: Path, size: int = 3) -> Iterator[Cluster]:
+def running(
+    root: Path, size: int = 3, extra_args: Callable[[Sidecar], list[str]] | None = None
+) -> Iterator[Cluster]:
     """A started cluster for a fixture: logs printed on failure, every process stopped."""
     c = Cluster(root, size)
+    c.extra_args = extra_args
     c.start_all()
     try:
         yield c

@@ -107,6 +107,20 @@ the headless Service. Static: derived from replicaCount only.
 {{- join "," $peers -}}
 {{- end -}}
 
+{{/*
+Peer TLS of pod i: its Secret, and the identity name its certificate carries
+(<pod name>.<cluster id>.raft-sidecar.internal; sidecar/transport/identity.py).
+*/}}
+{{- define "raft-sidecar.peerTlsSecret" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-%d-%s" (include "raft-sidecar.fullname" $ctx) (int (index . 1)) $ctx.Values.tls.secretSuffix -}}
+{{- end -}}
+
+{{- define "raft-sidecar.peerIdentity" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-%d.%s.raft-sidecar.internal" (include "raft-sidecar.fullname" $ctx) (int (index . 1)) (include "raft-sidecar.clusterId" $ctx) -}}
+{{- end -}}
+
 {{- define "raft-sidecar.listen" -}}
 {{- $ctx := index . 0 -}}
 {{- printf "%s:%d" $ctx.Values.listenHost (int (index . 1)) -}}
@@ -137,8 +151,11 @@ the fix in the message.
 {{- if or (lt (int .Values.worker.ttlMs) (int $lease.ttlMinMs)) (gt (int .Values.worker.ttlMs) (int $lease.ttlMaxMs)) -}}
 {{- fail (printf "worker.ttlMs=%d is outside sidecar.lease [%d, %d]: the sidecar would refuse the worker's Campaign" (int .Values.worker.ttlMs) (int $lease.ttlMinMs) (int $lease.ttlMaxMs)) -}}
 {{- end -}}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
-{{- fail "tls.enabled=true needs tls.existingSecret: a Secret with tls.crt, tls.key and ca.crt" -}}
+{{- if and (not .Values.tls.enabled) (not .Values.tls.insecurePlaintextPeers) -}}
+{{- fail "tls.enabled=false makes peer traffic plaintext and unauthenticated: set tls.insecurePlaintextPeers=true as well if that is meant (docs/kubernetes.md, \"TLS between the sidecars\")" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled .Values.tls.insecurePlaintextPeers -}}
+{{- fail "tls.insecurePlaintextPeers=true goes only with tls.enabled=false" -}}
 {{- end -}}
 {{- if and (not .Values.ledger.existingSecret) (not .Values.ledger.url) -}}
 {{- fail "set ledger.existingSecret (a Secret with the PostgreSQL URL) or ledger.url" -}}
