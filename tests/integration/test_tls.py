@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.api.health import LIVENESS_SERVICE
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration import worker_api
 from tests.integration.certs import CertificateAuthority
 from tests.integration.cluster import Cluster, Sidecar, eventually, free_port
 
@@ -39,14 +40,7 @@ def test_a_cluster_with_peer_mtls_elects_forwards_and_grants(tls_cluster: Cluste
     leader = tls_cluster.leader()
     follower = next(n for n in tls_cluster.nodes if n is not leader)
     # Campaign on a follower is forwarded to the leader over the TLS peer port.
-    token = (
-        follower.stub()
-        .Campaign(
-            worker_pb2.CampaignRequest(election="settlement-eur", candidate_id="w1", ttl_ms=5000),
-            timeout=10,
-        )
-        .token
-    )
+    token = worker_api.campaign(follower.stub(), "settlement-eur", "w1").token
     assert token.fencing_token > 0
     answer = follower.stub().ValidateToken(
         worker_pb2.ValidateTokenRequest(
