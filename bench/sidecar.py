@@ -11,8 +11,8 @@ measures:
 2. Worker-crash failover: worker A holds an election through Campaign plus a
    KeepAlive stream (every 100 ms, ttl 2000 ms) on a follower sidecar; worker
    B waits in Campaign on another sidecar; A's stream is cancelled (the
-   sidecar revokes at once) and the time from cancel until B's Campaign
-   returns is measured.
+   sidecar revokes after its re-attach grace, min(ttl/4, 250 ms)) and the
+   time from cancel until B's Campaign returns is measured.
 3. Graceful handover: A holds (ttl 5000, no keep-alive), B waits; time from
    A's Resign call until B's Campaign returns.
 4. Uncontended Campaign + Resign cycles on distinct elections, one client
@@ -35,6 +35,7 @@ the end.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import shutil
 import signal
@@ -50,7 +51,9 @@ from typing import Any
 import grpc
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, Sidecar, eventually
+from tests.integration.worker_api import Granted
 
 TICK_MS = 15  # the product default (sidecar.config)
 POLL_S = 0.005
@@ -146,15 +149,23 @@ def followers(cluster: Cluster, leader: Sidecar) -> list[Sidecar]:
     return [n for n in cluster.nodes if n is not leader and n.process is not None]
 
 
-def campaign_request(election: str, candidate: str, ttl_ms: int) -> Any:
-    return worker_pb2.CampaignRequest(election=election, candidate_id=candidate, ttl_ms=ttl_ms)
+def campaign(stub: Any, election: str, candidate: str, ttl_ms: int, timeout: float) -> Granted:
+    """Campaign (a server stream) until granted."""
+    return worker_api.campaign(stub, election, candidate, ttl_ms=ttl_ms, timeout=timeout)
 
 
-def resign(stub: Any, token: Any) -> None:
-    stub.Resign(
-        worker_pb2.ResignRequest(election=token.election, fencing_token=token.fencing_token),
-        timeout=10,
-    )
+_CAMPAIGNS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="campaign")
+
+
+def campaign_future(
+    stub: Any, election: str, candidate: str, ttl_ms: int, timeout: float
+) -> concurrent.futures.Future[Granted]:
+    """A Campaign waiting in the queue, on a thread (the stream has no .future)."""
+    return _CAMPAIGNS.submit(campaign, stub, election, candidate, ttl_ms, timeout)
+
+
+def resign(stub: Any, token: Granted) -> None:
+    worker_api.resign(stub, token.election, token.lease_key, token.fencing_token, timeout=10)
 
 
 # --- 1. Raft leader failover ----------------------------------------------
@@ -202,7 +213,10 @@ def keep_alive_requests(token: Any, stop: threading.Event, every_s: float) -> It
     while not stop.is_set():
         sequence += 1
         yield worker_pb2.KeepAliveRequest(
-            election=token.election, fencing_token=token.fencing_token, sequence=sequence
+            election=token.election,
+            fencing_token=token.fencing_token,
+            lease_key=token.lease_key,
+            sequence=sequence,
         )
         stop.wait(every_s)
 
@@ -214,7 +228,7 @@ def worker_crash_failover(cluster: Cluster, trials: int) -> list[float]:
     stub_a, stub_b = home_a.stub(), home_b.stub()
     samples: list[float] = []
     for i in range(trials):
-        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", 2000), timeout=20).token
+        token_a = campaign(stub_a, election, f"a-{i}", 2000, timeout=20)
         stop = threading.Event()
         stream = stub_a.KeepAlive(keep_alive_requests(token_a, stop, 0.1), timeout=120)
         acked = threading.Event()
@@ -228,13 +242,13 @@ def worker_crash_failover(cluster: Cluster, trials: int) -> list[float]:
         reader.start()
         if not acked.wait(10):
             raise RuntimeError("no keep-alive answer in 10 s")
-        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", 2000), timeout=20)
+        waiting_b = campaign_future(stub_b, election, f"b-{i}", 2000, timeout=20)
         time.sleep(QUEUE_SETTLE_S)
         if waiting_b.done():
             raise RuntimeError(f"B granted while A held: {waiting_b.result()}")
         t0 = time.monotonic()
         stream.cancel()  # the worker process died
-        token_b = waiting_b.result().token
+        token_b = waiting_b.result()
         samples.append(time.monotonic() - t0)
         stop.set()
         reader.join(5)
@@ -251,14 +265,14 @@ def graceful_handover(cluster: Cluster, trials: int) -> list[float]:
     stub_a, stub_b = home_a.stub(), home_b.stub()
     samples: list[float] = []
     for i in range(trials):
-        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", 5000), timeout=20).token
-        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", 5000), timeout=20)
+        token_a = campaign(stub_a, election, f"a-{i}", 5000, timeout=20)
+        waiting_b = campaign_future(stub_b, election, f"b-{i}", 5000, timeout=20)
         time.sleep(QUEUE_SETTLE_S)
         if waiting_b.done():
             raise RuntimeError(f"B granted while A held: {waiting_b.result()}")
         t0 = time.monotonic()
         resign(stub_a, token_a)
-        token_b = waiting_b.result().token
+        token_b = waiting_b.result()
         samples.append(time.monotonic() - t0)
         if token_b.fencing_token <= token_a.fencing_token:
             raise RuntimeError("B's token is not larger than A's")
@@ -277,7 +291,7 @@ def campaign_cycles(node: Sidecar, seconds: float) -> tuple[list[float], list[fl
     i = 0
     while time.monotonic() - start < seconds:
         t0 = time.monotonic()
-        token = stub.Campaign(campaign_request(f"bench-c-{i}", "solo", 5000), timeout=10).token
+        token = campaign(stub, f"bench-c-{i}", "solo", 5000, timeout=10)
         t1 = time.monotonic()
         resign(stub, token)
         t2 = time.monotonic()
@@ -321,8 +335,8 @@ def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tup
     def client(k: int, stop: threading.Event) -> None:
         i = 0
         while not stop.is_set():
-            token = stub.Campaign(campaign_request(f"bench-p{k}-{i}", "solo", 5000), timeout=20)
-            resign(stub, token.token)
+            token = campaign(stub, f"bench-p{k}-{i}", "solo", 5000, timeout=20)
+            resign(stub, token)
             counts[k] += 1
             i += 1
 
@@ -343,7 +357,7 @@ def pod_crash_failover(cluster: Cluster, trials: int, ttl_ms: int) -> list[float
         leader = settled_leader(cluster)
         home_a, home_b = followers(cluster, leader)[:2]
         stub_a, stub_b = home_a.stub(), home_b.stub()
-        token_a = stub_a.Campaign(campaign_request(election, f"a-{i}", ttl_ms), timeout=20).token
+        token_a = campaign(stub_a, election, f"a-{i}", ttl_ms, timeout=20)
         stop = threading.Event()
         stream = stub_a.KeepAlive(keep_alive_requests(token_a, stop, ttl_ms / 10_000), timeout=120)
         acked = threading.Event()
@@ -357,13 +371,13 @@ def pod_crash_failover(cluster: Cluster, trials: int, ttl_ms: int) -> list[float
         reader.start()
         if not acked.wait(10):
             raise RuntimeError("no keep-alive answer in 10 s")
-        waiting_b = stub_b.Campaign.future(campaign_request(election, f"b-{i}", ttl_ms), timeout=30)
+        waiting_b = campaign_future(stub_b, election, f"b-{i}", ttl_ms, timeout=30)
         time.sleep(QUEUE_SETTLE_S)
         t0 = time.monotonic()
         cluster.kill(home_a, signal.SIGKILL)
         stop.set()
         stream.cancel()
-        token_b = waiting_b.result().token
+        token_b = waiting_b.result()
         samples.append(time.monotonic() - t0)
         reader.join(5)
         if token_b.fencing_token <= token_a.fencing_token:
@@ -388,7 +402,7 @@ def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
     done = threading.Barrier(clients + 1)
 
     def run(k: int) -> None:
-        token = stub.Campaign(campaign_request(f"bench-k{k}", "solo", 10_000), timeout=20).token
+        token = campaign(stub, f"bench-k{k}", "solo", 10_000, timeout=20)
         answered = threading.Semaphore(0)
 
         def requests() -> Iterator[Any]:
@@ -396,7 +410,10 @@ def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
             while not stop.is_set():
                 sequence += 1
                 yield worker_pb2.KeepAliveRequest(
-                    election=token.election, fencing_token=token.fencing_token, sequence=sequence
+                    election=token.election,
+                    fencing_token=token.fencing_token,
+                    lease_key=token.lease_key,
+                    sequence=sequence,
                 )
                 answered.acquire(timeout=5)
 
@@ -563,9 +580,7 @@ def main() -> None:
 
         # 5. ValidateToken
         leader = cluster.leader()
-        token = (
-            leader.stub().Campaign(campaign_request("bench-v", "validator", 5000), timeout=10).token
-        )
+        token = campaign(leader.stub(), "bench-v", "validator", 5000, timeout=10)
         request = worker_pb2.ValidateTokenRequest(
             election="bench-v", fencing_token=token.fencing_token
         )

@@ -7,7 +7,9 @@
                          generated sidecar/pb is excluded)
 4. lint-imports          import-boundary contracts (pyproject.toml)
 5. buf lint/format       the protobuf contracts in proto/
-6. generated code        sidecar/pb matches a fresh `make proto`
+6. buf breaking          the worker API stays compatible with its released image
+                         (proto/released/raftsidecar-worker-v1.binpb; docs/worker-api.md)
+7. generated code        sidecar/pb matches a fresh `make proto`
 
 Stops at the first failing step, prints that tool's output and exits 1.
 Tools are taken from the interpreter's own environment (the venv), so the
@@ -26,6 +28,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
+RELEASED_WORKER_IMAGE = "released/raftsidecar-worker-v1.binpb"
+"""The frozen worker API v1 (`buf build` of its release; never regenerated), relative to
+proto/: every change to raftsidecar.worker.v1 must stay wire- and source-compatible."""
 
 
 class ToolMissingError(Exception):
@@ -60,6 +65,18 @@ def steps() -> list[Step]:
         Step("lint-imports", (_tool("lint-imports"), "--no-cache", "--no-logo")),
         Step("buf lint", (buf, "lint"), cwd=REPO_ROOT / "proto"),
         Step("buf format", (buf, "format", "--diff", "--exit-code"), cwd=REPO_ROOT / "proto"),
+        Step(
+            "buf breaking (worker API v1 against its released image)",
+            (
+                buf,
+                "breaking",
+                "--against",
+                RELEASED_WORKER_IMAGE,
+                "--path",
+                "raftsidecar/worker/v1/worker.proto",
+            ),
+            cwd=REPO_ROOT / "proto",
+        ),
         Step(
             "generated code is fresh",
             (python, str(REPO_ROOT / "scripts" / "gen_proto.py"), "--check"),

@@ -12,11 +12,15 @@ Usage::
 Theory of operation.
 
 *Campaign.* ``leadership()`` sends Campaign to the local sidecar, which
-answers once the grant is committed and applied (a queued candidate waits in
-that call). UNAVAILABLE, and DEADLINE_EXCEEDED while the caller's own
+streams the candidate's queue position until the grant is committed and
+applied. The client makes the secret lease key itself (``secrets``), once per
+(election, candidate id) and client, and sends it with every attempt:
+UNAVAILABLE, and DEADLINE_EXCEEDED while the caller's own
 ``campaign_timeout`` has not passed, are retried with a capped, jittered
-exponential backoff; Campaign is idempotent per (election, candidate id), so
-a retry after a lost reply returns the same grant, never a second one.
+exponential backoff, and Campaign is idempotent per (election, candidate id,
+key), so a retry after a lost reply returns the same grant or queue place,
+never a second one. The key proves the holder to KeepAlive and Resign; it is
+never logged, shown in a repr or put in an error message.
 
 *The safe deadline.* The worker must stop acting as leader before the Raft
 leader can expire its lease and hand the election to someone else. The
@@ -34,26 +38,36 @@ the *first* Campaign attempt was sent, so the initial deadline is
 ``first_campaign_sent_at + TTL - margin``. A queued candidate may wait longer
 than a TTL: then that deadline is already past when the grant arrives, and
 ``leadership()`` waits for the first keep-alive acknowledgement before it
-hands out the lease. An acknowledgement with ``remaining_ttl_ms == 0`` (the
-Raft leader has not applied the grant yet and could not renew it) extends
-nothing.
+hands out the lease. The sidecar sends what the rule needs: each
+acknowledgement carries ``ttl_ms`` (0: not renewed, extends nothing) and
+``safety_margin_ms``, and the deadline is
+``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``.
 
 *Keep-alive.* One KeepAlive stream per lease sends a request every TTL/4
 (at least 50 ms), numbered by an increasing ``sequence``, and keeps the send
 time of every unacknowledged request (a bounded map). A timer sets
 ``lease.lost`` when the clock reaches the safe deadline, also when no answer
 comes at all (no Raft leader reachable: the sidecar leaves requests
-unanswered). FAILED_PRECONDITION (the token is no longer current), any other
-error and the end of the stream set ``lost`` at once.
+unanswered, or answered UNAVAILABLE). A per-election error that says the
+lease is gone (LEASE_ENDED, LEASE_NOT_FOUND, LEASE_KEY_MISMATCH) sets
+``lost`` at once.
 
-*A broken stream is never re-opened.* When the stream ends, the sidecar
-revokes the grant at once: that is how it learns that a worker died. A new
-stream for the same token would at best be refused and at worst race the
-revocation, keeping alive a lease that the next holder is about to receive.
-So once ``lost`` is set the lease stays lost, the stream is closed, and the
-worker must leave the block and campaign again (it gets a new, larger
-token). Leaving the block of a lease that is not lost resigns (best effort)
-before closing the stream, so the next candidate is granted in one commit.
+*A broken stream is re-attached.* When a stream ends, the client opens a new
+one at once, presenting the same key. The sidecar keeps the leases of a
+stream that ended on purpose (its deadline) for a quarter TTL, and those of a
+broken stream for ``min(TTL/4, --keepalive-grace-ms)`` (0 by default: a
+broken stream usually means the worker died, docs/worker-api.md); a re-attach
+within that window cancels the revoke; the deadline keeps running down from the last
+acknowledgement meanwhile, so nothing unsafe is assumed. Re-attaching stops
+when the lease is lost. Once ``lost`` is set the lease stays lost, the stream
+is closed, and the worker must leave the block and campaign again (it gets
+a new, larger token, or the same one if the grant still stands). Leaving the
+block of a lease that is not lost resigns with its key (best effort) before
+closing the stream, so the next candidate is granted in one commit.
+
+*Logging.* Through the standard library's ``logging``, logger
+``raftsidecar.client`` (never to stdout): the application decides where it
+goes.
 
 *Threads.* ``SidecarClient`` and ``Lease`` belong to the event loop that
 first uses them. ``BlockingSidecarClient`` runs one on a private loop in a
@@ -69,6 +83,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -77,7 +93,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
-import structlog
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -94,6 +110,7 @@ __all__ = [
     "CampaignTimeout",
     "Holder",
     "InvalidRequest",
+    "KeyMismatch",
     "Lease",
     "LeaseLost",
     "NotFound",
@@ -107,7 +124,15 @@ __all__ = [
     "Unavailable",
 ]
 
-_log = structlog.get_logger("sidecar.client")
+_log = logging.getLogger("raftsidecar.client")
+
+
+def _emit(level: int, event: str, **fields: object) -> None:
+    """One log line: the event name, then sorted key=value pairs (never a lease key)."""
+    if _log.isEnabledFor(level):
+        text = " ".join(f"{k}={v!r}" for k, v in sorted(fields.items()))
+        _log.log(level, "%s %s", event, text, extra={"event": event, "fields": fields})
+
 
 T = TypeVar("T")
 
@@ -117,6 +142,11 @@ MIN_MARGIN_S = 0.1
 # after the last acknowledgement, i.e. after about 4 requests, so this bound
 # is never reached in practice; it only caps memory.
 MAX_UNACKED_KEEP_ALIVES = 256
+# A lease's keep-alive stream is re-opened at most this often (bounded by the
+# lease's own deadline too).
+REATTACH_BACKOFF_S = 0.02
+LEASE_GONE_REASONS = frozenset({"LEASE_ENDED", "LEASE_NOT_FOUND", "LEASE_KEY_MISMATCH"})
+"""Per-election KeepAlive errors after which the lease is lost for good."""
 
 
 # ---- errors ------------------------------------------------------------------------
@@ -130,10 +160,12 @@ class SidecarClientError(Exception):
     message (or ours).
     """
 
-    def __init__(self, details: str, code: str | None = None) -> None:
+    def __init__(self, details: str, code: str | None = None, reason: str | None = None) -> None:
         super().__init__(details)
         self.details = details
         self.code = code
+        self.reason = reason
+        """The sidecar's ErrorInfo reason (e.g. ``"LEASE_ENDED"``), if it sent one."""
 
 
 class InvalidRequest(SidecarClientError):
@@ -141,11 +173,16 @@ class InvalidRequest(SidecarClientError):
 
 
 class NotFound(SidecarClientError):
-    """NOT_FOUND: an unknown election or token."""
+    """NOT_FOUND (LEASE_NOT_FOUND): nothing this lease key holds, or a token never granted."""
 
 
 class NotHolder(SidecarClientError):
-    """FAILED_PRECONDITION: the token is not (or no longer) the current holder's."""
+    """FAILED_PRECONDITION (LEASE_ENDED): the grant is no longer current."""
+
+
+class KeyMismatch(SidecarClientError):
+    """PERMISSION_DENIED: LEASE_KEY_MISMATCH (another key's grant) or CANDIDATE_ID_IN_USE
+    (the candidate id holds or waits under another key, e.g. of another process)."""
 
 
 class Overloaded(SidecarClientError):
@@ -173,22 +210,39 @@ def _status_code_name(code: Any) -> str:
     return str(getattr(code, "name", code))
 
 
+def _reason(error: Any) -> str | None:
+    """The ErrorInfo reason in a failed call's ``grpc-status-details-bin`` trailer."""
+    try:
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        return str(info.reason)
+    except Exception:  # a malformed trailer is no reason to hide the status itself
+        return None
+    return None
+
+
+_ERRORS: dict[Any, type[SidecarClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.ALREADY_EXISTS: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: NotHolder,
+    grpc.StatusCode.PERMISSION_DENIED: KeyMismatch,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+}
+
+
 def _translate(error: Any) -> SidecarClientError:
     """The one place where gRPC errors become this module's errors."""
     code = error.code()
-    details = error.details() or _status_code_name(code)
     name = _status_code_name(code)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(details, name)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(details, name)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return NotHolder(details, name)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Overloaded(details, name)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(details, name)
-    return SidecarClientError(details, name)
+    kind = _ERRORS.get(code, SidecarClientError)
+    return kind(error.details() or name, name, _reason(error))
 
 
 # ---- plain data ----------------------------------------------------------------------
@@ -223,14 +277,16 @@ class RetryPolicy:
 class Holder:
     """The holder of an election, as applied on the answering sidecar.
 
-    Not linearizable (use ``validate``); ``remaining`` is informational.
+    Not linearizable (use ``validate``). ``remaining`` is the lease time left
+    on the Raft leader's clock, known only when the local sidecar is the Raft
+    leader (None otherwise); informational.
     """
 
     election: str
     candidate_id: str
     fencing_token: int
     ttl: timedelta
-    remaining: timedelta
+    remaining: timedelta | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +344,7 @@ class Lease:
         self,
         token: worker_pb2.LeadershipToken,
         *,
+        lease_key: str,
         ttl_s: float,
         margin_s: float,
         initial_deadline: float,
@@ -302,6 +359,8 @@ class Lease:
         self.lost_reason: str | None = None
         self._ttl_s = ttl_s
         self._margin_s = margin_s
+        self._lease_key = lease_key  # secret: never logged, never in repr or errors
+        self.reattached = 0  # keep-alive streams re-opened after one ended
         # Invariant: once lost, _deadline is -inf and never changes again.
         self._deadline = initial_deadline
         self._usable = asyncio.Event()  # set once the deadline is in the future
@@ -380,8 +439,8 @@ class Lease:
             self._timer.cancel()
             self._timer = None
         self.lost.set()
-        log = _log.info if expected else _log.warning
-        log(
+        _emit(
+            logging.INFO if expected else logging.WARNING,
             "lease_ended" if expected else "lease_lost",
             election=self.election,
             fencing_token=self.fencing_token,
@@ -433,6 +492,30 @@ class Lease:
         self.check()
 
     async def _keep_alive(self, stub: Any) -> None:
+        """Keep-alive streams for as long as the lease holds, re-attaching when one ends."""
+        try:
+            while self.lost_reason is None:
+                ended = await self._one_stream(stub)
+                if self.lost_reason is not None:
+                    break
+                # The sidecar keeps the lease for a re-attach grace: open a new
+                # stream now, with the same key; the deadline keeps running down.
+                self.reattached += 1
+                _emit(
+                    logging.INFO,
+                    "keep_alive_reattaching",
+                    election=self.election,
+                    fencing_token=self.fencing_token,
+                    why=ended,
+                )
+                await asyncio.sleep(REATTACH_BACKOFF_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never leave a lease looking alive after a bug
+            self._lose(f"the keep-alive task failed: {exc!r}")
+
+    async def _one_stream(self, stub: Any) -> str:
+        """Run one KeepAlive stream until it ends; returns why it ended."""
         stream = stub.KeepAlive()
         self._stream = stream
         writer = asyncio.get_running_loop().create_task(self._write(stream))
@@ -440,19 +523,20 @@ class Lease:
             while True:
                 response = await stream.read()
                 if response is grpc.aio.EOF:
-                    self._lose("the sidecar ended the keep-alive stream")
-                    return
-                self._acknowledge(response.sequence, response.remaining_ttl_ms)
+                    return "the sidecar ended the keep-alive stream"
+                self._acknowledge(response)
+                if self.lost_reason is not None:
+                    return "lost"
         except grpc.aio.AioRpcError as exc:
             error = _translate(exc)
-            if isinstance(error, NotHolder):
-                self._lose(f"the token is no longer current: {error.details}")
-            else:
-                self._lose(f"the keep-alive stream broke ({error.code}): {error.details}")
+            return f"the keep-alive stream broke ({error.code}): {error.details}"
         except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # never leave a lease looking alive after a bug
-            self._lose(f"the keep-alive task failed: {exc!r}")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being stopped
+            # Only the call was cancelled (grpc.aio reports that as a
+            # CancelledError of read()): a broken stream like any other.
+            return "the keep-alive call was cancelled"
         finally:
             writer.cancel()
             stream.cancel()
@@ -469,7 +553,10 @@ class Lease:
             # than the moment the Raft leader renews, never later.
             self._sent_at[sequence] = time.monotonic()
             request = worker_pb2.KeepAliveRequest(
-                election=self.election, fencing_token=self.fencing_token, sequence=sequence
+                election=self.election,
+                fencing_token=self.fencing_token,
+                lease_key=self._lease_key,
+                sequence=sequence,
             )
             try:
                 await stream.write(request)
@@ -479,16 +566,31 @@ class Lease:
                 return  # the reader sees why the stream ended
             await asyncio.sleep(self.keep_alive_interval_s)
 
-    def _acknowledge(self, sequence: int, remaining_ttl_ms: int) -> None:
+    def _acknowledge(self, response: Any) -> None:
+        """Apply one answer: ``send_time(sequence) + ttl_ms - safety_margin_ms``."""
+        sequence = response.sequence
         sent_at = self._sent_at.get(sequence)
         for acked in [s for s in self._sent_at if s <= sequence]:
             del self._sent_at[acked]
-        if sent_at is None or remaining_ttl_ms == 0:
+        if response.HasField("error"):
+            error = response.error
+            if error.reason in LEASE_GONE_REASONS:
+                self._lose(f"{error.reason}: {error.message}")
+            else:  # e.g. NO_LEADER: not renewed this time, the deadline runs on
+                _emit(
+                    logging.DEBUG,
+                    "keep_alive_not_renewed",
+                    election=self.election,
+                    reason=error.reason,
+                )
+            return
+        if sent_at is None or response.ttl_ms == 0:
             # Unknown sequence, or the leader could not renew yet: no extension.
             return
-        lease_s = min(self._ttl_s, remaining_ttl_ms / 1000)
+        lease_s = min(self._ttl_s, response.ttl_ms / 1000)
+        margin_s = max(self._margin_s, response.safety_margin_ms / 1000)
         self.acknowledged += 1
-        self._extend(sent_at + lease_s - self._margin_s)
+        self._extend(sent_at + lease_s - margin_s)
 
     async def _close(self) -> None:
         """Stop the keep-alive stream and wait for its task."""
@@ -530,6 +632,11 @@ class SidecarClient:
         self._stub: Any = None
         self._closed = False
         self._leases: set[Lease] = set()
+        # One secret key per (election, candidate id) for this client's life:
+        # a campaign after a lost lease resumes the grant or queue place the
+        # sidecar may still hold for it, instead of being refused as
+        # CANDIDATE_ID_IN_USE. Never logged.
+        self._keys: dict[tuple[str, str], str] = {}
 
     async def __aenter__(self) -> SidecarClient:
         return self
@@ -578,7 +685,7 @@ class SidecarClient:
                     return await call(self._get_stub())
                 except grpc.aio.AioRpcError as exc:
                     error = _translate(exc)
-                    _log.debug("rpc_failed", rpc=what, code=error.code, details=error.details)
+                    _emit(logging.DEBUG, "rpc_failed", rpc=what, code=error.code)
                     raise error from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -603,7 +710,9 @@ class SidecarClient:
             candidate_id=holder.candidate_id,
             fencing_token=holder.fencing_token,
             ttl=timedelta(milliseconds=holder.ttl_ms),
-            remaining=timedelta(milliseconds=response.remaining_ms),
+            remaining=timedelta(milliseconds=response.lease_remaining_ms)
+            if response.lease_known
+            else None,
         )
 
     async def validate(self, election: str, token: int) -> bool:
@@ -644,28 +753,47 @@ class SidecarClient:
             ),
         )
 
-    async def resign(self, election: str, token: int) -> None:
-        """Give up the grant ``token`` of ``election``.
+    async def resign(self, election: str, lease_key: str, token: int = 0) -> bool:
+        """Give up the grant (``token``, or whatever the key holds when 0) or queue place
+        that ``lease_key`` holds in ``election``. Safe to retry: returns True when this
+        call ended it, False when an earlier Resign with the key already had.
 
-        Raises NotHolder (not the current token), NotFound, InvalidRequest,
+        Raises KeyMismatch (the token's grant has another key), NotFound (nothing
+        this key holds), NotHolder (the grant ended otherwise), InvalidRequest,
         Unavailable.
         """
-        await self._call(
+        response = await self._call(
             lambda stub: stub.Resign(
-                worker_pb2.ResignRequest(election=election, fencing_token=token),
+                worker_pb2.ResignRequest(
+                    election=election, lease_key=lease_key, fencing_token=token
+                ),
                 timeout=self.rpc_timeout_s,
             ),
             "Resign",
         )
+        return bool(response.outcome != worker_pb2.RESIGN_OUTCOME_ALREADY_RESIGNED)
+
+    def lease_key(self, election: str, candidate_id: str) -> str:
+        """The secret key this client campaigns with for (election, candidate_id)."""
+        key = self._keys.get((election, candidate_id))
+        if key is None:
+            key = self._keys[(election, candidate_id)] = secrets.token_urlsafe(32)
+        return key
 
     async def _campaign(
-        self, election: str, candidate_id: str, ttl_ms: int, campaign_timeout_s: float | None
-    ) -> tuple[worker_pb2.LeadershipToken, float]:
-        """Campaign until granted. Returns the token and the first attempt's send time."""
+        self,
+        election: str,
+        candidate_id: str,
+        ttl_ms: int,
+        campaign_timeout_s: float | None,
+        on_queued: Callable[[int], None] | None = None,
+    ) -> tuple[worker_pb2.LeadershipToken, str, float]:
+        """Campaign until granted. Returns the token, its key and the first attempt's send time."""
         first_sent_at = time.monotonic()
         deadline = None if campaign_timeout_s is None else first_sent_at + campaign_timeout_s
+        key = self.lease_key(election, candidate_id)
         request = worker_pb2.CampaignRequest(
-            election=election, candidate_id=candidate_id, ttl_ms=ttl_ms
+            election=election, candidate_id=candidate_id, ttl_ms=ttl_ms, lease_key=key
         )
         async for attempt in self._retrying(bounded_in_time=False):
             with attempt:
@@ -678,15 +806,25 @@ class SidecarClient:
                             f"{campaign_timeout_s:g}s"
                         )
                 try:
-                    response = await self._get_stub().Campaign(request, timeout=timeout)
+                    async for event in self._get_stub().Campaign(request, timeout=timeout):
+                        if event.HasField("granted"):
+                            return event.granted.token, key, first_sent_at
+                        _emit(
+                            logging.DEBUG,
+                            "campaign_queued",
+                            election=election,
+                            position=event.queued.position,
+                        )
+                        if on_queued is not None:
+                            on_queued(event.queued.position)
                 except grpc.aio.AioRpcError as exc:
                     error = _translate(exc)
                     expired = deadline is not None and time.monotonic() >= deadline
                     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and expired:
                         raise CampaignTimeout(error.details, error.code) from None
-                    _log.debug("rpc_failed", rpc="Campaign", code=error.code, details=error.details)
+                    _emit(logging.DEBUG, "rpc_failed", rpc="Campaign", code=error.code)
                     raise error from None
-                return response.token, first_sent_at
+                raise Unavailable("the Campaign stream ended without a grant", "UNAVAILABLE")
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     # -- leadership --
@@ -700,10 +838,13 @@ class SidecarClient:
         ttl: timedelta | float,
         campaign_timeout: timedelta | float | None = None,
         margin: timedelta | float | None = None,
+        on_queued: Callable[[int], None] | None = None,
     ) -> AsyncIterator[Lease]:
         """Campaign for ``election``, then hold the lease until the block ends.
 
-        Waits until granted (or ``campaign_timeout``). Inside the block, watch
+        Waits until granted (or ``campaign_timeout``); ``on_queued(position)``
+        is called whenever the sidecar reports a (new) queue position. ``margin``
+        is a floor under the sidecar's ``safety_margin_ms``. Inside the block, watch
         ``lease.lost`` / call ``lease.check()`` and send
         ``lease.fencing_token`` with every write. Leaving the block resigns
         (best effort) and closes the keep-alive stream.
@@ -717,17 +858,18 @@ class SidecarClient:
         if margin_s >= ttl_s:
             raise InvalidRequest(f"margin ({margin_s:g}s) must be shorter than ttl ({ttl_s:g}s)")
         timeout_s = None if campaign_timeout is None else _seconds(campaign_timeout, "timeout")
-        token, sent_at = await self._campaign(
-            election, candidate_id, round(ttl_s * 1000), timeout_s
+        token, key, sent_at = await self._campaign(
+            election, candidate_id, round(ttl_s * 1000), timeout_s, on_queued
         )
         granted_ttl_s = token.ttl_ms / 1000 if token.ttl_ms else ttl_s
         lease = Lease(
             token,
+            lease_key=key,
             ttl_s=granted_ttl_s,
             margin_s=margin_s,
             initial_deadline=sent_at + granted_ttl_s - margin_s,
         )
-        _log.info("lease_granted", election=election, fencing_token=lease.fencing_token)
+        _emit(logging.INFO, "lease_granted", election=election, fencing_token=lease.fencing_token)
         self._leases.add(lease)
         try:
             lease._start(self._get_stub())
@@ -747,11 +889,13 @@ class SidecarClient:
     async def _resign_quietly(self, lease: Lease) -> None:
         try:
             async with asyncio.timeout(self.resign_timeout_s):
-                await self.resign(lease.election, lease.fencing_token)
+                await self.resign(lease.election, lease._lease_key, lease.fencing_token)
         except (SidecarClientError, TimeoutError) as exc:
-            # Closing the stream next makes the sidecar revoke instead, and
-            # failing that the lease expires on the Raft leader's clock.
-            _log.info(
+            # Closing the stream next makes the sidecar revoke instead (after
+            # its re-attach grace), and failing that the lease expires on the
+            # Raft leader's clock.
+            _emit(
+                logging.INFO,
                 "resign_failed",
                 election=lease.election,
                 fencing_token=lease.fencing_token,
@@ -855,8 +999,8 @@ class BlockingSidecarClient:
     def status(self) -> SidecarStatus:
         return self._run(self._client.status())
 
-    def resign(self, election: str, token: int) -> None:
-        self._run(self._client.resign(election, token))
+    def resign(self, election: str, lease_key: str, token: int = 0) -> bool:
+        return self._run(self._client.resign(election, lease_key, token))
 
     @contextlib.contextmanager
     def leadership(
@@ -867,6 +1011,7 @@ class BlockingSidecarClient:
         ttl: timedelta | float,
         campaign_timeout: timedelta | float | None = None,
         margin: timedelta | float | None = None,
+        on_queued: Callable[[int], None] | None = None,
     ) -> Iterator[BlockingLease]:
         """Blocking ``SidecarClient.leadership``: same arguments, same errors."""
         entered: concurrent.futures.Future[tuple[BlockingLease, asyncio.Event]] = (
@@ -881,6 +1026,7 @@ class BlockingSidecarClient:
                 ttl=ttl,
                 campaign_timeout=campaign_timeout,
                 margin=margin,
+                on_queued=on_queued,
             ) as lease:
                 blocking = BlockingLease(lease)
                 lease._lost_callbacks.append(blocking._on_lost)

@@ -50,6 +50,10 @@ class SidecarConfig:
     """Peer mutual TLS; None: plaintext peer traffic."""
     insecure_plaintext_peers: bool = False
     """Plaintext peer traffic beyond loopback was asked for deliberately."""
+    keepalive_grace_ms: int = 0
+    """Re-attach grace after a KeepAlive stream *breaks*: its leases are revoked
+    after min(ttl/4, this) unless a new stream presents their keys (0: at once,
+    as DESIGN.md asks; a deliberate end always waits a quarter TTL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,14 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("heartbeat-ticks", "ticks between leader heartbeats", "2", _int),
     _Setting("ttl-min-ms", "smallest lease TTL a worker may ask for", "1000", _int),
     _Setting("ttl-max-ms", "largest lease TTL a worker may ask for", "60000", _int),
+    _Setting(
+        "keepalive-grace-ms",
+        "after a keep-alive stream breaks, wait min(ttl/4, this) for the worker to re-attach "
+        "before revoking its leases (0: at once; a stream the client ended on purpose always "
+        "waits a quarter TTL)",
+        "0",
+        _int,
+    ),
     _Setting("log-level", "debug, info, warning or error", "info", str),
     _Setting("tls-cert-file", "PEM certificate chain for peer mTLS (with key and CA)", "", str),
     _Setting("tls-key-file", "PEM private key for peer mTLS", "", str),
@@ -203,6 +215,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         ttl_min_ms=values["ttl-min-ms"],
         ttl_max_ms=values["ttl-max-ms"],
         log_level=values["log-level"],
+        keepalive_grace_ms=values["keepalive-grace-ms"],
         health_listen=values["health-listen"],
         tls=TlsFiles(*(values[name] for name in _TLS_SETTINGS))
         if values["tls-cert-file"]
@@ -305,6 +318,7 @@ def _check(v: Mapping[str, Any]) -> Sequence[str]:
         "heartbeat-ticks": (1, 10_000),
         "ttl-min-ms": (1, 3_600_000),
         "ttl-max-ms": (1, 3_600_000),
+        "keepalive-grace-ms": (0, 60_000),
     }
     for name, (lo, hi) in ranges.items():
         if name in v and not lo <= v[name] <= hi:

@@ -84,10 +84,14 @@ class LeaseKeeper:
         self._deadlines[(election, token)] = self._clock() + grant.ttl_ms / 1000
         return True, grant.ttl_ms
 
-    def remaining_ms(self, election: str, token: int) -> int:
+    def remaining_ms(self, election: str, token: int) -> int | None:
+        """Lease time left on this leader's clock; None when this node times no such lease
+        (it is not the Raft leader, or has not set the deadline yet)."""
+        if self._node.raft.role is not Role.LEADER:
+            return None
         deadline = self._deadlines.get((election, token))
         if deadline is None:
-            return 0
+            return None
         return max(0, int((deadline - self._clock()) * 1000))
 
     def start(self) -> None:

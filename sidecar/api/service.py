@@ -1,33 +1,50 @@
 """``ElectionService``: the worker API, on top of the node and the elections state.
 
 Theory of operation. Writes (Campaign, Resign) become elections commands,
-proposed through the Raft leader and answered once applied. A queued
-Campaign then waits, until the call's deadline, for the apply that grants it.
-Reads (Leader, ListGrants, Status) answer from the local applied state;
-ValidateToken first passes a ReadIndex barrier, so its answer is
-linearizable. Every refusal is a gRPC status with a one-line message, mapped
-here and only here; no stack trace ever reaches a worker, and a refused
-request changes no state.
+proposed through the Raft leader and answered once applied. Reads (Leader,
+ListGrants, Status) answer from the local applied state; ValidateToken first
+passes a ReadIndex barrier, so its answer is linearizable. Elections exist by
+name: a read of an election nobody campaigned for answers OK with no holder.
+Every refusal is an ``ApiError`` (sidecar.api.errors): a status code plus a
+``google.rpc.ErrorInfo`` with a stable reason, mapped here and only here; no
+stack trace ever reaches a worker, and a refused request changes no state.
+
+Lease keys. Campaign takes the worker's secret lease key (or makes one with
+``secrets``: randomness lives here, never in the state machine) and proposes
+only its SHA-256 digest; the key goes back to the worker in the Campaign
+stream and nowhere else: not into the log, a snapshot, a log line, an error
+or a metric. Resign proposes the digest of the key it is given, and the state
+machine checks it; KeepAlive checks it against this node's applied state
+(sidecar.api.keepalive).
+
+Campaign streams where the candidate stands: ``queued`` at once (and when
+its position changes), then ``granted``. A caller that goes away while queued
+(deadline, cancel, lost connection) is withdrawn through the log (Withdraw),
+unless another live Campaign call on this sidecar waits for the same place;
+a live call whose place was withdrawn by another call's end campaigns again.
 
 Any sidecar serves any call: a follower forwards writes and read barriers to
 the Raft leader (sidecar.transport.forward) and answers from its own applied
 state. UNAVAILABLE means no leader is known or reachable right now; the
-worker's client library retries. Leases: see KeepAlive and sidecar.leases.
-Observe streams an election's holder changes as this sidecar applies them,
-through a bounded per-stream queue (see Observe).
+worker's client library retries. Observe streams an election's holder
+changes as this sidecar applies them, through a bounded per-stream queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import grpc  # type: ignore[import-untyped]
 import structlog
 
+from sidecar.api import errors
+from sidecar.api.errors import ApiError, invalid_field
+from sidecar.api.keepalive import KeepAlives
 from sidecar.config import SidecarConfig
 from sidecar.elections import (
     ApplyResult,
@@ -39,8 +56,10 @@ from sidecar.elections import (
     Outcome,
     RejectReason,
     Resign,
-    Revoke,
+    Withdraw,
     encode_command,
+    lease_key_digest,
+    validate_lease_key,
     validate_name,
     validate_token,
     validate_ttl_ms,
@@ -68,23 +87,44 @@ _END_REASONS = {
     EndReason.REVOKED: worker_pb2.GRANT_END_REASON_REVOKED,
 }
 
+_RESIGN_OUTCOMES = {
+    Outcome.RESIGNED: worker_pb2.RESIGN_OUTCOME_RESIGNED,
+    Outcome.ALREADY_RESIGNED: worker_pb2.RESIGN_OUTCOME_ALREADY_RESIGNED,
+    Outcome.LEFT_QUEUE: worker_pb2.RESIGN_OUTCOME_LEFT_QUEUE,
+}
+
+_REJECTIONS = {
+    RejectReason.LEASE_NOT_FOUND: errors.LEASE_NOT_FOUND,
+    RejectReason.LEASE_KEY_MISMATCH: errors.LEASE_KEY_MISMATCH,
+    RejectReason.LEASE_ENDED: errors.LEASE_ENDED,
+    RejectReason.CANDIDATE_ID_IN_USE: errors.CANDIDATE_ID_IN_USE,
+    RejectReason.LEASE_KEY_IN_USE: errors.LEASE_KEY_IN_USE,
+    RejectReason.QUEUE_FULL: errors.QUEUE_FULL,
+    RejectReason.TOO_MANY_ELECTIONS: errors.TOO_MANY_ELECTIONS,
+}
+
+_REJECTION_TEXT = {
+    RejectReason.LEASE_NOT_FOUND: "this lease key holds no grant or queue place here, "
+    "and no kept grant has this token",
+    RejectReason.LEASE_KEY_MISMATCH: "the lease key is not the key of this grant",
+    RejectReason.LEASE_ENDED: "the grant has ended (expired or revoked): stop acting as leader",
+    RejectReason.CANDIDATE_ID_IN_USE: "the candidate id holds or waits under another lease key",
+    RejectReason.LEASE_KEY_IN_USE: "another candidate holds or waits with this lease key",
+    RejectReason.QUEUE_FULL: "the queue is full",
+    RejectReason.TOO_MANY_ELECTIONS: "too many active elections",
+}
+
 OBSERVE_QUEUE_SIZE = 256
 """Changes buffered per Observe stream; an observer that falls further behind
 is cut off with RESOURCE_EXHAUSTED instead of growing this process's memory."""
-
 OBSERVE_RESYNC_SECONDS = 1.0
 """How often an idle Observe stream compares its last event with the applied
 state, to catch a holder change that arrived inside a Raft snapshot (which
 replaces the state without calling the apply listeners)."""
+CAMPAIGN_RESYNC_SECONDS = 1.0
+"""How often a queued Campaign re-reads its position without an apply (snapshots)."""
 
 T = TypeVar("T")
-
-
-class _Abort(Exception):
-    def __init__(self, code: Any, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _now_ms() -> int:
@@ -101,6 +141,36 @@ def _token(grant: Grant) -> worker_pb2.LeadershipToken:
     )
 
 
+def _invalid(exc: InvalidArgument, config: SidecarConfig | None) -> ApiError:
+    if exc.field == "ttl_ms" and config is not None:
+        return ApiError(
+            errors.TTL_OUT_OF_RANGE,
+            str(exc),
+            field="ttl_ms",
+            min_ttl_ms=config.ttl_min_ms,
+            max_ttl_ms=config.ttl_max_ms,
+        )
+    return invalid_field(exc.field, str(exc))
+
+
+def _rejection(result: ApplyResult) -> ApiError:
+    reason = result.reason
+    if reason is None:
+        raise AssertionError(f"rejected without a reason: {result!r}")
+    return ApiError(
+        _REJECTIONS[reason], f"{_REJECTION_TEXT[reason]} (election {result.election!r})"
+    )
+
+
+@dataclass
+class _Waiting:
+    """What the applies told one queued Campaign call about its candidate."""
+
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    granted: Grant | None = None
+    left: Outcome | None = None
+
+
 class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
     def __init__(
         self, config: SidecarConfig, node: RaftNode, machine: ElectionsMachine, leases: LeaseKeeper
@@ -110,77 +180,79 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         self._machine = machine
         self._leases = leases
         self._background: set[asyncio.Task[None]] = set()
-        self._local_grants: set[tuple[str, int]] = set()
-        """Grants kept alive by streams on this sidecar: its own workers'."""
-        self._grant_waiters: dict[tuple[str, str], list[asyncio.Future[Grant]]] = {}
-        machine.listeners.append(self._on_apply)
+        self._campaigners: dict[tuple[str, str], int] = {}
+        """Live Campaign calls per (election, candidate) on this sidecar."""
+        self._keep_alives = KeepAlives(
+            machine,
+            self._renew,
+            self._propose,
+            self._read_anywhere,
+            grace_cap_ms=config.keepalive_grace_ms,
+        )
 
     # ---- plumbing ------------------------------------------------------------------
 
-    def _on_apply(self, result: ApplyResult) -> None:
-        granted = result.granted
-        if granted is None:
-            return
-        for waiter in self._grant_waiters.pop((granted.election, granted.holder), []):
-            if not waiter.done():
-                waiter.set_result(granted)
-
     async def _guard(self, context: Any, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call``, turning every refusal into a status with a clear message."""
+        """Run ``call``, turning every refusal into a status with ErrorInfo."""
         try:
             return await call()
-        except _Abort as abort:
-            await context.abort(abort.code, abort.message)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotLeader as exc:
+        except ApiError as error:
+            await error.abort(context)
+
+    @staticmethod
+    def _translate(exc: Exception) -> ApiError:
+        """The one mapping from the node's, transport's and state's exceptions to errors."""
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, NotLeader):
             hint = exc.leader_hint or "unknown (an election is under way)"
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"this sidecar is not the Raft leader; leader: {hint}"
+            return ApiError(
+                errors.NO_LEADER, f"this sidecar is not the Raft leader; leader: {hint}"
             )
-        except (InvalidProposal, ForwardInvalid) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Overloaded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except (NodeError, RaftError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"try again: {exc}")
-        except ElectionsError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TransportError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"the Raft leader is unreachable: {exc}"
-            )
-        raise AssertionError("unreachable: context.abort raises")
+        if isinstance(exc, InvalidProposal | ForwardInvalid):
+            return invalid_field("command", str(exc))
+        if isinstance(exc, Overloaded):
+            return ApiError(errors.OVERLOADED, str(exc))
+        if isinstance(exc, NodeError | RaftError):
+            return ApiError(errors.NODE_UNAVAILABLE, f"try again: {exc}")
+        if isinstance(exc, InvalidArgument):
+            return invalid_field(exc.field, str(exc))
+        if isinstance(exc, ElectionsError):
+            return invalid_field("command", str(exc))
+        if isinstance(exc, TransportError):
+            return ApiError(errors.NO_LEADER, f"the Raft leader is unreachable: {exc}")
+        raise exc
 
     async def _propose(self, command: Any) -> ApplyResult:
-        index, result = await self._node.submit(encode_command(command))
+        """Propose and wait until applied here. Raises ApiError (and nothing else expected)."""
+        try:
+            index, result = await self._node.submit(encode_command(command))
+        except (NodeError, RaftError, TransportError, ElectionsError) as exc:
+            raise self._translate(exc) from None
         if isinstance(result, SkippedEntry):
             # Only a build that encodes what it cannot decode gets here.
-            raise _Abort(grpc.StatusCode.INTERNAL, f"entry {index} did not decode and was skipped")
+            raise ApiError(
+                errors.UNDECODABLE_ENTRY, f"entry {index} did not decode and was skipped"
+            )
         if not isinstance(result, ApplyResult):
             raise AssertionError(f"unexpected apply result {result!r}")
         return result
 
-    @staticmethod
-    def _check_rejection(result: ApplyResult) -> None:
-        if result.outcome is not Outcome.REJECTED:
-            return
-        reason = result.reason
-        if reason is RejectReason.UNKNOWN_ELECTION:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no election named {result.election!r}")
-        if reason in (RejectReason.QUEUE_FULL, RejectReason.TOO_MANY_ELECTIONS):
-            raise _Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{reason.value} for {result.election!r}"
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- Campaign ------------------------------------------------------------------
+
+    def _campaign_command(self, request: Any) -> tuple[Campaign, str]:
+        """The command and the lease key (the request's, or a new one). Raises ApiError."""
+        try:
+            key = (
+                validate_lease_key(request.lease_key)
+                if request.lease_key
+                else secrets.token_urlsafe(32)
             )
-        raise _Abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{reason.value if reason else 'rejected'}: the token is not the current holder's",
-        )
-
-    # ---- RPCs ----------------------------------------------------------------------
-
-    async def Campaign(self, request: Any, context: Any) -> Any:  # noqa: N802
-        async def call() -> Any:
             command = Campaign(
                 election=validate_name("election", request.election),
                 candidate=validate_name("candidate_id", request.candidate_id),
@@ -189,65 +261,167 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                     min_ttl_ms=self._config.ttl_min_ms,
                     max_ttl_ms=self._config.ttl_max_ms,
                 ),
+                key_digest=lease_key_digest(key),
                 proposed_at_unix_ms=_now_ms(),
             )
-            key = (command.election, command.candidate)
-            waiter: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-            self._grant_waiters.setdefault(key, []).append(waiter)
-            try:
-                result = await self._propose(command)
-                self._check_rejection(result)
-                if result.outcome in (Outcome.GRANTED, Outcome.ALREADY_HOLDER) and result.holder:
-                    return worker_pb2.CampaignResponse(token=_token(result.holder))
-                remaining = context.time_remaining()
-                try:
-                    grant = await asyncio.wait_for(asyncio.shield(waiter), remaining)
-                except TimeoutError:
-                    raise _Abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{command.candidate} is queued for {command.election!r} "
-                        f"(position {result.queue_position}); not granted before the deadline",
-                    ) from None
-                return worker_pb2.CampaignResponse(token=_token(grant))
-            finally:
-                waiters = self._grant_waiters.get(key, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._grant_waiters.pop(key, None)
+        except InvalidArgument as exc:
+            raise _invalid(exc, self._config) from None
+        return command, key
 
-        return await self._guard(context, call)
+    async def Campaign(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        """Queue, report the position, grant; withdraw the place if the caller goes away."""
+        try:
+            command, key = self._campaign_command(request)
+        except ApiError as error:
+            await error.abort(context)
+        election, candidate, digest = command.election, command.candidate, command.key_digest
+        waiting = _Waiting()
+
+        def listener(result: ApplyResult) -> None:
+            if result.election != election:
+                return
+            granted = result.granted
+            if granted is not None and granted.holder == candidate:
+                if granted.key_digest == digest:
+                    waiting.granted = granted
+            elif result.candidate == candidate and result.outcome in (
+                Outcome.LEFT_QUEUE,
+                Outcome.WITHDRAWN,
+            ):
+                waiting.left = result.outcome
+            waiting.changed.set()
+
+        place = (election, candidate)
+        self._machine.listeners.append(listener)
+        self._campaigners[place] = self._campaigners.get(place, 0) + 1
+        granted = False
+        try:
+            position = 0
+            while not granted:
+                waiting.left = None
+                result = await self._propose(command)
+                if result.rejected:
+                    raise _rejection(result)
+                if result.outcome in (Outcome.GRANTED, Outcome.ALREADY_HOLDER) and result.holder:
+                    waiting.granted = result.holder
+                while waiting.granted is None:
+                    now = self._position(election, candidate, digest)
+                    if waiting.left is Outcome.LEFT_QUEUE or (now is None and not waiting.left):
+                        raise ApiError(
+                            errors.LEASE_ENDED,
+                            f"{candidate} no longer waits for {election!r}: its queue place "
+                            "was given up with its lease key",
+                        )
+                    if now is None:  # withdrawn as another call on its place ended
+                        break
+                    if now != position:
+                        position = now
+                        yield worker_pb2.CampaignResponse(
+                            queued=worker_pb2.CampaignQueued(position=position, lease_key=key)
+                        )
+                    waiting.changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiting.changed.wait(), CAMPAIGN_RESYNC_SECONDS)
+                grant = waiting.granted
+                if grant is not None:
+                    granted = True
+                    yield worker_pb2.CampaignResponse(
+                        granted=worker_pb2.CampaignGranted(token=_token(grant), lease_key=key)
+                    )
+        except ApiError as error:
+            await error.abort(context)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._machine.listeners.remove(listener)
+            left = self._campaigners.get(place, 1) - 1
+            if left:
+                self._campaigners[place] = left
+            else:
+                self._campaigners.pop(place, None)
+                if not granted and self._position(election, candidate, digest) is not None:
+                    self._spawn(self._withdraw(election, candidate))
+
+    def _position(self, election: str, candidate: str, digest: str) -> int | None:
+        """1-based queue place of (candidate, key) as applied here; None if not queued."""
+        for place, queued in enumerate(self._machine.state.queue(election), start=1):
+            if queued.candidate == candidate:
+                return place if queued.key_digest == digest else None
+        return None
+
+    async def _withdraw(self, election: str, candidate: str) -> None:
+        command = Withdraw(election=election, candidate=candidate, proposed_at_unix_ms=_now_ms())
+        try:
+            result = await self._propose(command)
+            _log.info(
+                "candidate_withdrawn",
+                election=election,
+                candidate=candidate,
+                outcome=result.outcome.value,
+            )
+        except ApiError as error:
+            # The place is then granted in its turn and expires after a TTL.
+            _log.warning(
+                "withdraw_failed", election=election, candidate=candidate, error=error.message
+            )
+
+    # ---- Resign, reads -------------------------------------------------------------
 
     async def Resign(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def call() -> Any:
-            command = Resign(
-                election=validate_name("election", request.election),
-                token=validate_token(request.fencing_token),
-                proposed_at_unix_ms=_now_ms(),
-            )
+            try:
+                command = Resign(
+                    election=validate_name("election", request.election),
+                    key_digest=lease_key_digest(request.lease_key),
+                    token=validate_token(request.fencing_token) if request.fencing_token else None,
+                    proposed_at_unix_ms=_now_ms(),
+                )
+            except InvalidArgument as exc:
+                raise _invalid(exc, self._config) from None
             result = await self._propose(command)
-            self._check_rejection(result)
-            return worker_pb2.ResignResponse(ended_at_index=result.index)
+            if result.rejected:
+                raise _rejection(result)
+            ended_at = result.index
+            if result.outcome is Outcome.ALREADY_RESIGNED and result.ended is not None:
+                ended_at = result.ended.ended_index or result.index
+            return worker_pb2.ResignResponse(
+                ended_at_index=ended_at, outcome=_RESIGN_OUTCOMES[result.outcome]
+            )
 
         return await self._guard(context, call)
 
+    def _lease_fields(self, election: str, grant: Grant | None) -> dict[str, Any]:
+        remaining = None if grant is None else self._leases.remaining_ms(election, grant.token)
+        if remaining is None:
+            return {"lease_known": False, "lease_remaining_ms": 0}
+        return {"lease_known": True, "lease_remaining_ms": remaining}
+
     async def Leader(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def call() -> Any:
-            election = validate_name("election", request.election)
+            election = self._name(request.election)
             grant = self._machine.state.holder(election)
             if grant is None:
                 return worker_pb2.LeaderResponse()
             return worker_pb2.LeaderResponse(
-                holder=_token(grant), remaining_ms=self._leases.remaining_ms(election, grant.token)
+                holder=_token(grant), **self._lease_fields(election, grant)
             )
 
         return await self._guard(context, call)
 
+    @staticmethod
+    def _name(value: str) -> str:
+        try:
+            return validate_name("election", value)
+        except InvalidArgument as exc:
+            raise invalid_field(exc.field, str(exc)) from None
+
     async def ValidateToken(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def call() -> Any:
-            election = validate_name("election", request.election)
-            token = validate_token(request.fencing_token)
-            await self._node.read_anywhere()
+            election = self._name(request.election)
+            try:
+                token = validate_token(request.fencing_token)
+                await self._node.read_anywhere()
+            except (InvalidArgument, NodeError, RaftError, TransportError) as exc:
+                raise self._translate(exc) from None
             grant = self._machine.state.holder(election)
             current = grant.token if grant is not None else 0
             return worker_pb2.ValidateTokenResponse(valid=current == token, current_token=current)
@@ -259,7 +433,9 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         membership = raft.membership
         peers = []
         for peer_id in sorted(membership.members):
-            progress = raft.progress.get(peer_id)
+            if peer_id == raft.id:
+                continue
+            progress = raft.progress.get(peer_id) if raft.role is Role.LEADER else None
             peers.append(
                 worker_pb2.Peer(
                     id=node_name(peer_id),
@@ -280,49 +456,24 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             peers=peers,
         )
 
+    # ---- KeepAlive -----------------------------------------------------------------
+
     async def KeepAlive(  # noqa: N802
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        """Renew leases on the Raft leader's clock for as long as the stream lives.
+        """Renew leases, one answer per request; see sidecar.api.keepalive."""
 
-        A keep-alive that cannot reach a leader right now (an election is
-        under way) gets no answer: the worker's safe deadline keeps running
-        down from its last acknowledged one, and the new leader will extend
-        every lease by a full TTL. A token that is no longer current ends the
-        stream with FAILED_PRECONDITION. When the stream ends for any reason,
-        the worker is gone: every grant it kept alive is revoked at once.
-        """
-        kept: dict[str, int] = {}
+        # grpc.aio serves a response stream only from an async generator function.
+        def deadline_passed() -> bool:
+            remaining = context.time_remaining()
+            return remaining is not None and remaining <= 0
+
+        stream = self._keep_alives.stream(request_iterator, deadline_passed=deadline_passed)
         try:
-            async for request in request_iterator:
-                try:
-                    election = validate_name("election", request.election)
-                    token = validate_token(request.fencing_token)
-                except InvalidArgument as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                try:
-                    current, remaining_ms = await self._renew(election, token)
-                except (NodeError, RaftError, TransportError):
-                    continue
-                if not current:
-                    kept.pop(election, None)
-                    await context.abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"token {token} no longer holds {election!r}: stop acting as its leader",
-                    )
-                if kept.get(election) not in (None, token):
-                    self._local_grants.discard((election, kept[election]))
-                kept[election] = token
-                self._local_grants.add((election, token))
-                yield worker_pb2.KeepAliveResponse(
-                    sequence=request.sequence, remaining_ttl_ms=remaining_ms
-                )
+            async for response in stream:
+                yield response
         finally:
-            for election, token in sorted(kept.items()):
-                self._local_grants.discard((election, token))
-                task = asyncio.get_running_loop().create_task(self._revoke(election, token))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            await stream.aclose()
 
     async def release_local_grants(self, timeout_s: float = 2.0) -> None:
         """On shutdown: end every grant this sidecar's workers hold, and wait for it.
@@ -332,13 +483,10 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         for the proposal to commit) hands each election to the next candidate
         at once instead of after a TTL.
         """
-        grants = sorted(self._local_grants)
-        self._local_grants.clear()
-        if not grants:
-            return
-        revokes = [self._revoke(election, token) for election, token in grants]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*revokes), timeout_s)
+        await self._keep_alives.release_all(timeout_s)
+
+    async def _read_anywhere(self) -> int:
+        return await self._node.read_anywhere()
 
     async def _renew(self, election: str, token: int) -> tuple[bool, int]:
         if self._node.raft.role is Role.LEADER:
@@ -348,31 +496,14 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             raise NotLeader(leader)
         return await self._node.forwarder.renew_lease(leader, election, token)
 
-    async def _revoke(self, election: str, token: int) -> None:
-        command = Revoke(
-            election=election,
-            token=token,
-            proposed_at_unix_ms=_now_ms(),
-            reason="the worker's keep-alive stream ended",
-        )
-        try:
-            result = await self._propose(command)
-            _log.info(
-                "lease_revoked",
-                election=election,
-                fencing_token=token,
-                outcome=result.outcome.value,
-            )
-        except (NodeError, RaftError, TransportError) as exc:
-            # The lease then runs out on the leader's clock instead.
-            _log.warning("revoke_failed", election=election, fencing_token=token, error=str(exc))
+    # ---- Observe, ListGrants -------------------------------------------------------
 
     async def Observe(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
         """Stream an election's holder changes as this sidecar applies them.
 
         The first message is the election's current state here: the holder
-        (empty when none), its token, the lease time left as known on this
-        node (0 on followers) and ``applied_index`` = this node's last applied
+        (empty when none), its token, the lease time left (``lease_known`` only
+        on the Raft leader) and ``applied_index`` = this node's last applied
         index. Then one message per applied command that changed the holder
         (grant, handover, resign, revoke, expire), carrying that command's
         index, in log order, until the client cancels. Each stream has a
@@ -383,9 +514,9 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         snapshot's applied index.
         """
         try:
-            election = validate_name("election", request.election)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            election = self._name(request.election)
+        except ApiError as error:
+            await error.abort(context)
         queue: asyncio.Queue[ApplyResult] = asyncio.Queue(maxsize=OBSERVE_QUEUE_SIZE)
         overflowed = False
         getter: asyncio.Future[ApplyResult] | None = None
@@ -432,7 +563,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             with contextlib.suppress(ValueError):
                 self._machine.listeners.remove(listener)
         _log.warning("observer_too_slow", election=election, queue_size=OBSERVE_QUEUE_SIZE)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "observer too slow; re-subscribe")
+        await ApiError(errors.OBSERVER_TOO_SLOW, "observer too slow; re-subscribe").abort(context)
 
     def _change(self, election: str, holder: Grant | None, index: int) -> Any:
         if holder is None:
@@ -442,14 +573,14 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                 election=election,
                 holder=holder.holder,
                 fencing_token=holder.token,
-                remaining_ms=self._leases.remaining_ms(election, holder.token),
                 applied_index=index,
+                **self._lease_fields(election, holder),
             )
         return worker_pb2.ObserveResponse(change=change)
 
     async def ListGrants(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def call() -> Any:
-            election = validate_name("election", request.election)
+            election = self._name(request.election)
             limit = min(request.max_records or 100, 1000)
             records = self._machine.state.audit(
                 election, after_token=request.after_fencing_token, limit=limit + 1

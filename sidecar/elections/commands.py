@@ -14,10 +14,17 @@ on a node's configuration.
 
 ``proposed_at_unix_ms`` is the proposer's wall clock, kept for the audit
 trail only: the state machine never decides anything on it.
+
+Lease keys. A holder proves itself with a secret lease key that only it and
+its sidecar know. The key never enters the log: commands carry its SHA-256
+digest (``key_digest``, 64 lowercase hex characters), which the API computes
+with ``lease_key_digest`` from the key the worker presented. Knowing a digest
+(every replica does) does not let anyone present the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -35,13 +42,20 @@ UINT64_MAX: Final = 2**64 - 1
 """Largest fencing token, log index or timestamp (unsigned 64-bit, as on the wire)."""
 REASON_MAX_CHARS: Final = 256
 """Longest free-text revocation reason."""
-COMMAND_VERSION: Final = 1
-"""Value of the ``v`` tag this version writes and reads."""
+COMMAND_VERSION: Final = 2
+"""Value of the ``v`` tag this version writes and reads (2: lease key digests; the
+pre-release version 1 had none and is not read)."""
+LEASE_KEY_MIN_CHARS: Final = 22
+"""Shortest lease key a worker may choose (22 URL-safe characters carry 132 bits)."""
+LEASE_KEY_MAX_CHARS: Final = 128
+"""Longest lease key."""
 MAX_COMMAND_BYTES: Final = 4096
 """Longest encoded command ``decode_command`` accepts (a valid one is well below 1 KiB)."""
 
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+_KEY_CHARS = re.compile(r"[A-Za-z0-9_-]*")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _show(value: str) -> str:
@@ -72,6 +86,41 @@ def validate_name(kind: str, value: object) -> str:
             kind,
             f"{kind} may only contain letters, digits, '.', '_' and '-', got {_show(value)}{where}",
         )
+    return value
+
+
+def validate_lease_key(value: object, field: str = "lease_key") -> str:
+    """Check a worker-chosen lease key and return it.
+
+    Raises ``InvalidArgument`` unless ``value`` is a string of 22 to 128
+    characters of ``[A-Za-z0-9_-]`` (what ``secrets.token_urlsafe`` makes). The
+    message never repeats the key: it is a secret.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgument(field, f"{field} must be a string, got {type(value).__name__}")
+    if not LEASE_KEY_MIN_CHARS <= len(value) <= LEASE_KEY_MAX_CHARS:
+        raise InvalidArgument(
+            field,
+            f"{field} must be {LEASE_KEY_MIN_CHARS} to {LEASE_KEY_MAX_CHARS} characters, "
+            f"got {len(value)}",
+        )
+    if not _KEY_CHARS.fullmatch(value):
+        raise InvalidArgument(field, f"{field} may only contain letters, digits, '_' and '-'")
+    return value
+
+
+def lease_key_digest(key: str) -> str:
+    """The SHA-256 hex digest of a valid lease key: what commands and the state carry.
+
+    Raises ``InvalidArgument`` if ``key`` is not a valid lease key.
+    """
+    return hashlib.sha256(validate_lease_key(key).encode("ascii")).hexdigest()
+
+
+def validate_key_digest(value: object, field: str = "key_digest") -> str:
+    """Check a lease key digest (64 lowercase hex characters) and return it."""
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise InvalidArgument(field, f"{field} must be 64 lowercase hex characters")
     return value
 
 
@@ -125,45 +174,47 @@ def validate_reason(value: object) -> str:
 class Campaign:
     """Queue ``candidate`` for ``election``, or grant at once if nobody holds it.
 
-    Idempotent per (election, candidate): a retry returns the existing grant
-    or queue place, with the TTL of the first campaign.
+    Idempotent per (election, candidate, key_digest): a retry returns the
+    existing grant or queue place, with the TTL of the first campaign. The
+    same candidate under another key is refused (CANDIDATE_ID_IN_USE).
     """
 
     election: str
     candidate: str
     ttl_ms: int
+    key_digest: str
     proposed_at_unix_ms: int
 
     def __post_init__(self) -> None:
         validate_name("election", self.election)
         validate_name("candidate", self.candidate)
         validate_ttl_ms(self.ttl_ms)
+        validate_key_digest(self.key_digest)
         validate_unix_ms(self.proposed_at_unix_ms)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resign:
-    """Give up a grant (by ``token``) or a queue place (by ``candidate``).
+    """Give up the grant or the queue place that the lease key ``key_digest`` holds.
 
-    Exactly one of the two is set. A holder resigns by token only, so a late
-    resign of an old grant can never end a newer grant of the same candidate.
-    A refusal (stale token, not queued) is a rejection: the worker asked.
+    With ``token``, only that grant: a late resign of an old grant can never
+    end a newer one. A retry of a Resign that already ended the key's grant is
+    answered ALREADY_RESIGNED with the first one's index. Refusals (another
+    key's token, nothing held, a grant that ended otherwise) are rejections:
+    the worker asked.
     """
 
     election: str
+    key_digest: str
     proposed_at_unix_ms: int
     token: int | None = None
-    candidate: str | None = None
 
     def __post_init__(self) -> None:
         validate_name("election", self.election)
+        validate_key_digest(self.key_digest)
         validate_unix_ms(self.proposed_at_unix_ms)
-        if (self.token is None) == (self.candidate is None):
-            raise InvalidArgument("token", "resign needs exactly one of token or candidate")
         if self.token is not None:
             validate_token(self.token)
-        if self.candidate is not None:
-            validate_name("candidate", self.candidate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,13 +286,13 @@ _TYPE_TAGS: Final[dict[type[Command], str]] = {
 _CLASSES: Final[dict[str, type[Command]]] = {tag: cls for cls, tag in _TYPE_TAGS.items()}
 # Fields each type must carry on the wire, and those it may carry.
 _REQUIRED: Final[dict[str, frozenset[str]]] = {
-    "campaign": frozenset({"election", "candidate", "ttl_ms", "proposed_at_unix_ms"}),
-    "resign": frozenset({"election", "proposed_at_unix_ms"}),
+    "campaign": frozenset({"election", "candidate", "ttl_ms", "key_digest", "proposed_at_unix_ms"}),
+    "resign": frozenset({"election", "key_digest", "proposed_at_unix_ms"}),
     "withdraw": frozenset({"election", "candidate", "proposed_at_unix_ms"}),
     "revoke": frozenset({"election", "token", "reason", "proposed_at_unix_ms"}),
     "expire": frozenset({"election", "token", "proposed_at_unix_ms"}),
 }
-_OPTIONAL: Final[dict[str, frozenset[str]]] = {"resign": frozenset({"token", "candidate"})}
+_OPTIONAL: Final[dict[str, frozenset[str]]] = {"resign": frozenset({"token"})}
 
 
 def _fields(command: Command) -> dict[str, Any]:
@@ -251,17 +302,17 @@ def _fields(command: Command) -> dict[str, Any]:
                 "election": command.election,
                 "candidate": command.candidate,
                 "ttl_ms": command.ttl_ms,
+                "key_digest": command.key_digest,
                 "proposed_at_unix_ms": command.proposed_at_unix_ms,
             }
         case Resign():
             fields: dict[str, Any] = {
                 "election": command.election,
+                "key_digest": command.key_digest,
                 "proposed_at_unix_ms": command.proposed_at_unix_ms,
             }
             if command.token is not None:
                 fields["token"] = command.token
-            if command.candidate is not None:
-                fields["candidate"] = command.candidate
             return fields
         case Withdraw():
             return {

@@ -21,6 +21,7 @@ from typing import Any, Final
 from sidecar.elections.commands import (
     UINT64_MAX,
     parse_strict_json,
+    validate_key_digest,
     validate_name,
     validate_ttl_ms,
 )
@@ -28,7 +29,8 @@ from sidecar.elections.errors import InvalidArgument, SnapshotError
 from sidecar.elections.types import Bounds, EndReason, Grant, GrantRecord, QueuedCandidate
 
 SNAPSHOT_FORMAT: Final = "raft-sidecar/elections"
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
+"""2: lease key digests in grants, queue places and audit records (1 had none)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +57,7 @@ def _grant_doc(grant: Grant) -> dict[str, Any]:
         "ttl_ms": grant.ttl_ms,
         "granted_index": grant.granted_index,
         "granted_at_unix_ms": grant.granted_at_unix_ms,
+        "key_digest": grant.key_digest,
     }
 
 
@@ -64,6 +67,7 @@ def _queued_doc(queued: QueuedCandidate) -> dict[str, Any]:
         "ttl_ms": queued.ttl_ms,
         "queued_index": queued.queued_index,
         "queued_at_unix_ms": queued.queued_at_unix_ms,
+        "key_digest": queued.key_digest,
     }
 
 
@@ -73,6 +77,7 @@ def _record_doc(record: GrantRecord) -> dict[str, Any]:
         "holder": record.holder,
         "granted_index": record.granted_index,
         "granted_at_unix_ms": record.granted_at_unix_ms,
+        "key_digest": record.key_digest,
         "ended_index": record.ended_index,
         "ended_at_unix_ms": record.ended_at_unix_ms,
         "end_reason": None if record.end_reason is None else record.end_reason.name,
@@ -151,6 +156,12 @@ class _Reader:
         except InvalidArgument as exc:
             raise SnapshotError(f"{self.path(name)}: {exc}") from exc
 
+    def key_digest(self, name: str) -> str:
+        try:
+            return validate_key_digest(self._doc[name])
+        except InvalidArgument as exc:
+            raise SnapshotError(f"{self.path(name)}: {exc}") from exc
+
     def list(self, name: str) -> list[object]:
         value = self._doc[name]
         if not isinstance(value, list):
@@ -160,7 +171,9 @@ class _Reader:
 
 def _load_grant(value: object, path: str, election: str) -> Grant:
     reader = _Reader(value, path)
-    reader.expect_fields("holder", "token", "ttl_ms", "granted_index", "granted_at_unix_ms")
+    reader.expect_fields(
+        "holder", "token", "ttl_ms", "granted_index", "granted_at_unix_ms", "key_digest"
+    )
     return Grant(
         election=election,
         holder=reader.name("holder", "holder"),
@@ -168,17 +181,19 @@ def _load_grant(value: object, path: str, election: str) -> Grant:
         ttl_ms=reader.ttl_ms("ttl_ms"),
         granted_index=reader.uint("granted_index", 1),
         granted_at_unix_ms=reader.uint("granted_at_unix_ms"),
+        key_digest=reader.key_digest("key_digest"),
     )
 
 
 def _load_queued(value: object, path: str) -> QueuedCandidate:
     reader = _Reader(value, path)
-    reader.expect_fields("candidate", "ttl_ms", "queued_index", "queued_at_unix_ms")
+    reader.expect_fields("candidate", "ttl_ms", "queued_index", "queued_at_unix_ms", "key_digest")
     return QueuedCandidate(
         candidate=reader.name("candidate", "candidate"),
         ttl_ms=reader.ttl_ms("ttl_ms"),
         queued_index=reader.uint("queued_index", 1),
         queued_at_unix_ms=reader.uint("queued_at_unix_ms"),
+        key_digest=reader.key_digest("key_digest"),
     )
 
 
@@ -189,6 +204,7 @@ def _load_record(value: object, path: str) -> GrantRecord:
         "holder",
         "granted_index",
         "granted_at_unix_ms",
+        "key_digest",
         "ended_index",
         "ended_at_unix_ms",
         "end_reason",
@@ -205,6 +221,7 @@ def _load_record(value: object, path: str) -> GrantRecord:
         holder=reader.name("holder", "holder"),
         granted_index=reader.uint("granted_index", 1),
         granted_at_unix_ms=reader.uint("granted_at_unix_ms"),
+        key_digest=reader.key_digest("key_digest"),
         ended_index=reader.optional_uint("ended_index", 1),
         ended_at_unix_ms=reader.optional_uint("ended_at_unix_ms"),
         end_reason=end_reason,

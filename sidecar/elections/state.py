@@ -21,7 +21,14 @@ holder's grant, the head of the queue is granted in the same ``apply``, with
 that command's index as its token. So the queue is never waiting while
 nobody holds the election.
 
-Refusals that depend on the state (stale token, full queue, too many
+Lease keys: a holder or queued candidate is identified by the SHA-256 digest
+of its secret lease key, carried in its Campaign and kept with the queue
+place, the grant and the grant's audit record. Resign must present the same
+digest; a retried Resign finds the grant it already ended through the digest
+in the audit record and gets the first answer again. The key itself never
+reaches this module.
+
+Refusals that depend on the state (wrong key, full queue, too many
 elections) are results, never exceptions, and leave the election state
 untouched (``last_applied`` still advances: the entry was applied).
 Revoke, Expire and Withdraw are proposed by the runtime on observations that
@@ -34,7 +41,8 @@ what a new leader must extend by a full TTL.
 Invariants (checked by ``check_invariants``, which ``restore`` runs):
 
 - a queue is non-empty only while the election has a holder (handover), and
-  no candidate appears twice among the holder and the queue;
+  no candidate, and no lease key digest, appears twice among the holder and
+  the queue (so a key names at most one grant or queue place);
 - the last audit record is open exactly while there is a holder, and it is
   the holder's; every other record is closed; tokens increase along the trail;
 - every bound holds, and no index exceeds ``last_applied``.
@@ -99,6 +107,29 @@ class _Election:
         if self.holder is not None or not self.audit:
             return None
         return self.audit[-1].ended_index
+
+    def queued_by_key(self, key_digest: str) -> QueuedCandidate | None:
+        """The queued candidate whose lease key has ``key_digest`` (at most one)."""
+        for queued in self.queue.values():
+            if queued.key_digest == key_digest:
+                return queued
+        return None
+
+    def record(self, token: int) -> GrantRecord | None:
+        """The kept audit record of the grant ``token``, if any."""
+        for record in reversed(self.audit):
+            if record.token == token:
+                return record
+            if record.token < token:
+                return None
+        return None
+
+    def newest_record_of_key(self, key_digest: str) -> GrantRecord | None:
+        """The newest kept audit record of a grant made to the lease key ``key_digest``."""
+        for record in reversed(self.audit):
+            if record.key_digest == key_digest:
+                return record
+        return None
 
     def position(self, candidate: str) -> int:
         """1-based queue place of a queued ``candidate``."""
@@ -179,7 +210,7 @@ class ElectionsState:
         return result
 
     def _campaign(self, index: int, command: Campaign) -> ApplyResult:
-        name, candidate = command.election, command.candidate
+        name, candidate, digest = command.election, command.candidate, command.key_digest
         election = self._elections.get(name)
         if election is None:
             if not self._make_room():
@@ -187,22 +218,39 @@ class ElectionsState:
             election = _Election(name, self._bounds.max_audit_records)
             self._elections[name] = election
         holder = election.holder
+        # Idempotency and identity come before the bounds, so a retry is never
+        # refused as QUEUE_FULL, and a candidate id or key is never shared.
         if holder is not None and holder.holder == candidate:
+            if holder.key_digest != digest:
+                return self._rejected(index, name, RejectReason.CANDIDATE_ID_IN_USE, holder)
             return ApplyResult(
                 index=index, election=name, outcome=Outcome.ALREADY_HOLDER, holder=holder
             )
-        if candidate in election.queue:
+        queued = election.queue.get(candidate)
+        if queued is not None:
+            if queued.key_digest != digest:
+                return self._rejected(index, name, RejectReason.CANDIDATE_ID_IN_USE, holder)
             return ApplyResult(
                 index=index,
                 election=name,
                 outcome=Outcome.ALREADY_QUEUED,
                 holder=holder,
                 queue_position=election.position(candidate),
+                candidate=candidate,
             )
+        if (holder is not None and holder.key_digest == digest) or election.queued_by_key(
+            digest
+        ) is not None:
+            return self._rejected(index, name, RejectReason.LEASE_KEY_IN_USE, holder)
         if holder is None:
             # Empty queue here: a queue is only ever non-empty under a holder.
             grant = self._grant(
-                election, index, candidate, command.ttl_ms, command.proposed_at_unix_ms
+                election,
+                index,
+                candidate=candidate,
+                ttl_ms=command.ttl_ms,
+                at_unix_ms=command.proposed_at_unix_ms,
+                key_digest=digest,
             )
             return ApplyResult(
                 index=index, election=name, outcome=Outcome.GRANTED, holder=grant, granted=grant
@@ -214,6 +262,7 @@ class ElectionsState:
             ttl_ms=command.ttl_ms,
             queued_index=index,
             queued_at_unix_ms=command.proposed_at_unix_ms,
+            key_digest=digest,
         )
         return ApplyResult(
             index=index,
@@ -221,23 +270,49 @@ class ElectionsState:
             outcome=Outcome.QUEUED,
             holder=holder,
             queue_position=len(election.queue),
+            candidate=candidate,
         )
 
     def _resign(self, index: int, command: Resign) -> ApplyResult:
-        name = command.election
+        """Resign by lease key; see ``Resign`` and the decision table in docs/elections.md."""
+        name, digest, token = command.election, command.key_digest, command.token
         election = self._elections.get(name)
         if election is None:
-            return self._rejected(index, name, RejectReason.UNKNOWN_ELECTION)
-        if command.candidate is not None:
-            if command.candidate not in election.queue:
-                return self._rejected(index, name, RejectReason.NOT_QUEUED, election.holder)
-            del election.queue[command.candidate]
+            return self._rejected(index, name, RejectReason.LEASE_NOT_FOUND)
+        holder = election.holder
+        if token is None:
+            if holder is not None and holder.key_digest == digest:
+                return self._end(election, index, command.proposed_at_unix_ms, EndReason.RESIGNED)
+            queued = election.queued_by_key(digest)
+            if queued is not None:
+                del election.queue[queued.candidate]
+                return ApplyResult(
+                    index=index,
+                    election=name,
+                    outcome=Outcome.LEFT_QUEUE,
+                    holder=holder,
+                    candidate=queued.candidate,
+                )
+            record = election.newest_record_of_key(digest)
+        else:
+            if holder is not None and holder.token == token:
+                if holder.key_digest != digest:
+                    return self._rejected(index, name, RejectReason.LEASE_KEY_MISMATCH, holder)
+                return self._end(election, index, command.proposed_at_unix_ms, EndReason.RESIGNED)
+            record = election.record(token)
+            if record is not None and record.key_digest != digest:
+                return self._rejected(index, name, RejectReason.LEASE_KEY_MISMATCH, holder)
+        if record is None:
+            return self._rejected(index, name, RejectReason.LEASE_NOT_FOUND, holder)
+        if record.end_reason is EndReason.RESIGNED:
             return ApplyResult(
-                index=index, election=name, outcome=Outcome.LEFT_QUEUE, holder=election.holder
+                index=index,
+                election=name,
+                outcome=Outcome.ALREADY_RESIGNED,
+                holder=holder,
+                ended=record,
             )
-        if election.holder is None or election.holder.token != command.token:
-            return self._rejected(index, name, RejectReason.STALE_TOKEN, election.holder)
-        return self._end(election, index, command.proposed_at_unix_ms, EndReason.RESIGNED)
+        return self._rejected(index, name, RejectReason.LEASE_ENDED, holder)
 
     def _withdraw(self, index: int, command: Withdraw) -> ApplyResult:
         name = command.election
@@ -247,7 +322,11 @@ class ElectionsState:
             return ApplyResult(index=index, election=name, outcome=Outcome.STALE, holder=holder)
         del election.queue[command.candidate]
         return ApplyResult(
-            index=index, election=name, outcome=Outcome.LEFT_QUEUE, holder=election.holder
+            index=index,
+            election=name,
+            outcome=Outcome.WITHDRAWN,
+            holder=election.holder,
+            candidate=command.candidate,
         )
 
     def _end_if_current(
@@ -263,7 +342,14 @@ class ElectionsState:
     # ------------------------------------------------------------ transitions
 
     def _grant(
-        self, election: _Election, index: int, candidate: str, ttl_ms: int, at_unix_ms: int
+        self,
+        election: _Election,
+        index: int,
+        *,
+        candidate: str,
+        ttl_ms: int,
+        at_unix_ms: int,
+        key_digest: str,
     ) -> Grant:
         """Make ``candidate`` the holder with token ``index`` (the only place grants happen)."""
         if election.holder is not None:
@@ -275,6 +361,7 @@ class ElectionsState:
             ttl_ms=ttl_ms,
             granted_index=index,
             granted_at_unix_ms=at_unix_ms,
+            key_digest=key_digest,
         )
         election.holder = grant
         self._idle.pop(election.name, None)
@@ -284,6 +371,7 @@ class ElectionsState:
                 holder=candidate,
                 granted_index=index,
                 granted_at_unix_ms=at_unix_ms,
+                key_digest=key_digest,
             )
         )
         return grant
@@ -300,6 +388,7 @@ class ElectionsState:
             holder=holder.holder,
             granted_index=holder.granted_index,
             granted_at_unix_ms=holder.granted_at_unix_ms,
+            key_digest=holder.key_digest,
             ended_index=index,
             ended_at_unix_ms=at_unix_ms,
             end_reason=reason,
@@ -310,7 +399,14 @@ class ElectionsState:
         if election.queue:
             candidate = next(iter(election.queue))
             queued = election.queue.pop(candidate)
-            granted = self._grant(election, index, candidate, queued.ttl_ms, at_unix_ms)
+            granted = self._grant(
+                election,
+                index,
+                candidate=candidate,
+                ttl_ms=queued.ttl_ms,
+                at_unix_ms=at_unix_ms,
+                key_digest=queued.key_digest,
+            )
         else:
             self._idle[election.name] = index  # the newest idle index: goes last
         outcome = {
@@ -365,6 +461,11 @@ class ElectionsState:
         """Candidates waiting for ``election``, next in line first."""
         state = self._elections.get(election)
         return [] if state is None else list(state.queue.values())
+
+    def grant_record(self, election: str, token: int) -> GrantRecord | None:
+        """The kept audit record of grant ``token`` of ``election`` (open while current)."""
+        state = self._elections.get(election)
+        return None if state is None else state.record(token)
 
     def is_current(self, election: str, token: int) -> bool:
         """Whether ``token`` is the current holder's token of ``election``."""
@@ -531,11 +632,17 @@ class ElectionsState:
                 holder=holder.holder,
                 granted_index=holder.granted_index,
                 granted_at_unix_ms=holder.granted_at_unix_ms,
+                key_digest=holder.key_digest,
             )
             if holder.election != name or last != expected:
                 raise InvariantViolation(f"{where}: holder {holder} does not match its record")
             if holder.holder in election.queue:
                 raise InvariantViolation(f"{where}: holder {holder.holder!r} is also queued")
+        digests = [q.key_digest for q in election.queue.values()]
+        if holder is not None:
+            digests.append(holder.key_digest)
+        if len(set(digests)) != len(digests):
+            raise InvariantViolation(f"{where}: a lease key is shared by two candidates")
         previous_index = 0
         for candidate, queued in election.queue.items():
             if queued.candidate != candidate:

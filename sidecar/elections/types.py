@@ -51,6 +51,8 @@ class Grant:
     """Log index at which the grant was applied; equals ``token`` today."""
     granted_at_unix_ms: int
     """Proposer's wall clock in the granting command; for humans only."""
+    key_digest: str
+    """SHA-256 (hex) of the holder's secret lease key; the key itself is never stored."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +64,8 @@ class QueuedCandidate:
     queued_index: int
     """Log index of the Campaign that queued it."""
     queued_at_unix_ms: int
+    key_digest: str
+    """SHA-256 (hex) of the candidate's secret lease key."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +97,8 @@ class GrantRecord:
     holder: str
     granted_index: int
     granted_at_unix_ms: int
+    key_digest: str
+    """The grant's lease key digest: what makes a retried Resign idempotent."""
     ended_index: int | None = None
     ended_at_unix_ms: int | None = None
     end_reason: EndReason | None = None
@@ -114,9 +120,14 @@ class Outcome(enum.Enum):
     ALREADY_QUEUED = "already_queued"
     """Campaign retry of a queued candidate: nothing changed; ``queue_position`` is its place."""
     RESIGNED = "resigned"
-    """Resign by token: ``ended`` is the closed record, ``granted`` the next holder if any."""
+    """Resign of the key's grant: ``ended`` is the closed record, ``granted`` the next holder."""
+    ALREADY_RESIGNED = "already_resigned"
+    """Resign retry of a grant this key already resigned: nothing changed; ``ended`` is the
+    record that the first Resign closed (its ``ended_index`` is the answer)."""
     LEFT_QUEUE = "left_queue"
-    """Resign by candidate or Withdraw: the candidate left the queue."""
+    """Resign by the key of a queued candidate: it left the queue (``candidate``)."""
+    WITHDRAWN = "withdrawn"
+    """Withdraw: the queued ``candidate``, whose Campaign call ended, left the queue."""
     REVOKED = "revoked"
     """Revoke of the current token: ``ended`` and, on handover, ``granted``."""
     EXPIRED = "expired"
@@ -128,19 +139,23 @@ class Outcome(enum.Enum):
 
 
 class RejectReason(enum.Enum):
-    """Why a command was refused; the API maps each to a gRPC status code."""
+    """Why a command was refused. The API reports ``name`` as the error reason."""
 
-    UNKNOWN_ELECTION = "unknown_election"
-    """Resign in an election the state does not know (NOT_FOUND)."""
-    STALE_TOKEN = "stale_token"
-    """Resign with a token that is not the current holder's (FAILED_PRECONDITION)."""
-    NOT_QUEUED = "not_queued"
-    """Resign by candidate of a candidate that is not queued; a holder resigns by
-    token (FAILED_PRECONDITION)."""
+    LEASE_NOT_FOUND = "lease_not_found"
+    """Resign: the key holds no grant or queue place of the election, and no kept grant
+    carries the given token (never granted, or its record fell off the trail)."""
+    LEASE_KEY_MISMATCH = "lease_key_mismatch"
+    """Resign with a token whose grant was made to another lease key."""
+    LEASE_ENDED = "lease_ended"
+    """Resign of a grant that ended otherwise (expired, revoked): stop acting as leader."""
+    CANDIDATE_ID_IN_USE = "candidate_id_in_use"
+    """Campaign with a candidate id that holds or waits under another lease key."""
+    LEASE_KEY_IN_USE = "lease_key_in_use"
+    """Campaign with a lease key that another candidate of the election holds or waits with."""
     QUEUE_FULL = "queue_full"
-    """Campaign into a queue of ``max_queue_length`` candidates (RESOURCE_EXHAUSTED)."""
+    """Campaign into a queue of ``max_queue_length`` candidates."""
     TOO_MANY_ELECTIONS = "too_many_elections"
-    """Campaign for a new election while ``max_elections`` are active (RESOURCE_EXHAUSTED)."""
+    """Campaign for a new election while ``max_elections`` are active."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,7 +165,8 @@ class ApplyResult:
     ``granted`` is set whenever this command made a new grant: a Campaign into
     an empty election, or the handover to the next candidate inside a Resign,
     Revoke or Expire (then ``granted.token == index``). ``ended`` is the closed
-    audit record of a grant this command ended. ``holder`` is the holder after
+    audit record of a grant this command ended (for ALREADY_RESIGNED: the record
+    an earlier Resign closed). ``holder`` is the holder after
     the command. ``reason`` is set exactly when ``outcome`` is ``REJECTED``.
     """
 
@@ -163,6 +179,9 @@ class ApplyResult:
     ended: GrantRecord | None = None
     queue_position: int | None = None
     """1-based place in the queue (1 = next in line) for QUEUED and ALREADY_QUEUED."""
+    candidate: str | None = None
+    """The candidate that joined or left the queue (QUEUED, ALREADY_QUEUED, LEFT_QUEUE,
+    WITHDRAWN); None otherwise."""
 
     @property
     def rejected(self) -> bool:
@@ -170,5 +189,10 @@ class ApplyResult:
 
     @property
     def holder_changed(self) -> bool:
-        """True when the holder changed (what Observe streams and metrics count)."""
+        """True when the holder changed (what Observe streams and metrics count).
+
+        An ALREADY_RESIGNED retry carries the earlier record in ``ended`` but changed nothing.
+        """
+        if self.outcome is Outcome.ALREADY_RESIGNED:
+            return False
         return self.granted is not None or self.ended is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from typing import Any
 
@@ -23,16 +24,25 @@ from sidecar.elections import (
     Withdraw,
     decode_command,
     encode_command,
+    lease_key_digest,
+    validate_lease_key,
     validate_name,
     validate_token,
     validate_ttl_ms,
 )
 from sidecar.elections.commands import MAX_COMMAND_BYTES, UINT64_MAX
 
+D = lease_key_digest("k" * 22)
 EXAMPLES: list[Command] = [
-    Campaign(election="settlement-eur", candidate="worker-0", ttl_ms=5000, proposed_at_unix_ms=1),
-    Resign(election="settlement-eur", token=42, proposed_at_unix_ms=2),
-    Resign(election="settlement-eur", candidate="worker-1", proposed_at_unix_ms=3),
+    Campaign(
+        election="settlement-eur",
+        candidate="worker-0",
+        ttl_ms=5000,
+        key_digest=D,
+        proposed_at_unix_ms=1,
+    ),
+    Resign(election="settlement-eur", key_digest=D, token=42, proposed_at_unix_ms=2),
+    Resign(election="settlement-eur", key_digest=D, proposed_at_unix_ms=3),
     Withdraw(election="settlement-eur", candidate="worker-1", proposed_at_unix_ms=4),
     Revoke(election="settlement-eur", token=42, proposed_at_unix_ms=5, reason="stream broke"),
     Expire(election="settlement-eur", token=42, proposed_at_unix_ms=0),
@@ -52,9 +62,29 @@ def test_round_trip(command: Command) -> None:
 def test_encoding_is_canonical_json_with_tags() -> None:
     data = encode_command(EXAMPLES[0])
     assert data == (
-        b'{"candidate":"worker-0","election":"settlement-eur","proposed_at_unix_ms":1,'
-        b'"ttl_ms":5000,"type":"campaign","v":1}'
+        b'{"candidate":"worker-0","election":"settlement-eur","key_digest":"'
+        + D.encode()
+        + b'","proposed_at_unix_ms":1,"ttl_ms":5000,"type":"campaign","v":2}'
     )
+
+
+def test_lease_keys_and_digests() -> None:
+    key = "Ab0_-" * 5 + "zz"
+    assert validate_lease_key(key) == key
+    assert lease_key_digest(key) == hashlib.sha256(key.encode()).hexdigest()
+    for bad, fragment in [
+        ("x" * 21, "22 to 128 characters, got 21"),
+        ("x" * 129, "22 to 128 characters, got 129"),
+        ("x" * 21 + ".", "letters, digits, '_' and '-'"),
+        (7, "must be a string"),
+    ]:
+        with pytest.raises(InvalidArgument, match="lease_key") as info:
+            validate_lease_key(bad)
+        assert fragment in str(info.value)
+    secret = "s3cret" * 4 + "!"
+    with pytest.raises(InvalidArgument) as info:
+        lease_key_digest(secret)
+    assert secret not in str(info.value), "a key never appears in an error"
 
 
 @pytest.mark.parametrize(
@@ -105,13 +135,22 @@ def test_token_bounds() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: Campaign(election="", candidate="w", ttl_ms=1, proposed_at_unix_ms=0),
-        lambda: Campaign(election="e", candidate="w w", ttl_ms=1, proposed_at_unix_ms=0),
-        lambda: Campaign(election="e", candidate="w", ttl_ms=0, proposed_at_unix_ms=0),
-        lambda: Campaign(election="e", candidate="w", ttl_ms=1, proposed_at_unix_ms=-1),
-        lambda: Resign(election="e", proposed_at_unix_ms=0),
-        lambda: Resign(election="e", token=1, candidate="w", proposed_at_unix_ms=0),
-        lambda: Resign(election="e", token=0, proposed_at_unix_ms=0),
+        lambda: Campaign(election="", candidate="w", ttl_ms=1, key_digest=D, proposed_at_unix_ms=0),
+        lambda: Campaign(
+            election="e", candidate="w w", ttl_ms=1, key_digest=D, proposed_at_unix_ms=0
+        ),
+        lambda: Campaign(
+            election="e", candidate="w", ttl_ms=0, key_digest=D, proposed_at_unix_ms=0
+        ),
+        lambda: Campaign(
+            election="e", candidate="w", ttl_ms=1, key_digest=D, proposed_at_unix_ms=-1
+        ),
+        lambda: Campaign(
+            election="e", candidate="w", ttl_ms=1, key_digest="ab", proposed_at_unix_ms=0
+        ),
+        lambda: Resign(election="e", key_digest=D.upper(), proposed_at_unix_ms=0),
+        lambda: Resign(election="", key_digest=D, proposed_at_unix_ms=0),
+        lambda: Resign(election="e", key_digest=D, token=0, proposed_at_unix_ms=0),
         lambda: Withdraw(election="e", candidate="", proposed_at_unix_ms=0),
         lambda: Revoke(election="e", token=1, proposed_at_unix_ms=0, reason="x" * 257),
         lambda: Revoke(election="e", token=1, proposed_at_unix_ms=0, reason="a\nb"),
@@ -140,7 +179,7 @@ def corrupt(command: Command, **changes: Any) -> bytes:
         (b"\xff\xfe", "not valid UTF-8 JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'"campaign"', "not a JSON object"),
-        (corrupt(EXAMPLES[0], v=2), "unsupported command version 2"),
+        (corrupt(EXAMPLES[0], v=1), "unsupported command version 1"),
         (corrupt(EXAMPLES[0], v=True), "unsupported command version True"),
         (corrupt(EXAMPLES[0], v=...), "unsupported command version None"),
         (corrupt(EXAMPLES[0], type="elect"), "unknown command type 'elect'"),
@@ -151,8 +190,9 @@ def corrupt(command: Command, **changes: Any) -> bytes:
         (corrupt(EXAMPLES[0], ttl_ms="5000"), "ttl_ms must be an integer"),
         (corrupt(EXAMPLES[0], election="a b"), "invalid campaign command: election"),
         (corrupt(EXAMPLES[1], token=None), "null field(s) token"),
-        (corrupt(EXAMPLES[1], candidate="w"), "exactly one of token or candidate"),
-        (corrupt(EXAMPLES[1], token=...), "exactly one of token or candidate"),
+        (corrupt(EXAMPLES[1], candidate="w"), "unexpected field(s) candidate"),
+        (corrupt(EXAMPLES[1], key_digest=...), "resign command is missing key_digest"),
+        (corrupt(EXAMPLES[0], key_digest="x" * 64), "key_digest must be 64 lowercase hex"),
         (corrupt(EXAMPLES[4], reason=...), "revoke command is missing reason"),
         (corrupt(EXAMPLES[5], token=-1), "fencing_token must be between"),
         (b'{"v":1,"v":1}', "duplicate key 'v'"),
@@ -177,16 +217,18 @@ def test_decode_refuses_non_bytes() -> None:
 names = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=NAME_MAX_CHARS)
 uints = st.integers(min_value=0, max_value=UINT64_MAX)
 tokens = st.integers(min_value=1, max_value=UINT64_MAX)
+digests = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 commands = st.one_of(
     st.builds(
         Campaign,
         election=names,
         candidate=names,
         ttl_ms=st.integers(1, TTL_MS_MAX),
+        key_digest=digests,
         proposed_at_unix_ms=uints,
     ),
-    st.builds(Resign, election=names, token=tokens, proposed_at_unix_ms=uints),
-    st.builds(Resign, election=names, candidate=names, proposed_at_unix_ms=uints),
+    st.builds(Resign, election=names, key_digest=digests, token=tokens, proposed_at_unix_ms=uints),
+    st.builds(Resign, election=names, key_digest=digests, proposed_at_unix_ms=uints),
     st.builds(Withdraw, election=names, candidate=names, proposed_at_unix_ms=uints),
     st.builds(
         Revoke,

@@ -6,15 +6,34 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.elections import Campaign, Expire, Outcome, Resign, Revoke, Withdraw, encode_command
+from sidecar.elections import (
+    Campaign,
+    Expire,
+    Outcome,
+    Resign,
+    Revoke,
+    Withdraw,
+    encode_command,
+    lease_key_digest,
+)
 from sidecar.machine import ElectionsMachine, SkippedEntry
 
 GARBAGE = b"\xffPLANTED-\x00-BYTES"
 
 
+def key(candidate: str) -> str:
+    return lease_key_digest(f"machine-key-of-{candidate}".ljust(22, "-"))
+
+
 def campaign(candidate: str = "w1", ttl_ms: int = 5000) -> bytes:
     return encode_command(
-        Campaign(election="eur", candidate=candidate, ttl_ms=ttl_ms, proposed_at_unix_ms=1)
+        Campaign(
+            election="eur",
+            candidate=candidate,
+            ttl_ms=ttl_ms,
+            key_digest=key(candidate),
+            proposed_at_unix_ms=1,
+        )
     )
 
 
@@ -22,7 +41,9 @@ def test_valid_commands_may_be_proposed_locally_and_forwarded() -> None:
     machine = ElectionsMachine(ttl_min_ms=1000, ttl_max_ms=60_000)
     for data in (
         campaign(),
-        encode_command(Resign(election="eur", token=7, proposed_at_unix_ms=1)),
+        encode_command(
+            Resign(election="eur", key_digest=key("w1"), token=7, proposed_at_unix_ms=1)
+        ),
         encode_command(Withdraw(election="eur", candidate="w1", proposed_at_unix_ms=1)),
         encode_command(
             Revoke(election="eur", token=7, reason="stream ended", proposed_at_unix_ms=1)
@@ -34,7 +55,7 @@ def test_valid_commands_may_be_proposed_locally_and_forwarded() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [GARBAGE, b"", b"{}", b'{"v":2,"type":"campaign"}', b'{"v":1,"type":"nope"}', b"[1]"],
+    [GARBAGE, b"", b"{}", b'{"v":2,"type":"campaign"}', b'{"v":2,"type":"nope"}', b"[1]"],
 )
 def test_bytes_that_do_not_decode_are_refused_with_one_line(data: bytes) -> None:
     reason = ElectionsMachine().refusal(data, forwarded=True)
@@ -91,7 +112,7 @@ def test_every_replica_skips_the_same_entries() -> None:
         GARBAGE,
         campaign("b"),
         b"{}",
-        encode_command(Resign(election="eur", token=1, proposed_at_unix_ms=1)),
+        encode_command(Resign(election="eur", key_digest=key("a"), token=1, proposed_at_unix_ms=1)),
     ]
     replicas = [ElectionsMachine(), ElectionsMachine(ttl_min_ms=1000, ttl_max_ms=2000)]
     for machine in replicas:

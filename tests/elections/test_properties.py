@@ -1,6 +1,7 @@
 """Random command sequences against a naive model, with a restored twin.
 
-Hypothesis drives campaigns, resignations (by token and by candidate),
+Hypothesis drives campaigns (with the candidate's own lease key or another's),
+resignations (by key, with or without a token, right or wrong key),
 withdrawals, revocations and expiries, with increasing indices and gaps, over
 a few elections and candidates and tiny bounds, so that queues fill, audit
 trails wrap and idle elections are evicted. Each command goes to three
@@ -38,32 +39,41 @@ from sidecar.elections import (
     Resign,
     Revoke,
     Withdraw,
+    lease_key_digest,
 )
 
 ELECTIONS = ("a", "b", "c")
 CANDIDATES = ("w0", "w1", "w2", "w3")
 
 
+def key(candidate: str) -> str:
+    return lease_key_digest(f"model-key-of-{candidate}".ljust(22, "-"))
+
+
 @dataclass
 class ModelElection:
     holder: tuple[str, int, int] | None = None  # candidate, token, ttl_ms
+    holder_key: str = ""
     queue: list[tuple[str, int]] = field(default_factory=list)  # FIFO of (candidate, ttl_ms)
+    queue_keys: dict[str, str] = field(default_factory=dict)  # candidate -> key digest
     idle_since: int | None = None
     tokens: list[int] = field(default_factory=list)
+    records: list[list[object]] = field(default_factory=list)  # [token, key, ended reason]
 
 
 class Model:
     """The semantics of docs/elections.md, written naively."""
 
-    def __init__(self, max_elections: int, max_queue_length: int) -> None:
+    def __init__(self, max_elections: int, max_queue_length: int, max_audit: int = 1) -> None:
         self.max_elections = max_elections
         self.max_queue_length = max_queue_length
+        self.max_audit = max_audit
         self.elections: dict[str, ModelElection] = {}
 
     def apply(self, index: int, command: Command) -> tuple[Outcome, RejectReason | None]:
         e = self.elections.get(command.election)
         match command:
-            case Campaign(election=name, candidate=who, ttl_ms=ttl):
+            case Campaign(election=name, candidate=who, ttl_ms=ttl, key_digest=digest):
                 if e is None:
                     if len(self.elections) >= self.max_elections:
                         idle = [
@@ -74,49 +84,79 @@ class Model:
                         del self.elections[min(idle)[1]]
                     e = self.elections[name] = ModelElection()
                 if e.holder is not None and e.holder[0] == who:
+                    if e.holder_key != digest:
+                        return Outcome.REJECTED, RejectReason.CANDIDATE_ID_IN_USE
                     return Outcome.ALREADY_HOLDER, None
-                if who in [c for c, _ in e.queue]:
+                if who in e.queue_keys:
+                    if e.queue_keys[who] != digest:
+                        return Outcome.REJECTED, RejectReason.CANDIDATE_ID_IN_USE
                     return Outcome.ALREADY_QUEUED, None
+                if (e.holder is not None and e.holder_key == digest) or digest in set(
+                    e.queue_keys.values()
+                ):
+                    return Outcome.REJECTED, RejectReason.LEASE_KEY_IN_USE
                 if e.holder is None:
-                    e.holder, e.idle_since = (who, index, ttl), None
+                    e.holder, e.holder_key, e.idle_since = (who, index, ttl), digest, None
                     e.tokens.append(index)
+                    e.records.append([index, digest, None])
                     return Outcome.GRANTED, None
                 if len(e.queue) >= self.max_queue_length:
                     return Outcome.REJECTED, RejectReason.QUEUE_FULL
                 e.queue.append((who, ttl))
+                e.queue_keys[who] = digest
                 return Outcome.QUEUED, None
-            case Resign(candidate=None, token=token):
+            case Resign(key_digest=digest, token=token):
                 if e is None:
-                    return Outcome.REJECTED, RejectReason.UNKNOWN_ELECTION
-                if e.holder is None or e.holder[1] != token:
-                    return Outcome.REJECTED, RejectReason.STALE_TOKEN
-                self._end(e, index)
-                return Outcome.RESIGNED, None
-            case Resign(candidate=str(who)):
-                if e is None:
-                    return Outcome.REJECTED, RejectReason.UNKNOWN_ELECTION
-                if who not in [c for c, _ in e.queue]:
-                    return Outcome.REJECTED, RejectReason.NOT_QUEUED
-                e.queue = [(c, t) for c, t in e.queue if c != who]
-                return Outcome.LEFT_QUEUE, None
+                    return Outcome.REJECTED, RejectReason.LEASE_NOT_FOUND
+                kept = e.records[-self.max_audit :]
+                if token is None:
+                    if e.holder is not None and e.holder_key == digest:
+                        self._end(e, index, "resigned")
+                        return Outcome.RESIGNED, None
+                    mine = [c for c, k in e.queue_keys.items() if k == digest]
+                    if mine:
+                        self._leave(e, mine[0])
+                        return Outcome.LEFT_QUEUE, None
+                    found = [r for r in kept if r[1] == digest][-1:]
+                else:
+                    if e.holder is not None and e.holder[1] == token:
+                        if e.holder_key != digest:
+                            return Outcome.REJECTED, RejectReason.LEASE_KEY_MISMATCH
+                        self._end(e, index, "resigned")
+                        return Outcome.RESIGNED, None
+                    found = [r for r in kept if r[0] == token]
+                    if found and found[0][1] != digest:
+                        return Outcome.REJECTED, RejectReason.LEASE_KEY_MISMATCH
+                if not found:
+                    return Outcome.REJECTED, RejectReason.LEASE_NOT_FOUND
+                if found[0][2] == "resigned":
+                    return Outcome.ALREADY_RESIGNED, None
+                return Outcome.REJECTED, RejectReason.LEASE_ENDED
             case Withdraw(candidate=who):
-                if e is None or who not in [c for c, _ in e.queue]:
+                if e is None or who not in e.queue_keys:
                     return Outcome.STALE, None
-                e.queue = [(c, t) for c, t in e.queue if c != who]
-                return Outcome.LEFT_QUEUE, None
+                self._leave(e, who)
+                return Outcome.WITHDRAWN, None
             case Revoke(token=token) | Expire(token=token):
                 if e is None or e.holder is None or e.holder[1] != token:
                     return Outcome.STALE, None
-                self._end(e, index)
+                self._end(e, index, "other")
                 return (Outcome.REVOKED if isinstance(command, Revoke) else Outcome.EXPIRED), None
         raise AssertionError(command)
 
     @staticmethod
-    def _end(e: ModelElection, index: int) -> None:
+    def _leave(e: ModelElection, who: str) -> None:
+        e.queue = [(c, t) for c, t in e.queue if c != who]
+        del e.queue_keys[who]
+
+    @staticmethod
+    def _end(e: ModelElection, index: int, why: str) -> None:
+        e.records[-1][2] = why
         if e.queue:
             (who, ttl), *e.queue = e.queue
-            e.holder = (who, index, ttl)
+            e.holder, e.holder_key = (who, index, ttl), e.queue_keys.pop(who)
             e.tokens.append(index)
+            e.records.append([index, e.holder_key, None])
         else:
             e.holder, e.idle_since = None, index
 
@@ -143,7 +183,7 @@ class ElectionsMachine(RuleBasedStateMachine):
         }
         self.state = ElectionsState(**bounds)
         self.twin = ElectionsState(**bounds)
-        self.model = Model(max_elections, max_queue_length)
+        self.model = Model(max_elections, max_queue_length, max_audit_records)
 
     # ------------------------------------------------------------ driving
 
@@ -203,7 +243,13 @@ class ElectionsMachine(RuleBasedStateMachine):
     def campaign(self, gap: int, election: str, candidate: str, ttl: int, at: int) -> None:
         self.apply(
             gap,
-            Campaign(election=election, candidate=candidate, ttl_ms=ttl, proposed_at_unix_ms=at),
+            Campaign(
+                election=election,
+                candidate=candidate,
+                ttl_ms=ttl,
+                key_digest=key(candidate),
+                proposed_at_unix_ms=at,
+            ),
         )
 
     @rule(gap=gaps, election=elections, candidate=candidates, ttl=st.integers(1, 5), at=at)
@@ -211,14 +257,29 @@ class ElectionsMachine(RuleBasedStateMachine):
         # Twice the weight of the other rules, so queues actually fill.
         self.campaign(gap, election, candidate, ttl, at)
 
-    @rule(gap=gaps, election=elections, data=st.data(), at=at)
-    def resign_token(self, gap: int, election: str, data: st.DataObject, at: int) -> None:
+    @rule(gap=gaps, election=elections, candidate=candidates, by=candidates)
+    def campaign_with_another_key(self, gap: int, election: str, candidate: str, by: str) -> None:
+        command = Campaign(
+            election=election,
+            candidate=candidate,
+            ttl_ms=1,
+            key_digest=key(by),
+            proposed_at_unix_ms=0,
+        )
+        self.apply(gap, command)
+
+    @rule(gap=gaps, election=elections, data=st.data(), by=candidates, at=at)
+    def resign_token(self, gap: int, election: str, data: st.DataObject, by: str, at: int) -> None:
         token = self.draw_token(election, data)
-        self.apply(gap, Resign(election=election, token=token, proposed_at_unix_ms=at))
+        model = self.model.elections.get(election)
+        if model is not None and model.holder is not None and model.holder[1] == token:
+            by = data.draw(st.sampled_from([model.holder[0], by]))  # mostly the right key
+        command = Resign(election=election, key_digest=key(by), token=token, proposed_at_unix_ms=at)
+        self.apply(gap, command)
 
     @rule(gap=gaps, election=elections, candidate=candidates)
-    def resign_candidate(self, gap: int, election: str, candidate: str) -> None:
-        self.apply(gap, Resign(election=election, candidate=candidate, proposed_at_unix_ms=0))
+    def resign_by_key(self, gap: int, election: str, candidate: str) -> None:
+        self.apply(gap, Resign(election=election, key_digest=key(candidate), proposed_at_unix_ms=0))
 
     @rule(gap=gaps, election=elections, candidate=candidates)
     def withdraw(self, gap: int, election: str, candidate: str) -> None:
@@ -288,18 +349,14 @@ commands = st.one_of(
         election=st.sampled_from(ELECTIONS),
         candidate=st.sampled_from(CANDIDATES),
         ttl_ms=st.integers(1, 9),
+        key_digest=st.sampled_from(CANDIDATES).map(key),
         proposed_at_unix_ms=st.integers(0, 99),
     ),
     st.builds(
         Resign,
         election=st.sampled_from(ELECTIONS),
-        token=st.integers(1, 60),
-        proposed_at_unix_ms=st.just(0),
-    ),
-    st.builds(
-        Resign,
-        election=st.sampled_from(ELECTIONS),
-        candidate=st.sampled_from(CANDIDATES),
+        key_digest=st.sampled_from(CANDIDATES).map(key),
+        token=st.none() | st.integers(1, 60),
         proposed_at_unix_ms=st.just(0),
     ),
     st.builds(

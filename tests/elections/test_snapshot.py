@@ -14,23 +14,66 @@ from sidecar.elections import (
     ElectionsState,
     ElectionsUsageError,
     Expire,
+    Outcome,
+    RejectReason,
     Resign,
     Revoke,
     SnapshotError,
+    lease_key_digest,
 )
+
+
+def key(candidate: str) -> str:
+    return lease_key_digest(f"snapshot-key-of-{candidate}".ljust(22, "-"))
 
 
 def busy_state() -> ElectionsState:
     state = ElectionsState(max_elections=5, max_queue_length=3, max_audit_records=2)
     commands: list[Command] = [
-        Campaign(election="eur", candidate="w0", ttl_ms=1000, proposed_at_unix_ms=10),
-        Campaign(election="eur", candidate="w1", ttl_ms=2000, proposed_at_unix_ms=11),
-        Campaign(election="eur", candidate="w2", ttl_ms=3000, proposed_at_unix_ms=12),
-        Campaign(election="usd", candidate="w1", ttl_ms=4000, proposed_at_unix_ms=13),
-        Resign(election="eur", token=1, proposed_at_unix_ms=14),
+        Campaign(
+            election="eur",
+            candidate="w0",
+            ttl_ms=1000,
+            key_digest=key("w0"),
+            proposed_at_unix_ms=10,
+        ),
+        Campaign(
+            election="eur",
+            candidate="w1",
+            ttl_ms=2000,
+            key_digest=key("w1"),
+            proposed_at_unix_ms=11,
+        ),
+        Campaign(
+            election="eur",
+            candidate="w2",
+            ttl_ms=3000,
+            key_digest=key("w2"),
+            proposed_at_unix_ms=12,
+        ),
+        Campaign(
+            election="usd",
+            candidate="w1",
+            ttl_ms=4000,
+            key_digest=key("w1"),
+            proposed_at_unix_ms=13,
+        ),
+        Resign(election="eur", key_digest=key("w0"), token=1, proposed_at_unix_ms=14),
         Revoke(election="eur", token=5, proposed_at_unix_ms=15, reason="gone"),
-        Campaign(election="eur", candidate="w3", ttl_ms=1500, proposed_at_unix_ms=16),
-        Campaign(election="gbp", candidate="w4", ttl_ms=1500, proposed_at_unix_ms=17),
+        Campaign(
+            election="eur",
+            candidate="w3",
+            ttl_ms=1500,
+            key_digest=key("w3"),
+            proposed_at_unix_ms=16,
+        ),
+        Campaign(
+            election="gbp",
+            candidate="w4",
+            ttl_ms=1500,
+            key_digest=key("w4"),
+            proposed_at_unix_ms=17,
+        ),
         Expire(election="gbp", token=8, proposed_at_unix_ms=18),
     ]
     for index, command in enumerate(commands, start=1):
@@ -50,16 +93,46 @@ def test_round_trip_keeps_everything() -> None:
         assert restored.queue(name) == state.queue(name)
         assert restored.audit(name) == state.audit(name)
     assert restored.leases() == state.leases()
+    # Key digests survive (never the keys: a snapshot holds none).
+    holder = restored.holder("eur")
+    assert holder is not None and holder.key_digest == key("w2")
+    assert restored.queue("eur")[0].key_digest == key("w3")
+    assert [r.key_digest for r in restored.audit("eur")] == [key("w1"), key("w2")]
+    # ... so the key checks and an idempotent resign retry work after a restore.
+    ended = restored.apply(
+        19, Resign(election="eur", key_digest=key("w1"), token=5, proposed_at_unix_ms=0)
+    )
+    assert ended.reason is RejectReason.LEASE_ENDED
+    resigned = restored.apply(
+        20, Resign(election="usd", key_digest=key("w1"), token=4, proposed_at_unix_ms=0)
+    )
+    assert resigned.outcome is Outcome.RESIGNED
+    again = ElectionsState.restore(restored.snapshot())
+    retry = again.apply(
+        21, Resign(election="usd", key_digest=key("w1"), token=4, proposed_at_unix_ms=0)
+    )
+    assert retry.outcome is Outcome.ALREADY_RESIGNED
+    assert retry.ended is not None and retry.ended.ended_index == 20
     # The audit bound survives: eur had 3 grants, keeps 2.
     assert [r.token for r in restored.audit("eur")] == [5, 6]
     # So do the other bounds: the restored state still refuses a fourth queued candidate.
     assert [q.candidate for q in restored.queue("eur")] == ["w3"]
-    for index, candidate in [(20, "w7"), (21, "w8")]:
+    for index, candidate in [(30, "w7"), (31, "w8")]:
         restored.apply(
-            index, Campaign(election="eur", candidate=candidate, ttl_ms=1, proposed_at_unix_ms=0)
+            index,
+            Campaign(
+                election="eur",
+                candidate=candidate,
+                ttl_ms=1,
+                key_digest=key(candidate),
+                proposed_at_unix_ms=0,
+            ),
         )
     result = restored.apply(
-        22, Campaign(election="eur", candidate="w9", ttl_ms=1, proposed_at_unix_ms=0)
+        32,
+        Campaign(
+            election="eur", candidate="w9", ttl_ms=1, key_digest=key("w9"), proposed_at_unix_ms=0
+        ),
     )
     assert result.rejected
 
@@ -72,8 +145,8 @@ def test_restored_state_refuses_old_indices() -> None:
 
 def test_same_state_same_bytes_whatever_the_insertion_order() -> None:
     one, two = ElectionsState(), ElectionsState()
-    a = Campaign(election="a", candidate="w", ttl_ms=1, proposed_at_unix_ms=0)
-    b = Campaign(election="b", candidate="w", ttl_ms=1, proposed_at_unix_ms=0)
+    a = Campaign(election="a", candidate="w", ttl_ms=1, key_digest=key("w"), proposed_at_unix_ms=0)
+    b = Campaign(election="b", candidate="w", ttl_ms=1, key_digest=key("w"), proposed_at_unix_ms=0)
     one.apply(1, a)
     one.apply(2, b)
     two.apply(1, a)
@@ -123,7 +196,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("truncated", busy_state().snapshot()[:-5], "not valid UTF-8 JSON"),
     ("list", b"[]", "expected an object"),
     ("format", mutate(setitem(top, "format", "etcd")), "not an elections snapshot"),
-    ("version", mutate(setitem(top, "v", 2)), "unsupported snapshot version 2"),
+    ("version", mutate(setitem(top, "v", 1)), "unsupported snapshot version 1"),
     ("missing", mutate(setitem(top, "bounds", ...)), "snapshot: missing bounds"),
     ("extra", mutate(setitem(top, "x", 1)), "unexpected field(s) x"),
     ("bound", mutate(setitem(lambda d: d["bounds"], "max_elections", 0)), "max_elections"),
@@ -148,6 +221,26 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "queue[0]: missing ttl_ms",
     ),
     ("bool", mutate(lambda d: eur(d)["holder"].update(token=True)), ".holder.token"),
+    (
+        "digest",
+        mutate(lambda d: eur(d)["queue"][0].update(key_digest="KEY")),
+        "queue[0].key_digest: key_digest must be 64 lowercase hex",
+    ),
+    (
+        "no digest",
+        mutate(lambda d: eur(d)["audit"][0].pop("key_digest")),
+        "audit[0]: missing key_digest",
+    ),
+    (
+        "holder digest",
+        mutate(lambda d: eur(d)["holder"].update(key_digest=key("w1"))),
+        "does not match its record",
+    ),
+    (
+        "shared key",
+        mutate(lambda d: eur(d)["queue"][0].update(key_digest=eur(d)["holder"]["key_digest"])),
+        "a lease key is shared by two candidates",
+    ),
     # Well-formed, but breaking an invariant:
     (
         "holder record",

@@ -26,21 +26,38 @@ from sidecar.elections import (
     Resign,
     Revoke,
     Withdraw,
+    lease_key_digest,
 )
 
 E = "settlement-eur"
 
 
-def campaign(candidate: str, ttl_ms: int = 5000, election: str = E, at: int = 0) -> Campaign:
-    return Campaign(election=election, candidate=candidate, ttl_ms=ttl_ms, proposed_at_unix_ms=at)
+def key(candidate: str) -> str:
+    """The lease key digest each test candidate campaigns with."""
+    return lease_key_digest(f"lease-key-of-{candidate}".ljust(22, "-"))
 
 
-def resign(token: int, election: str = E, at: int = 0) -> Resign:
-    return Resign(election=election, token=token, proposed_at_unix_ms=at)
+def campaign(
+    candidate: str, ttl_ms: int = 5000, election: str = E, at: int = 0, by: str | None = None
+) -> Campaign:
+    """``by`` names whose key to campaign with (default: the candidate's own)."""
+    return Campaign(
+        election=election,
+        candidate=candidate,
+        ttl_ms=ttl_ms,
+        key_digest=key(by or candidate),
+        proposed_at_unix_ms=at,
+    )
+
+
+def resign(token: int | None, election: str = E, at: int = 0, by: str = "w0") -> Resign:
+    """Resign with the key of candidate ``by`` (and the token, unless None)."""
+    return Resign(election=election, key_digest=key(by), token=token, proposed_at_unix_ms=at)
 
 
 def leave(candidate: str, election: str = E) -> Resign:
-    return Resign(election=election, candidate=candidate, proposed_at_unix_ms=0)
+    """Resign by key only: a queued candidate leaves the queue."""
+    return resign(None, election=election, by=candidate)
 
 
 def withdraw(candidate: str, election: str = E) -> Withdraw:
@@ -84,6 +101,7 @@ def test_first_campaign_is_granted_with_its_index_as_token() -> None:
         ttl_ms=3000,
         granted_index=7,
         granted_at_unix_ms=1_700_000_000_000,
+        key_digest=key("w0"),
     )
     assert result == ApplyResult(
         index=7, election=E, outcome=Outcome.GRANTED, holder=grant, granted=grant
@@ -124,7 +142,9 @@ def test_campaign_is_idempotent_for_the_holder() -> None:
     assert retry.granted is None
     assert_unchanged(state, before, retry)
     assert state.audit(E) == [
-        GrantRecord(token=1, holder="w0", granted_index=1, granted_at_unix_ms=0)
+        GrantRecord(
+            token=1, holder="w0", granted_index=1, granted_at_unix_ms=0, key_digest=key("w0")
+        )
     ]
 
 
@@ -181,7 +201,13 @@ def test_idle_elections_keep_their_audit_until_room_is_needed() -> None:
     # An evicted election starts afresh, with a larger token than any before.
     state.apply(6, resign(5, election="c"))  # c idle since 6; a since 4
     assert state.apply(7, campaign("w9", election="b")).granted == Grant(
-        election="b", holder="w9", token=7, ttl_ms=5000, granted_index=7, granted_at_unix_ms=0
+        election="b",
+        holder="w9",
+        token=7,
+        ttl_ms=5000,
+        granted_index=7,
+        granted_at_unix_ms=0,
+        key_digest=key("w9"),
     )
     assert state.elections() == ["b", "c"]
 
@@ -213,12 +239,19 @@ def test_resign_hands_over_to_the_head_of_the_queue_in_the_same_command() -> Non
         holder="w0",
         granted_index=1,
         granted_at_unix_ms=100,
+        key_digest=key("w0"),
         ended_index=10,
         ended_at_unix_ms=200,
         end_reason=EndReason.RESIGNED,
     )
     expected = Grant(
-        election=E, holder="w1", token=10, ttl_ms=700, granted_index=10, granted_at_unix_ms=200
+        election=E,
+        holder="w1",
+        token=10,
+        ttl_ms=700,
+        granted_index=10,
+        granted_at_unix_ms=200,
+        key_digest=key("w1"),
     )
     assert result.granted == expected
     assert result.holder == expected
@@ -239,66 +272,174 @@ def test_resign_without_queue_leaves_the_election_idle() -> None:
     assert state.elections() == [E]
 
 
-@pytest.mark.parametrize("token", [1, 3, 99])
-def test_resign_of_a_token_that_is_not_current_is_rejected(token: int) -> None:
+def test_resign_with_another_keys_token_is_refused_as_a_key_mismatch() -> None:
+    """The token is public; only the holder's key ends its grant."""
     state = ElectionsState()
     state.apply(1, campaign("w0"))
     state.apply(2, campaign("w1"))
-    state.apply(3, resign(1))  # w1 holds with token 3
-    state.apply(4, resign(3))  # nobody holds; token 3 is stale now too
-    state.apply(5, campaign("w2"))
     before = state.snapshot()
-    result = state.apply(6, resign(token))
-    assert (result.outcome, result.reason) == (Outcome.REJECTED, RejectReason.STALE_TOKEN)
-    assert result.holder == state.holder(E)
-    assert_unchanged(state, before, result)
+    for index, by in [(3, "w1"), (4, "mallory")]:
+        result = state.apply(index, resign(1, by=by))
+        assert (result.outcome, result.reason) == (
+            Outcome.REJECTED,
+            RejectReason.LEASE_KEY_MISMATCH,
+        )
+        assert_unchanged(state, before, result)
+    assert state.is_current(E, 1)
+    assert state.apply(5, resign(1)).outcome is Outcome.RESIGNED
 
 
-def test_resign_with_a_token_while_nobody_holds_is_rejected() -> None:
+def test_resign_retry_is_idempotent_with_the_first_index() -> None:
     state = ElectionsState()
     state.apply(1, campaign("w0"))
-    state.apply(2, resign(1))
+    state.apply(2, campaign("w1"))
+    first = state.apply(5, resign(1))
+    assert (first.outcome, first.granted.token if first.granted else None) == (
+        Outcome.RESIGNED,
+        5,
+    )
     before = state.snapshot()
-    result = state.apply(3, resign(1))
-    assert result.reason is RejectReason.STALE_TOKEN
+    for index, command in [(6, resign(1)), (7, resign(None))]:
+        retry = state.apply(index, command)
+        assert retry.outcome is Outcome.ALREADY_RESIGNED
+        assert retry.ended is not None and retry.ended.ended_index == 5
+        assert not retry.holder_changed, "a retry ends nothing and grants nothing"
+        assert_unchanged(state, before, retry)
+    assert state.is_current(E, 5), "w1's newer grant is untouched"
+    # Someone else retrying w0's resignation learns nothing and changes nothing.
+    other = state.apply(8, resign(1, by="w1"))
+    assert other.reason is RejectReason.LEASE_KEY_MISMATCH
+
+
+@pytest.mark.parametrize("end", [revoke, expire])
+def test_resign_of_a_grant_that_ended_otherwise_says_it_ended(
+    end: Callable[..., Revoke | Expire],
+) -> None:
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, end(1))
+    before = state.snapshot()
+    for index, command in [(3, resign(1)), (4, resign(None))]:
+        result = state.apply(index, command)
+        assert (result.outcome, result.reason) == (Outcome.REJECTED, RejectReason.LEASE_ENDED)
+        assert_unchanged(state, before, result)
+
+
+@pytest.mark.parametrize("token", [2, 99, None])
+def test_resign_of_nothing_the_key_holds_is_not_found(token: int | None) -> None:
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, campaign("w1"))
+    before = state.snapshot()
+    result = state.apply(3, resign(token, by="stranger"))
+    assert (result.outcome, result.reason) == (Outcome.REJECTED, RejectReason.LEASE_NOT_FOUND)
     assert_unchanged(state, before, result)
 
 
-def test_resign_in_an_unknown_election_is_rejected() -> None:
+def test_resign_with_a_token_that_fell_off_the_audit_trail_is_not_found() -> None:
+    state = ElectionsState(max_audit_records=1)
+    state.apply(1, campaign("w0"))
+    state.apply(2, resign(1))
+    state.apply(3, campaign("w1"))
+    result = state.apply(4, resign(1))
+    assert result.reason is RejectReason.LEASE_NOT_FOUND
+
+
+def test_resign_in_an_unknown_election_is_not_found() -> None:
     state = ElectionsState()
     for index, command in enumerate([resign(1), leave("w0")], start=1):
         result = state.apply(index, command)
         assert (result.outcome, result.reason) == (
             Outcome.REJECTED,
-            RejectReason.UNKNOWN_ELECTION,
+            RejectReason.LEASE_NOT_FOUND,
         )
     assert state.elections() == []
 
 
-def test_resign_by_candidate_leaves_the_queue() -> None:
+def test_resign_by_key_of_a_queued_candidate_leaves_the_queue() -> None:
     state = ElectionsState()
     state.apply(1, campaign("w0"))
     state.apply(2, campaign("w1"))
     state.apply(3, campaign("w2"))
     result = state.apply(4, leave("w1"))
-    assert result.outcome is Outcome.LEFT_QUEUE
+    assert (result.outcome, result.candidate) == (Outcome.LEFT_QUEUE, "w1")
     assert not result.holder_changed
     assert queued_names(state) == ["w2"]
     # The next handover skips the one who left.
     assert state.apply(5, resign(1)).granted == Grant(
-        election=E, holder="w2", token=5, ttl_ms=5000, granted_index=5, granted_at_unix_ms=0
+        election=E,
+        holder="w2",
+        token=5,
+        ttl_ms=5000,
+        granted_index=5,
+        granted_at_unix_ms=0,
+        key_digest=key("w2"),
     )
 
 
-@pytest.mark.parametrize("candidate", ["w0", "nobody"])
-def test_resign_by_candidate_of_a_holder_or_stranger_is_rejected(candidate: str) -> None:
+def test_resign_by_key_only_of_the_holder_ends_its_grant() -> None:
     state = ElectionsState()
     state.apply(1, campaign("w0"))
+    result = state.apply(2, resign(None))
+    assert result.outcome is Outcome.RESIGNED
+    assert result.ended is not None and result.ended.token == 1
+
+
+# ------------------------------------------------------------- lease keys
+
+
+def test_campaign_with_a_candidate_id_in_use_under_another_key_is_refused() -> None:
+    """Knowing the holder's candidate id gets nobody its grant or its key."""
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, campaign("w1"))
     before = state.snapshot()
-    result = state.apply(2, leave(candidate))
-    assert (result.outcome, result.reason) == (Outcome.REJECTED, RejectReason.NOT_QUEUED)
-    assert_unchanged(state, before, result)
-    assert state.is_current(E, 1)
+    for index, candidate in [(3, "w0"), (4, "w1")]:
+        result = state.apply(index, campaign(candidate, by="impostor"))
+        assert (result.outcome, result.reason) == (
+            Outcome.REJECTED,
+            RejectReason.CANDIDATE_ID_IN_USE,
+        )
+        assert result.granted is None and result.queue_position is None
+        assert_unchanged(state, before, result)
+
+
+def test_campaign_with_a_key_in_use_by_another_candidate_is_refused() -> None:
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, campaign("w1"))
+    before = state.snapshot()
+    for index, by in [(3, "w0"), (4, "w1")]:
+        result = state.apply(index, campaign("w2", by=by))
+        assert result.reason is RejectReason.LEASE_KEY_IN_USE
+        assert_unchanged(state, before, result)
+
+
+def test_grant_queue_place_and_audit_record_carry_the_key_digest() -> None:
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, campaign("w1"))
+    holder = state.holder(E)
+    assert holder is not None and holder.key_digest == key("w0")
+    assert state.queue(E)[0].key_digest == key("w1")
+    assert state.grant_record(E, 1) == GrantRecord(
+        token=1, holder="w0", granted_index=1, granted_at_unix_ms=0, key_digest=key("w0")
+    )
+    assert state.grant_record(E, 2) is None and state.grant_record("other", 1) is None
+    handover = state.apply(3, resign(1))
+    assert handover.granted is not None and handover.granted.key_digest == key("w1")
+
+
+def test_a_key_may_campaign_again_after_its_grant_ended() -> None:
+    state = ElectionsState()
+    state.apply(1, campaign("w0"))
+    state.apply(2, resign(1))
+    again = state.apply(3, campaign("w0"))
+    assert again.outcome is Outcome.GRANTED
+    # Resign by key only now ends the new grant; a token names the old one.
+    assert state.apply(4, resign(1)).outcome is Outcome.ALREADY_RESIGNED
+    assert state.is_current(E, 3)
+    assert state.apply(5, resign(None)).ended is not None
 
 
 # ---------------------------------------------------------------- withdraw
@@ -308,9 +449,10 @@ def test_withdraw_removes_a_queued_candidate() -> None:
     state = ElectionsState()
     state.apply(1, campaign("w0"))
     state.apply(2, campaign("w1"))
-    result = state.apply(3, withdraw("w1"))
-    assert result.outcome is Outcome.LEFT_QUEUE
-    assert state.queue(E) == []
+    state.apply(3, campaign("w2"))
+    result = state.apply(4, withdraw("w1"))
+    assert (result.outcome, result.candidate) == (Outcome.WITHDRAWN, "w1")
+    assert queued_names(state) == ["w2"]
 
 
 @pytest.mark.parametrize(("candidate", "election"), [("w0", E), ("w9", E), ("w1", "other")])
@@ -392,7 +534,7 @@ def test_leases_list_every_holder_for_a_new_raft_leader() -> None:
     state.apply(1, campaign("w0", ttl_ms=1000, election="b"))
     state.apply(2, campaign("w1", ttl_ms=2000, election="a"))
     state.apply(3, campaign("w2", election="c"))
-    state.apply(4, resign(3, election="c"))
+    state.apply(4, resign(3, election="c", by="w2"))
     assert state.leases() == [
         Lease(election="a", holder="w1", token=2, ttl_ms=2000),
         Lease(election="b", holder="w0", token=1, ttl_ms=1000),
@@ -423,6 +565,7 @@ def test_audit_trail_records_every_grant_and_why_it_ended() -> None:
             holder="w0",
             granted_index=1,
             granted_at_unix_ms=10,
+            key_digest=key("w0"),
             ended_index=5,
             ended_at_unix_ms=40,
             end_reason=EndReason.RESIGNED,
@@ -432,6 +575,7 @@ def test_audit_trail_records_every_grant_and_why_it_ended() -> None:
             holder="w1",
             granted_index=5,
             granted_at_unix_ms=40,
+            key_digest=key("w1"),
             ended_index=6,
             ended_at_unix_ms=50,
             end_reason=EndReason.REVOKED,
@@ -441,11 +585,14 @@ def test_audit_trail_records_every_grant_and_why_it_ended() -> None:
             holder="w2",
             granted_index=6,
             granted_at_unix_ms=50,
+            key_digest=key("w2"),
             ended_index=7,
             ended_at_unix_ms=60,
             end_reason=EndReason.EXPIRED,
         ),
-        GrantRecord(token=7, holder="w3", granted_index=7, granted_at_unix_ms=60),
+        GrantRecord(
+            token=7, holder="w3", granted_index=7, granted_at_unix_ms=60, key_digest=key("w3")
+        ),
     ]
     assert records[-1].current
     assert not records[0].current

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.helm.chart import (
     CHART,
     exported_names,
@@ -32,6 +31,7 @@ from tests.helm.programs import (
     scrape,
 )
 from tests.helm.tools import unavailable
+from tests.integration import worker_api
 from tests.integration.certs import CertificateAuthority
 from tests.integration.cluster import Cluster, eventually, free_port, running
 
@@ -127,10 +127,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_sidecar_exports_every_metric_the_rules_and_dashboard_use(cluster: Cluster) -> None:
     leader = cluster.leader()
     # An election with a holder, so that per-election and per-holder series exist.
-    leader.stub().Campaign(
-        worker_pb2.CampaignRequest(election="names-probe", candidate_id="w1", ttl_ms=5000),
-        timeout=10,
-    )
+    worker_api.campaign(leader.stub(), "names-probe", "w1")
     eventually(
         lambda: 'holder="w1"' in leader.metrics() or None, "the sampler to publish the holder"
     )

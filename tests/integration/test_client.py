@@ -8,6 +8,7 @@ election; the tests that kill sidecars get a fresh cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 import time
@@ -20,9 +21,9 @@ import pytest
 from sidecar.client import (
     BlockingSidecarClient,
     InvalidRequest,
+    KeyMismatch,
     LeaseLost,
     NotFound,
-    NotHolder,
     SidecarClient,
 )
 from tests.integration.cluster import Cluster, Sidecar, running
@@ -41,6 +42,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """For the tests that kill sidecars."""
     yield from running(tmp_path)
+
+
+@pytest.fixture
+def proxied_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Sidecars configured as for a proxy between worker and sidecar: a
+    broken KeepAlive stream keeps its leases for a re-attach grace."""
+    yield from running(tmp_path, extra_args=lambda node: ["--keepalive-grace-ms", "1000"])
 
 
 def follower(cluster: Cluster) -> Sidecar:
@@ -158,12 +166,21 @@ def test_bad_input_raises_typed_errors_at_once(cluster: Cluster) -> None:
             with pytest.raises(InvalidRequest):  # checked locally
                 async with client.leadership("client-bad", candidate_id="w", ttl=1, margin=2):
                     pass
-            with pytest.raises(NotFound):
-                await client.resign("client-no-such-election", 7)
+            with pytest.raises(NotFound) as missing:
+                await client.resign("client-no-such-election", client.lease_key("x", "w"), 7)
+            assert missing.value.reason == "LEASE_NOT_FOUND"
             assert time.monotonic() - started < 1.0, "bad input must not be retried"
             async with client.leadership("client-bad", candidate_id="w", ttl=TTL) as lease:
-                with pytest.raises(NotHolder):
-                    await client.resign("client-bad", lease.fencing_token + 1000)
+                with pytest.raises(KeyMismatch) as wrong:  # the token is public, the key is not
+                    await client.resign("client-bad", "k" * 32, lease.fencing_token)
+                assert wrong.value.reason == "LEASE_KEY_MISMATCH"
+                with pytest.raises(KeyMismatch) as taken:  # another process, same candidate id
+                    async with (
+                        SidecarClient(home.api) as other,
+                        other.leadership("client-bad", candidate_id="w", ttl=TTL),
+                    ):
+                        pytest.fail("granted a candidate id held under another key")
+                assert taken.value.reason == "CANDIDATE_ID_IN_USE"
                 assert not lease.lost.is_set()
 
     asyncio.run(main())
@@ -221,3 +238,74 @@ def test_unanswered_keep_alives_lose_the_lease_at_the_safe_deadline(
 
     asyncio.run(main())
     assert home.process is not None and home.process.poll() is None, "home sidecar still runs"
+
+
+def test_a_queued_candidate_learns_its_position_and_a_closed_stream_is_reattached(
+    proxied_cluster: Cluster,
+) -> None:
+    """The Campaign stream reports queue positions; a KeepAlive stream that
+    breaks (here: cancelled under the client's feet, as a proxy's idle timeout
+    would) is re-opened with the same key within the sidecar's configured
+    grace, and the same token stays current."""
+    election = "client-reattach"
+    home = follower(proxied_cluster)
+
+    async def main() -> None:
+        async with SidecarClient(home.api) as client:
+            async with client.leadership(election, candidate_id="holder", ttl=TTL) as lease:
+                positions: list[int] = []
+                queued = asyncio.Event()
+
+                def on_queued(position: int) -> None:
+                    positions.append(position)
+                    queued.set()
+
+                async def wait() -> int:
+                    async with (
+                        SidecarClient(home.api) as other,
+                        other.leadership(
+                            election, candidate_id="waiter", ttl=TTL, on_queued=on_queued
+                        ) as second,
+                    ):
+                        return second.fencing_token
+
+                waiter = asyncio.create_task(wait())
+                await asyncio.wait_for(queued.wait(), 5)
+                assert positions == [1]
+                for _ in range(3):
+                    acknowledged = lease.acknowledged
+                    assert lease._stream is not None
+                    lease._stream.cancel()  # the stream dies; the lease must not
+                    while lease.acknowledged <= acknowledged:
+                        await asyncio.sleep(0.05)
+                        lease.check()
+                assert lease.reattached >= 3
+                await asyncio.sleep(TTL.total_seconds())
+                lease.check()
+                assert await client.validate(election, lease.fencing_token)
+                token = lease.fencing_token
+            assert await asyncio.wait_for(waiter, 10) > token
+
+    asyncio.run(main())
+
+
+def test_the_client_logs_through_stdlib_logging_never_the_key(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = follower(cluster)
+    caplog.set_level(logging.DEBUG, logger="raftsidecar.client")
+
+    async def main() -> str:
+        async with (
+            SidecarClient(home.api) as client,
+            client.leadership("client-logs", candidate_id="w", ttl=TTL) as lease,
+        ):
+            assert "key" not in repr(lease).lower()
+            return client.lease_key("client-logs", "w")
+
+    key = asyncio.run(main())
+    events = [r.getMessage() for r in caplog.records if r.name == "raftsidecar.client"]
+    assert any(e.startswith("lease_granted") for e in events), events
+    assert all(key not in e for e in events)
+    out = capsys.readouterr()
+    assert "lease_granted" not in out.out, "nothing on the application's stdout"

@@ -14,14 +14,17 @@ import grpc
 import pytest
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, eventually
+from tests.integration.worker_api import Granted, error_info, resign
 
 ELECTION = "settlement-eur"
 
 
-def campaign(stub: Any, candidate: str, timeout: float = 10, ttl_ms: int = 5000) -> Any:
-    request = worker_pb2.CampaignRequest(election=ELECTION, candidate_id=candidate, ttl_ms=ttl_ms)
-    return stub.Campaign(request, timeout=timeout).token
+def campaign(
+    stub: Any, candidate: str, timeout: float = 10, ttl_ms: int = 5000, **options: Any
+) -> Granted:
+    return worker_api.campaign(stub, ELECTION, candidate, ttl_ms=ttl_ms, timeout=timeout, **options)
 
 
 def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -30,21 +33,28 @@ def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
     return err.value.code(), err.value.details()
 
 
+def refusal(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """The status code, ErrorInfo reason and metadata of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    reason, metadata = error_info(err.value)
+    return err.value.code(), reason, metadata
+
+
 def test_grant_handover_failover_and_restart(cluster: Cluster) -> None:
     leader = cluster.leader()
     stub = leader.stub()
     first = campaign(stub, "worker-a")
     assert first.fencing_token > 0 and first.candidate_id == "worker-a"
-    assert campaign(stub, "worker-a").fencing_token == first.fencing_token, "idempotent"
+    again = campaign(stub, "worker-a", lease_key=first.lease_key)
+    assert again.fencing_token == first.fencing_token, "idempotent"
 
     # worker-b queues behind worker-a and is granted, in FIFO order, on resign.
     granted: dict[str, Any] = {}
     waiter = threading.Thread(target=lambda: granted.update(b=campaign(stub, "worker-b", 20)))
     waiter.start()
     eventually(lambda: waiter.is_alive() or None, "worker-b waiting")
-    stub.Resign(
-        worker_pb2.ResignRequest(election=ELECTION, fencing_token=first.fencing_token), timeout=5
-    )
+    resign(stub, ELECTION, first.lease_key, first.fencing_token)
     waiter.join(20)
     second = granted["b"]
     assert second.candidate_id == "worker-b"
@@ -81,9 +91,7 @@ def test_grant_handover_failover_and_restart(cluster: Cluster) -> None:
     cluster.start_all()
     restarted = cluster.leader()
     rstub = restarted.stub()
-    rstub.Resign(
-        worker_pb2.ResignRequest(election=ELECTION, fencing_token=second.fencing_token), timeout=5
-    )
+    resign(rstub, ELECTION, second.lease_key, second.fencing_token)
     third = campaign(rstub, "worker-c")
     assert third.fencing_token > second.fencing_token
 
@@ -91,35 +99,109 @@ def test_grant_handover_failover_and_restart(cluster: Cluster) -> None:
 def test_bad_input_gets_clear_status_codes(cluster: Cluster) -> None:
     leader = cluster.leader()
     stub = leader.stub()
-    code, details = code_of(lambda: campaign(stub, "", timeout=5))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "candidate" in details
+    code, reason, meta = refusal(lambda: campaign(stub, "", timeout=5))
+    assert (code, reason, meta) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        {"field": "candidate_id"},
+    )
     code, details = code_of(
-        lambda: stub.Campaign(
-            worker_pb2.CampaignRequest(election="x" * 200, candidate_id="w", ttl_ms=5000),
-            timeout=5,
-        )
+        lambda: worker_api.campaign(stub, "x" * 200, "w", timeout=5),
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "election" in details
-    code, details = code_of(lambda: campaign(stub, "w", timeout=5, ttl_ms=10))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ttl_ms" in details
-    code, details = code_of(
-        lambda: stub.Resign(
-            worker_pb2.ResignRequest(election="no-such-election", fencing_token=7), timeout=5
-        )
+    code, reason, meta = refusal(lambda: campaign(stub, "w", timeout=5, ttl_ms=10))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TTL_OUT_OF_RANGE")
+    assert meta == {"field": "ttl_ms", "min_ttl_ms": "500", "max_ttl_ms": "60000"}
+    code, reason, meta = refusal(lambda: campaign(stub, "w", timeout=5, lease_key="short"))
+    assert (code, reason, meta) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        {"field": "lease_key"},
     )
-    assert code == grpc.StatusCode.NOT_FOUND, details
-    token = campaign(stub, "holder").fencing_token
-    code, details = code_of(
-        lambda: stub.Resign(
-            worker_pb2.ResignRequest(election=ELECTION, fencing_token=token + 1000), timeout=5
-        )
-    )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    code, reason, _ = refusal(lambda: resign(stub, "no-such-election", worker_api.new_key(), 7))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "LEASE_NOT_FOUND")
+    holder = campaign(stub, "holder")
+    token = holder.fencing_token
+    code, reason, _ = refusal(lambda: resign(stub, ELECTION, holder.lease_key, token + 1000))
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "LEASE_NOT_FOUND")
     code, _ = code_of(lambda: campaign(stub, "late", timeout=0.5))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     # Nothing above changed the holder.
-    holder = stub.Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2).holder
-    assert holder.fencing_token == token
+    current = stub.Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2).holder
+    assert current.fencing_token == token
+
+
+def test_the_lease_key_not_the_public_token_proves_the_holder(cluster: Cluster) -> None:
+    """Another worker knows the token (Leader shows it) but not the key: refused;
+    the holder's own Resign with its key works, and a retry of it is idempotent."""
+    leader = cluster.leader()
+    home, other = (n for n in cluster.nodes if n is not leader)
+    holder = campaign(home.stub(), "worker-a")
+
+    def applied() -> Any:
+        response = other.stub().Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=5)
+        return response.holder if response.HasField("holder") else None
+
+    public = eventually(applied, "the grant applied on the other follower")
+    assert public.fencing_token == holder.fencing_token
+    stolen_key = worker_api.new_key()
+
+    # Campaign with the holder's candidate id but another key hands out nothing.
+    code, reason, _ = refusal(lambda: campaign(other.stub(), "worker-a", timeout=5))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "CANDIDATE_ID_IN_USE")
+    # Resign with the right token and a wrong key is refused.
+    code, reason, _ = refusal(
+        lambda: resign(other.stub(), ELECTION, stolen_key, public.fencing_token)
+    )
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "LEASE_KEY_MISMATCH")
+    # KeepAlive with the right token and a wrong key: refused for that election.
+    stop = threading.Event()
+    answers = other.stub().KeepAlive(
+        worker_api.keep_alive_requests(ELECTION, public.fencing_token, stolen_key, stop, 0.05),
+        timeout=10,
+    )
+    answer = next(answers)
+    assert answer.error.reason == "LEASE_KEY_MISMATCH" and answer.ttl_ms == 0
+    assert answer.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    # ... and closing that stream revokes nothing.
+    stop.set()
+    answers.cancel()
+    check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=holder.fencing_token)
+    assert home.stub().ValidateToken(check, timeout=5).valid
+
+    # A never-granted token is NOT_FOUND, on KeepAlive as on Resign.
+    stop = threading.Event()
+    answers = home.stub().KeepAlive(
+        worker_api.keep_alive_requests(ELECTION, 2**64 - 1, holder.lease_key, stop, 0.05),
+        timeout=10,
+    )
+    answer = next(answers)
+    assert answer.error.reason == "LEASE_NOT_FOUND"
+    assert answer.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    stop.set()
+    answers.cancel()
+
+    # The holder's own calls work; a retried Resign answers the same index.
+    first = resign(home.stub(), ELECTION, holder.lease_key, holder.fencing_token)
+    assert first.outcome == worker_pb2.RESIGN_OUTCOME_RESIGNED and first.ended_at_index > 0
+    retry = resign(other.stub(), ELECTION, holder.lease_key, holder.fencing_token)
+    assert retry.outcome == worker_pb2.RESIGN_OUTCOME_ALREADY_RESIGNED
+    assert retry.ended_at_index == first.ended_at_index
+    assert not home.stub().ValidateToken(check, timeout=5).valid
+
+
+def test_reads_of_an_election_nobody_campaigned_for_answer_ok_with_no_holder(
+    cluster: Cluster,
+) -> None:
+    stub = cluster.leader().stub()
+    nobody = "never-campaigned"
+    assert not stub.Leader(worker_pb2.LeaderRequest(election=nobody), timeout=5).HasField("holder")
+    check = worker_pb2.ValidateTokenRequest(election=nobody, fencing_token=7)
+    assert stub.ValidateToken(check, timeout=5).current_token == 0
+    grants = stub.ListGrants(worker_pb2.ListGrantsRequest(election=nobody), timeout=5)
+    assert list(grants.grants) == [] and not grants.more
+    first = next(stub.Observe(worker_pb2.ObserveRequest(election=nobody), timeout=5))
+    assert first.change.fencing_token == 0 and first.change.holder == ""
 
 
 def test_any_sidecar_serves_any_call(cluster: Cluster) -> None:
@@ -129,20 +211,23 @@ def test_any_sidecar_serves_any_call(cluster: Cluster) -> None:
     token = campaign(first.stub(), "worker-on-follower")
     assert token.candidate_id == "worker-on-follower"
     code, details = code_of(
-        lambda: second.stub().Resign(
-            worker_pb2.ResignRequest(election=ELECTION, fencing_token=token.fencing_token + 7),
-            timeout=5,
-        )
+        lambda: resign(second.stub(), ELECTION, token.lease_key, token.fencing_token + 7)
     )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert code == grpc.StatusCode.NOT_FOUND, details
     check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=token.fencing_token)
     assert second.stub().ValidateToken(check, timeout=5).valid
-    second.stub().Resign(
-        worker_pb2.ResignRequest(election=ELECTION, fencing_token=token.fencing_token), timeout=5
-    )
+    resign(second.stub(), ELECTION, token.lease_key, token.fencing_token)
     assert not first.stub().ValidateToken(check, timeout=5).valid
     nobody = first.stub().Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=5)
     assert not nobody.HasField("holder")
+
+
+def test_status_lists_the_other_members(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    status = leader.status()
+    others = sorted(n.node_id for n in cluster.nodes if n is not leader)
+    assert [p.id for p in status.peers] == others
+    assert all(p.match_index > 0 for p in status.peers)
 
 
 def test_sigterm_exits_cleanly_and_hands_over_leadership(cluster: Cluster) -> None:
@@ -164,17 +249,15 @@ def test_invalid_settings_exit_2_with_every_problem() -> None:
     assert "Traceback" not in result.stderr
 
 
-def keep_alive_requests(token: Any, stop: threading.Event, every_s: float) -> Any:
-    sequence = 0
-    while not stop.is_set():
-        sequence += 1
-        yield worker_pb2.KeepAliveRequest(
-            election=ELECTION, fencing_token=token.fencing_token, sequence=sequence
-        )
-        stop.wait(every_s)
+def keep_alive_requests(token: Granted, stop: threading.Event, every_s: float) -> Any:
+    return worker_api.keep_alive_requests(
+        ELECTION, token.fencing_token, token.lease_key, stop, every_s
+    )
 
 
-def test_keep_alive_holds_the_lease_and_its_end_revokes_at_once(cluster: Cluster) -> None:
+def test_keep_alive_holds_the_lease_and_its_end_revokes_after_the_grace(
+    cluster: Cluster,
+) -> None:
     leader = cluster.leader()
     home = next(n for n in cluster.nodes if n is not leader)  # the worker's own sidecar
     token = campaign(home.stub(), "worker-a", ttl_ms=1000)
@@ -185,12 +268,14 @@ def test_keep_alive_holds_the_lease_and_its_end_revokes_at_once(cluster: Cluster
         answers.append(answer)
         if len(answers) >= 12:
             break
-    assert all(a.remaining_ttl_ms == 1000 for a in answers)
+    assert all(a.ttl_ms == 1000 and a.safety_margin_ms == 100 for a in answers)
+    assert all(not a.HasField("error") for a in answers)
     check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=token.fencing_token)
     assert home.stub().ValidateToken(check, timeout=5).valid
 
-    # worker-b queues; worker-a's stream breaks (the worker died): revoked at
-    # once, well before its TTL, and worker-b gets a larger token.
+    # worker-b queues; worker-a's stream breaks (the worker died): revoked
+    # after the re-attach grace, well before its TTL, and worker-b gets a
+    # larger token.
     granted: dict[str, Any] = {}
     waiter = threading.Thread(
         target=lambda: granted.update(b=campaign(leader.stub(), "worker-b", 20, ttl_ms=1000))

@@ -15,14 +15,16 @@ from typing import Any
 import grpc
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, Sidecar, eventually
 
 ELECTION = "settlement-eur"
 
 
 def campaign(node: Sidecar, candidate: str, election: str = ELECTION, timeout: float = 10) -> Any:
-    request = worker_pb2.CampaignRequest(election=election, candidate_id=candidate, ttl_ms=60_000)
-    return node.stub().Campaign(request, timeout=timeout).token
+    return worker_api.campaign(
+        node.stub(), election, candidate, ttl_ms=60_000, timeout=timeout
+    ).token
 
 
 def holder(node: Sidecar) -> int | None:

@@ -12,12 +12,13 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.elections import Campaign, Expire, encode_command
+from sidecar.elections import Campaign, Expire, encode_command, lease_key_digest
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from sidecar.raft import Entry, HardState
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.identity import IdentityStore
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, Sidecar, eventually
 
 PLANTED = b"\xffPLANTED-NOT-A-COMMAND\x00"
@@ -36,10 +37,7 @@ def propose_on_peer_port(node: Sidecar, command: bytes) -> Any:
 
 
 def grant(node: Sidecar, candidate: str) -> Any:
-    request = worker_pb2.CampaignRequest(
-        election="settlement-eur", candidate_id=candidate, ttl_ms=5000
-    )
-    return node.stub().Campaign(request, timeout=10).token
+    return worker_api.campaign(node.stub(), "settlement-eur", candidate).token
 
 
 def undecodable_count(node: Sidecar) -> float:
@@ -50,13 +48,20 @@ def undecodable_count(node: Sidecar) -> float:
 
 BAD_COMMANDS = {
     "not json": PLANTED,
-    "unknown type": b'{"type":"seize","v":1}',
-    "newer version": b'{"type":"campaign","v":2}',
+    "unknown type": b'{"type":"seize","v":2}',
+    "newer version": b'{"type":"campaign","v":3}',
+    "older version": b'{"type":"campaign","v":1}',
     "expire from a peer": encode_command(
         Expire(election="settlement-eur", token=1, proposed_at_unix_ms=0)
     ),
     "ttl of a day": encode_command(
-        Campaign(election="settlement-eur", candidate="x", ttl_ms=86_400_000, proposed_at_unix_ms=0)
+        Campaign(
+            election="settlement-eur",
+            candidate="x",
+            ttl_ms=86_400_000,
+            key_digest=lease_key_digest("x" * 22),
+            proposed_at_unix_ms=0,
+        )
     ),
 }
 

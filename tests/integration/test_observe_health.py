@@ -17,22 +17,22 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from sidecar.api import service as api_service
-from sidecar.elections import Campaign, Resign, encode_command
+from sidecar.elections import Campaign, Resign, encode_command, lease_key_digest
 from sidecar.machine import ElectionsMachine
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, Sidecar, eventually
 
 ELECTION = "settlement-eur"
 ELECTION_SERVICE = "raftsidecar.worker.v1.ElectionService"
 
 
-def campaign(stub: Any, candidate: str, timeout: float = 10) -> Any:
-    request = worker_pb2.CampaignRequest(election=ELECTION, candidate_id=candidate, ttl_ms=5000)
-    return stub.Campaign(request, timeout=timeout).token
+def campaign(stub: Any, candidate: str, timeout: float = 10) -> worker_api.Granted:
+    return worker_api.campaign(stub, ELECTION, candidate, timeout=timeout)
 
 
-def resign(stub: Any, token: int) -> None:
-    stub.Resign(worker_pb2.ResignRequest(election=ELECTION, fencing_token=token), timeout=5)
+def resign(stub: Any, granted: worker_api.Granted) -> None:
+    worker_api.resign(stub, ELECTION, granted.lease_key, granted.fencing_token)
 
 
 class Observer:
@@ -96,26 +96,36 @@ def test_observe_on_a_follower_sees_grant_handover_and_end(cluster: Cluster) -> 
     observer = Observer(follower)
     initial = observer.next()
     assert (initial.election, initial.holder, initial.fencing_token) == (ELECTION, "", 0)
-    assert initial.remaining_ms == 0
+    assert (initial.lease_known, initial.lease_remaining_ms) == (False, 0)
 
     first = campaign(stub, "worker-a")
     grant = observer.next()
     assert (grant.holder, grant.fencing_token) == ("worker-a", first.fencing_token)
     assert grant.applied_index == first.fencing_token > initial.applied_index
 
-    # worker-b queues behind worker-a (its call gives up, its place stays).
-    with pytest.raises(grpc.RpcError) as late:
-        campaign(stub, "worker-b", timeout=0.5)
-    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    resign(stub, first.fencing_token)
+    # worker-b queues behind worker-a, in a live Campaign call.
+    queued = threading.Event()
+    second: list[worker_api.Granted] = []
+    waiter = threading.Thread(
+        target=lambda: second.append(
+            worker_api.campaign(
+                stub, ELECTION, "worker-b", timeout=20, on_queued=lambda _: queued.set()
+            )
+        )
+    )
+    waiter.start()
+    assert queued.wait(10)
+    resign(stub, first)
+    waiter.join(10)
     handover = observer.next()
     assert handover.holder == "worker-b"
     assert handover.fencing_token > first.fencing_token
     assert handover.applied_index == handover.fencing_token
 
-    resign(stub, handover.fencing_token)
+    assert second[0].fencing_token == handover.fencing_token
+    resign(stub, second[0])
     end = observer.next()
-    assert (end.holder, end.fencing_token, end.remaining_ms) == ("", 0, 0)
+    assert (end.holder, end.fencing_token, end.lease_known) == ("", 0, False)
     assert end.applied_index > handover.applied_index
     assert observer.events.empty(), "one event per holder change"
 
@@ -169,7 +179,7 @@ class _Context:
     code: Any = None
     details = ""
 
-    async def abort(self, code: Any, details: str) -> None:
+    async def abort(self, code: Any, details: str, trailing_metadata: Any = ()) -> None:
         self.code, self.details = code, details
         raise _Aborted(details)
 
@@ -179,12 +189,15 @@ def test_slow_observer_is_cut_off_and_listeners_are_removed() -> None:
     and ends with RESOURCE_EXHAUSTED; no stream leaves its listener behind."""
 
     class Leases:
-        def remaining_ms(self, election: str, token: int) -> int:
-            return 0
+        def remaining_ms(self, election: str, token: int) -> int | None:
+            return None
+
+    class Config:
+        keepalive_grace_ms = 250
 
     async def scenario() -> None:
         machine = ElectionsMachine()
-        api = api_service.ElectionService(None, None, machine, Leases())  # type: ignore[arg-type]
+        api = api_service.ElectionService(Config(), None, machine, Leases())  # type: ignore[arg-type]
         baseline = len(machine.listeners)
         context = _Context()
         stream = api.Observe(worker_pb2.ObserveRequest(election=ELECTION), context)
@@ -196,13 +209,26 @@ def test_slow_observer_is_cut_off_and_listeners_are_removed() -> None:
             machine.apply(
                 index,
                 encode_command(
-                    Campaign(election=ELECTION, candidate="w", ttl_ms=5000, proposed_at_unix_ms=0)
+                    Campaign(
+                        election=ELECTION,
+                        candidate="w",
+                        ttl_ms=5000,
+                        key_digest=lease_key_digest("w" * 22),
+                        proposed_at_unix_ms=0,
+                    )
                 ),
             )
             index += 1
             machine.apply(
                 index,
-                encode_command(Resign(election=ELECTION, proposed_at_unix_ms=0, token=index - 1)),
+                encode_command(
+                    Resign(
+                        election=ELECTION,
+                        key_digest=lease_key_digest("w" * 22),
+                        proposed_at_unix_ms=0,
+                        token=index - 1,
+                    )
+                ),
             )
         with pytest.raises(_Aborted):
             while True:

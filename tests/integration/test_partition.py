@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
+from tests.integration import worker_api
 from tests.integration.cluster import Cluster, eventually
 from tests.integration.faultproxy import FaultNetwork
 
@@ -45,14 +46,8 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
 ) -> None:
     cluster, net = partitioned
     old = cluster.leader()
-    token = (
-        old.stub()
-        .Campaign(
-            worker_pb2.CampaignRequest(election="pay", candidate_id="worker-a", ttl_ms=TTL_MS),
-            timeout=10,
-        )
-        .token
-    )
+    held = worker_api.campaign(old.stub(), "pay", "worker-a", ttl_ms=TTL_MS)
+    token = held.token
 
     # worker-a keeps its lease alive through the (soon isolated) leader.
     sent_at: dict[int, float] = {}
@@ -65,7 +60,10 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
             sequence += 1
             sent_at[sequence] = time.monotonic()
             yield worker_pb2.KeepAliveRequest(
-                election="pay", fencing_token=token.fencing_token, sequence=sequence
+                election="pay",
+                fencing_token=token.fencing_token,
+                lease_key=held.lease_key,
+                sequence=sequence,
             )
             stop.wait(0.1)
 
@@ -74,7 +72,8 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
     def read() -> None:
         try:
             for answer in stream:
-                acked.append(answer.sequence)
+                if answer.ttl_ms:  # renewed (not an UNAVAILABLE answer)
+                    acked.append(answer.sequence)
         except grpc.RpcError:
             pass
 
@@ -89,14 +88,7 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
     # The majority grants worker-b only once worker-a's lease is over.
     # worker-b sends no keep-alives: a long TTL keeps its grant in place while
     # the healed node catches up below.
-    granted = (
-        new.stub()
-        .Campaign(
-            worker_pb2.CampaignRequest(election="pay", candidate_id="worker-b", ttl_ms=30_000),
-            timeout=20,
-        )
-        .token
-    )
+    granted = worker_api.campaign(new.stub(), "pay", "worker-b", ttl_ms=30_000, timeout=20).token
     granted_at = time.monotonic()
     assert granted.fencing_token > token.fencing_token
     last_safe = max(sent_at[s] for s in acked) + TTL_MS / 1000 - MARGIN_S
@@ -106,10 +98,7 @@ def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(
 
     # The minority side grants nothing and cannot vouch for any token.
     for call in (
-        lambda: old.stub().Campaign(
-            worker_pb2.CampaignRequest(election="other", candidate_id="worker-m", ttl_ms=TTL_MS),
-            timeout=2,
-        ),
+        lambda: worker_api.campaign(old.stub(), "other", "worker-m", ttl_ms=TTL_MS, timeout=2),
         lambda: old.stub().ValidateToken(
             worker_pb2.ValidateTokenRequest(election="pay", fencing_token=token.fencing_token),
             timeout=2,

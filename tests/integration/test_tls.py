@@ -29,6 +29,7 @@ from sidecar.api.health import LIVENESS_SERVICE
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 from sidecar.transport.identity import identity_name
+from tests.integration import worker_api
 from tests.integration.certs import DEFAULT_CLUSTER, CertificateAuthority, TlsFiles
 from tests.integration.cluster import Cluster, Sidecar, eventually, free_port
 
@@ -79,14 +80,7 @@ def test_a_cluster_with_peer_mtls_elects_forwards_and_grants(tls_cluster: Cluste
     leader = tls_cluster.leader()
     follower = next(n for n in tls_cluster.nodes if n is not leader)
     # Campaign on a follower is forwarded to the leader over the TLS peer port.
-    token = (
-        follower.stub()
-        .Campaign(
-            worker_pb2.CampaignRequest(election="settlement-eur", candidate_id="w1", ttl_ms=5000),
-            timeout=10,
-        )
-        .token
-    )
+    token = worker_api.campaign(follower.stub(), "settlement-eur", "w1").token
     assert token.fencing_token > 0
     answer = follower.stub().ValidateToken(
         worker_pb2.ValidateTokenRequest(
@@ -295,7 +289,9 @@ def campaign(node: Sidecar, candidate: str) -> int:
 
     def attempt() -> int | None:
         try:
-            return int(node.stub().Campaign(request, timeout=10).token.fencing_token)
+            return worker_api.campaign(
+                node.stub(), request.election, candidate, ttl_ms=request.ttl_ms
+            ).fencing_token
         except grpc.RpcError as e:
             if e.code() is grpc.StatusCode.UNAVAILABLE:
                 return None

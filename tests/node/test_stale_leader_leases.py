@@ -27,6 +27,7 @@ from tests.node.test_node_runtime import IDS, Wiring, leader_of, run, until
 
 # Every synced write goes to the disk thread, so a held write stalls the Raft
 # loop but not the event loop (as a slow fsync does in production).
+KEY_DIGEST = "0" * 64
 SETTINGS = NodeSettings(tick_seconds=0.01, inline_sync_limit_s=0.0)
 
 
@@ -65,7 +66,11 @@ def test_a_stalled_leader_does_not_renew_after_a_new_leader_is_elected(tmp_path:
         assert old is not None
         leases = LeaseKeeper(old, machines[old.id])
         command = Campaign(
-            election="settlement-eur", candidate="w1", ttl_ms=5000, proposed_at_unix_ms=0
+            election="settlement-eur",
+            candidate="w1",
+            ttl_ms=5000,
+            key_digest=KEY_DIGEST,
+            proposed_at_unix_ms=0,
         )
         _, result = await old.propose(encode_command(command))
         assert isinstance(result, ApplyResult) and result.granted is not None
@@ -75,7 +80,11 @@ def test_a_stalled_leader_does_not_renew_after_a_new_leader_is_elected(tmp_path:
         # Stall the leader's loop inside a write, then let the others move on.
         disks[old.id].gate.clear()
         other = Campaign(
-            election="settlement-usd", candidate="w2", ttl_ms=5000, proposed_at_unix_ms=0
+            election="settlement-usd",
+            candidate="w2",
+            ttl_ms=5000,
+            key_digest=KEY_DIGEST,
+            proposed_at_unix_ms=0,
         )
         stalled = asyncio.ensure_future(old.propose(encode_command(other)))
         stalled.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.elections import Campaign, ElectionsState, Resign
+from sidecar.elections import Campaign, ElectionsState, Resign, lease_key_digest
 from sidecar.metrics import SidecarMetrics
+
+KEY = lease_key_digest("metrics-series-key-000")
 
 
 def series_by_election(registry: CollectorRegistry) -> dict[str, set[str]]:
@@ -32,9 +34,13 @@ def test_evicted_elections_lose_their_series_and_kept_ones_keep_them() -> None:
         return index
 
     for name in ("a", "b", "c", "d"):
-        token = apply(Campaign(election=name, candidate="w", ttl_ms=1000, proposed_at_unix_ms=1))
+        token = apply(
+            Campaign(
+                election=name, candidate="w", ttl_ms=1000, key_digest=KEY, proposed_at_unix_ms=1
+            )
+        )
         if name != "d":  # d stays held
-            apply(Resign(election=name, token=token, proposed_at_unix_ms=2))
+            apply(Resign(election=name, key_digest=KEY, token=token, proposed_at_unix_ms=2))
         metrics.sample_elections(state)
 
     assert state.elections() == ["c", "d"]  # a and b were evicted for room
@@ -56,6 +62,8 @@ def test_a_rejected_command_for_an_unknown_name_leaves_no_series() -> None:
     registry = CollectorRegistry()
     metrics = SidecarMetrics(registry)
     state = ElectionsState()
-    metrics.on_apply(state.apply(1, Resign(election="nobody", token=5, proposed_at_unix_ms=1)))
+    metrics.on_apply(
+        state.apply(1, Resign(election="nobody", key_digest=KEY, token=5, proposed_at_unix_ms=1))
+    )
     metrics.sample_elections(state)
     assert series_by_election(registry) == {}

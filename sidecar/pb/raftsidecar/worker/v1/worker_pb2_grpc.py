@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class ElectionServiceStub:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection run on the same port.
+    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
+    port.
     """
 
     def __init__(self, channel):
@@ -36,7 +37,7 @@ class ElectionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Campaign = channel.unary_unary(
+        self.Campaign = channel.unary_stream(
                 '/raftsidecar.worker.v1.ElectionService/Campaign',
                 request_serializer=raftsidecar_dot_worker_dot_v1_dot_worker__pb2.CampaignRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_worker_dot_v1_dot_worker__pb2.CampaignResponse.FromString,
@@ -80,33 +81,41 @@ class ElectionServiceStub:
 
 class ElectionServiceServicer:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection run on the same port.
+    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
+    port.
     """
 
     def Campaign(self, request, context):
-        """Campaign queues candidate_id for the election and waits until it is
-        granted or the call's deadline passes (DEADLINE_EXCEEDED; the candidate
-        stays queued until its lease would have expired). Idempotent per
-        (election, candidate_id): a retry returns the existing grant or waits
-        on the existing queue place, never a second one. The token leaves the
-        sidecar only after its grant entry is committed and applied.
+        """Campaign queues candidate_id for the election and streams where it
+        stands: CampaignQueued at once if someone else holds the election (and
+        again whenever its position changes), then CampaignGranted, after which
+        the stream ends. A grant leaves the sidecar only after its grant entry
+        is committed and applied. If the call ends before the grant (deadline:
+        DEADLINE_EXCEEDED, cancel, lost connection), the queue place is
+        withdrawn through the log and the next live candidate is granted at
+        once. Idempotent per (election, candidate_id, lease_key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def KeepAlive(self, request_iterator, context):
-        """KeepAlive keeps leases alive. If the stream breaks, the sidecar revokes
-        at once every lease this stream kept alive (the worker died).
+        """KeepAlive renews leases on the Raft leader's clock; one stream may keep
+        several elections. Refusals are per election (KeepAliveResponse.error)
+        and end neither the stream nor the other elections. When the stream
+        ends, its leases are revoked after a re-attach grace (min(ttl/4,
+        --keepalive-grace-ms)) unless a new stream presents the same key
+        within it; a request with release set resigns that lease at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Resign(self, request, context):
-        """Resign gives up a grant (or a queue place); the next queued candidate is
-        granted in the same applied command. FAILED_PRECONDITION if the token is
-        not the current holder's.
+        """Resign gives up the grant or the queue place that the lease key holds;
+        the next queued candidate is granted in the same applied command.
+        Idempotent: a retry after the grant was resigned answers OK with the
+        same ended_at_index.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,7 +163,7 @@ class ElectionServiceServicer:
 
 def add_ElectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Campaign': grpc.unary_unary_rpc_method_handler(
+            'Campaign': grpc.unary_stream_rpc_method_handler(
                     servicer.Campaign,
                     request_deserializer=raftsidecar_dot_worker_dot_v1_dot_worker__pb2.CampaignRequest.FromString,
                     response_serializer=raftsidecar_dot_worker_dot_v1_dot_worker__pb2.CampaignResponse.SerializeToString,
@@ -204,7 +213,8 @@ def add_ElectionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ElectionService:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection run on the same port.
+    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
+    port.
     """
 
     @staticmethod
@@ -218,7 +228,7 @@ class ElectionService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/raftsidecar.worker.v1.ElectionService/Campaign',
