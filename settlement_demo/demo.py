@@ -343,9 +343,16 @@ def format_report(report: DemoReport) -> str:
     lines.append("")
     lines.append(f"== stale writes rejected by the ledger: {len(report.stale_writes_rejected)} ==")
     for r in report.stale_writes_rejected:
-        lines.append(
-            f"{r.worker_id} tried {r.step} with token {r.presented}; the fence was at {r.current}"
-        )
+        if r.reason == "holder_conflict":
+            lines.append(
+                f"HOLDER CONFLICT: {r.worker_id} tried {r.step} with token {r.presented}, "
+                f"which the fence records for {r.current_holder}"
+            )
+        else:
+            lines.append(
+                f"{r.worker_id} tried {r.step} with token {r.presented}; "
+                f"the fence was at {r.current}"
+            )
     lines.append("")
     a = report.audit
     if a is not None:
@@ -362,6 +369,8 @@ def format_report(report: DemoReport) -> str:
             f"expected total {a.expected_total_cents / 100:.2f}, "
             f"paid total {a.paid_total_cents / 100:.2f}"
         )
+        if a.holder_conflicts_rejected:
+            lines.append(f"holder conflicts refused by the fence {a.holder_conflicts_rejected}")
     if report.error:
         lines.append(f"scenario error: {report.error}")
     verdict = "PASS: every batch settled exactly once" if report.ok else "FAIL"

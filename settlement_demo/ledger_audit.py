@@ -14,10 +14,16 @@ Definitions (all counted over the whole ledger, from one read snapshot):
 * ``duplicate_settlements``: settlement rows beyond the first, per batch.
 * ``payouts_in_flight``: payout rows of batches not settled yet (a run in
   progress); not an error.
-* ``stale_writes_rejected``: fenced steps the fence turned away.
+* ``stale_writes_rejected``: fenced steps the fence turned away because a
+  higher token held it (expected whenever a holder is replaced).
+* ``holder_conflicts_rejected``: fenced steps the fence turned away because
+  another holder had presented the same token (never expected: the election
+  service granted one token twice).
 
 ``ok`` means: no duplicate payout, no duplicate settlement, no missing payout
-of a settled batch, and settled batches' paid total equals their expected total.
+of a settled batch, settled batches' paid total equals their expected total,
+and no holder conflict (even a refused one: the fence contained it, but the
+election service broke its promise, and that must not pass as clean).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from settlement_demo.ledger_db import Database
+from settlement_demo.schema import REJECTED_HOLDER_CONFLICT, REJECTED_STALE_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +51,18 @@ class AuditReport:
     expected_total_cents: int
     paid_total_cents: int
     stale_writes_rejected: int
+    holder_conflicts_rejected: int
 
     @property
     def ok(self) -> bool:
-        """True when no money moved twice and every settled batch was paid in full."""
+        """True when no money moved twice, every settled batch was paid in full,
+        and no two holders ever presented one token."""
         return (
             self.duplicate_payouts == 0
             and self.duplicate_settlements == 0
             and self.missing_payouts == 0
             and self.paid_total_cents == self.expected_total_cents
+            and self.holder_conflicts_rejected == 0
         )
 
     def to_dict(self) -> dict[str, int | bool]:
@@ -120,5 +130,12 @@ def run_audit(db: Database) -> AuditReport:
                 "JOIN instructions i ON i.id = p.instruction_id "
                 "JOIN batches b ON b.id = i.batch_id WHERE b.status = 'settled'",
             ),
-            stale_writes_rejected=_one(db, "SELECT COUNT(*) FROM fence_rejections"),
+            stale_writes_rejected=_one(
+                db, f"SELECT COUNT(*) FROM fence_rejections WHERE reason = '{REJECTED_STALE_TOKEN}'"
+            ),
+            holder_conflicts_rejected=_one(
+                db,
+                "SELECT COUNT(*) FROM fence_rejections "
+                f"WHERE reason = '{REJECTED_HOLDER_CONFLICT}'",
+            ),
         )

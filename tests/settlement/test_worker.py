@@ -4,6 +4,8 @@ on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +23,7 @@ from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration.cluster import Cluster, eventually, free_port, running
 
 WORKER = [sys.executable, "-m", "settlement_demo.cli", "worker"]
+ELECTION = "settlement-eur"
 
 
 def run_worker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -81,6 +84,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from running(tmp_path)
 
 
+def election_holder(cluster: Cluster) -> tuple[str, int] | None:
+    """(candidate id, token) of the election's holder, as node 0 knows it."""
+    answer = cluster.nodes[0].stub().Leader(worker_pb2.LeaderRequest(election=ELECTION), timeout=2)
+    if not answer.HasField("holder"):
+        return None
+    return answer.holder.candidate_id, answer.holder.fencing_token
+
+
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
@@ -124,14 +135,7 @@ def test_a_worker_leads_serves_probes_and_hands_over_on_sigterm(
             assert http_get(port, "/healthz") == (200, "ok\n")
 
         def holder() -> tuple[str, int] | None:
-            answer = (
-                cluster.nodes[0]
-                .stub()
-                .Leader(worker_pb2.LeaderRequest(election="settlement-eur"), timeout=2)
-            )
-            if not answer.HasField("holder"):
-                return None
-            return answer.holder.candidate_id, answer.holder.fencing_token
+            return election_holder(cluster)
 
         first, token = eventually(holder, "a holder")
         leader_port = ports[int(first[1])]
@@ -202,6 +206,69 @@ def test_a_worker_waits_out_a_ledger_locked_at_its_start(cluster: Cluster, tmp_p
         holder.close()
         eventually(lambda: http_get(port, "/readyz")[0] == 200 or None, "ready after the lock")
         assert "ledger_busy_at_start" in (tmp_path / "w.log").read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+
+def _json_lines(path: Path) -> list[dict[str, object]]:
+    lines = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_a_fence_holder_conflict_is_logged_counted_and_ends_the_leadership(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Another holder's name on the leader's own token (what an election
+    service that lost safety would leave): the worker refuses to write, logs
+    an error line, counts it, and campaigns again for a new token."""
+    ledger_path = tmp_path / "ledger.sqlite3"
+    port, log = free_port(), tmp_path / "w.log"
+    worker = subprocess.Popen(
+        [
+            *WORKER, "--sidecar", cluster.nodes[0].api, "--worker-id", "w-real",
+            "--ledger-url", f"sqlite:///{ledger_path}", "--http-listen", f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL, stderr=log.open("w"),
+    )  # fmt: skip
+    try:
+
+        def holder() -> tuple[str, int] | None:
+            return election_holder(cluster)
+
+        _, token = eventually(holder, "the worker to lead")
+        with open_ledger(f"sqlite:///{ledger_path}") as lg:
+            eventually(lambda: lg.fence(ELECTION) == (token, "w-real") or None, "its fence")
+        with sqlite3.connect(ledger_path) as conn:
+            conn.execute("UPDATE fences SET holder = 'impostor' WHERE election = ?", (ELECTION,))
+        conn.close()
+
+        def conflict_line() -> dict[str, object] | None:
+            found = [e for e in _json_lines(log) if e.get("event") == "fence_holder_conflict"]
+            return found[0] if found else None
+
+        line = eventually(conflict_line, "the conflict in the log")
+        assert line["level"] == "error"
+        assert (line["token"], line["holder"], line["current_holder"]) == (
+            token, "w-real", "impostor",
+        )  # fmt: skip
+        assert line["election"] == ELECTION and line["worker_id"] == "w-real"
+        assert "lost safety" in str(line["error"])
+        _, metrics = http_get(port, "/metrics")
+        assert f'settlement_worker_fence_holder_conflicts_total{{election="{ELECTION}"}} 1.0' in (
+            metrics
+        )
+        assert f'settlement_worker_stale_token_rejections_total{{election="{ELECTION}"}} 0.0' in (
+            metrics
+        )
+        # It stepped down and campaigned again: a new token, bound to it.
+        _, new_token = eventually(lambda: ((h := holder()) and h[1] > token and h) or None, "again")
+        with open_ledger(f"sqlite:///{ledger_path}") as lg:
+            eventually(lambda: lg.fence(ELECTION) == (new_token, "w-real") or None, "new fence")
+            assert lg.audit().holder_conflicts_rejected >= 1
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
