@@ -369,8 +369,12 @@ def format_report(report: DemoReport) -> str:
             f"expected total {a.expected_total_cents / 100:.2f}, "
             f"paid total {a.paid_total_cents / 100:.2f}"
         )
-        if a.holder_conflicts_rejected:
-            lines.append(f"holder conflicts refused by the fence {a.holder_conflicts_rejected}")
+        lines.append(
+            f"tokens gone backwards within a run {a.token_regressions}, "
+            f"tokens written by several holders {a.shared_tokens}, "
+            f"holder conflicts refused by the fence {a.holder_conflicts_rejected}"
+        )
+        lines.extend(f"  {finding}" for finding in a.findings)
     if report.error:
         lines.append(f"scenario error: {report.error}")
     verdict = "PASS: every batch settled exactly once" if report.ok else "FAIL"

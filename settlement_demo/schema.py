@@ -28,6 +28,8 @@ Versions:
    ``fence_rejections.reason`` (``stale_token`` or ``holder_conflict``) and
    ``fence_rejections.current_holder``. Migrated rows get an unknown holder
    and the reason ``stale_token`` (the only one version 1 knew).
+   ``run_steps.seq`` numbers the steps in write order (the table is rebuilt;
+   old steps are numbered by timestamp).
 """
 
 from __future__ import annotations
@@ -70,7 +72,22 @@ _REJECTION_V2_COLUMNS = (
 )
 
 # {key}: text key type ("C" collation on PostgreSQL); {serial}: auto-numbered
-# primary key. Everything else is the same on both backends.
+# primary key; {table}: the table's name (the migration builds it under another
+# name first). Everything else is the same on both backends.
+#
+# ``seq`` numbers the steps in the order they were written (under the fence,
+# commit order within an election), for the audit's token-regression check.
+_RUN_STEPS_TEMPLATE = """CREATE TABLE {table} (
+        seq {serial},
+        run_id {key} NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        chunk INTEGER,
+        token BIGINT NOT NULL,
+        worker_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        UNIQUE (run_id, step, token))"""
+_RUN_STEPS_COLUMNS = "run_id, step, chunk, token, worker_id, at"
+
 _DDL_TEMPLATES = (
     "CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     FENCES_TABLE_DDL,
@@ -113,14 +130,7 @@ _DDL_TEMPLATES = (
         settled_token BIGINT,
         settled_at TEXT)""",
     "CREATE INDEX runs_by_election ON runs (election, status)",
-    """CREATE TABLE run_steps (
-        run_id {key} NOT NULL REFERENCES runs (id),
-        step TEXT NOT NULL,
-        chunk INTEGER,
-        token BIGINT NOT NULL,
-        worker_id TEXT NOT NULL,
-        at TEXT NOT NULL,
-        PRIMARY KEY (run_id, step, token))""",
+    _RUN_STEPS_TEMPLATE,
     """CREATE TABLE payouts (
         seq {serial},
         run_id {key} NOT NULL REFERENCES runs (id),
@@ -161,7 +171,11 @@ class SchemaChange(enum.Enum):
 
 def ddl(db: Database) -> list[str]:
     """The CREATE statements for ``db``'s backend, in dependency order."""
-    return [t.format(key=db.key_type, serial=db.serial_pk) for t in _DDL_TEMPLATES]
+    return [_format(db, t) for t in _DDL_TEMPLATES]
+
+
+def _format(db: Database, template: str, table: str = "run_steps") -> str:
+    return template.format(key=db.key_type, serial=db.serial_pk, table=table)
 
 
 def _migrate_1_to_2(db: Database) -> None:
@@ -169,6 +183,17 @@ def _migrate_1_to_2(db: Database) -> None:
         db.execute(statement)
     for column in _REJECTION_V2_COLUMNS:
         db.execute(f"ALTER TABLE fence_rejections ADD COLUMN {column}")
+    # run_steps gains seq, a column neither backend can add to existing rows
+    # in a chosen order: rebuild the table. Version 1 kept no write order, so
+    # old steps are numbered by their timestamps (then token), the best
+    # evidence there is; nothing references run_steps.
+    db.execute(_format(db, _RUN_STEPS_TEMPLATE, table="run_steps_v2"))
+    db.execute(
+        f"INSERT INTO run_steps_v2 ({_RUN_STEPS_COLUMNS}) SELECT {_RUN_STEPS_COLUMNS} "
+        "FROM run_steps ORDER BY at, token, run_id, step"
+    )
+    db.execute("DROP TABLE run_steps")
+    db.execute("ALTER TABLE run_steps_v2 RENAME TO run_steps")
 
 
 #: Version N -> the function that takes a ledger from N to N + 1, inside the

@@ -190,6 +190,7 @@ def test_stale_holder_late_writes_duplicate_only_without_fencing(
         assert report.ok
         assert report.stale_writes_rejected == 2
         assert (report.payouts_written, report.settlements) == (9, 1)
+        assert (report.token_regressions, report.findings) == (0, ())
         return
     assert old.write_chunk(ELECTION, 1, run.id, 1, chunk1) is True
     assert old.settle_run(ELECTION, 1, run.id) is True
@@ -203,6 +204,13 @@ def test_stale_holder_late_writes_duplicate_only_without_fencing(
         p.amount_cents for p in chunk1
     )
     assert report.stale_writes_rejected == 0
+    # Tokens went backwards within the run: each late step is named.
+    assert (report.token_regressions, report.shared_tokens) == (2, 0)
+    assert report.findings == tuple(
+        f"run 'run-b': step {step} by 'old' with token 1 after token 2 wrote in that run "
+        "(tokens went backwards)"
+        for step in ("chunk:1", "settle")
+    )
 
 
 @pytest.mark.parametrize("token", [0, -1, MAX_TOKEN + 1, True, 1.0, "3"])

@@ -82,8 +82,12 @@ def test_v1_ledger_is_migrated_in_place_keeping_its_history(
     # A migrated ledger has the columns a new one has.
     with fresh_ledger_url(backend, tmp_path) as new_url, open_ledger(new_url) as new:
         new.create_schema()
-        for table in ("fences", "fence_rejections"):
+        for table in ("fences", "fence_rejections", "run_steps"):
             assert _columns(ledger_url, table) == _columns(new_url, table), table
+    # Version 1 kept no write order: its steps are numbered by their timestamps.
+    with raw_connection(ledger_url) as conn:
+        steps = [r[0] for r in conn.execute("SELECT step FROM run_steps ORDER BY seq")]
+    assert steps == ["claim", "chunk:0", "chunk:1", "settle"]
 
     # History reads as before; the migrated fence has an unknown holder.
     assert lg.fence(ELECTION) == (OLD_TOKEN, None)
@@ -97,6 +101,7 @@ def test_v1_ledger_is_migrated_in_place_keeping_its_history(
     assert report.ok, report.to_dict()
     assert (report.batches_settled, report.open_batches, report.payouts_written) == (1, 1, 4)
     assert (report.stale_writes_rejected, report.holder_conflicts_rejected) == (1, 0)
+    assert (report.token_regressions, report.shared_tokens) == (0, 0)
     assert report.paid_total_cents == sum(SETTLED_AMOUNTS)
 
     # The holder of token 5 may still be at work after the upgrade: its next
