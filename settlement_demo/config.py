@@ -3,6 +3,8 @@
 As for the sidecar (``sidecar/config.py``): ``SETTLEMENT_DEMO_`` + the flag in
 upper snake case, a flag beats the environment, which beats the default, and
 every problem is reported at once, so a manifest is fixed in one round trip.
+Problems are reported with passwords redacted (the ledger URL comes from a
+Secret, and a misplaced value may land in any setting).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from settlement_demo.ledger_db import ledger_url_scheme
+from settlement_demo.ledger_errors import LedgerConnectError
+from settlement_demo.redact import redact, remember_secrets
 
 ENV_PREFIX = "SETTLEMENT_DEMO_"
 _ELECTION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -120,9 +126,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             values[s.name] = s.parse(raw)
         except ValueError as exc:
             problems.append(f"{source}={raw!r}: {exc}")
+    if isinstance(values.get("ledger-url"), str):
+        remember_secrets(values["ledger-url"])
     problems.extend(_check(values))
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(redact("\n".join(problems)))
     fault = values["fault-file"]
     return WorkerConfig(
         sidecar=values["sidecar"],
@@ -154,8 +162,14 @@ def _check(v: Mapping[str, Any]) -> list[str]:
     http = v.get("http-listen")
     if http and not _valid_address(http):
         problems.append(f"--http-listen={http!r} is not host:port (or empty for none)")
-    if v.get("ledger-url") == "":
+    url = v.get("ledger-url")
+    if url == "":
         problems.append("--ledger-url is empty")
+    elif url is not None:
+        try:
+            ledger_url_scheme(url)
+        except LedgerConnectError as exc:
+            problems.append(f"--ledger-url: {exc}")
     ranges = {
         "ttl-ms": (100, 3_600_000),
         "generate-interval-ms": (0, 86_400_000),

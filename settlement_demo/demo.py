@@ -33,6 +33,7 @@ from settlement_demo.faults import PAUSE_BEFORE_WRITE
 from settlement_demo.generator import generate_batch
 from settlement_demo.ledger import AuditReport, FenceRejection, Ledger, open_ledger
 from settlement_demo.localcluster import LocalCluster, wait_until
+from settlement_demo.redact import redact
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 
 ELECTION = "settlement-eur"
@@ -126,8 +127,8 @@ class Scenario:
             self._graceful_handover()
             self._finish()
         except (TimeoutError, RuntimeError) as exc:
-            self.report.error = str(exc)
-            self.say(f"scenario failed: {exc}")
+            self.report.error = redact(str(exc))
+            self.say(f"scenario failed: {self.report.error}")
         finally:
             self._collect()
             self.cluster.stop_all()

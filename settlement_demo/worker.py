@@ -54,6 +54,7 @@ from settlement_demo.ledger import (
     open_ledger,
 )
 from settlement_demo.metrics import WorkerMetrics
+from settlement_demo.redact import redact
 from sidecar.client import (
     Lease,
     LeaseLost,
@@ -112,7 +113,12 @@ class SettlementWorker:
             async with SidecarClient(cfg.sidecar) as client:
                 await self._wait_for_sidecar(client)
                 self.health.ready = True
-                _log.info("worker_started", election=cfg.election, fencing=cfg.fencing)
+                _log.info(
+                    "worker_started",
+                    election=cfg.election,
+                    fencing=cfg.fencing,
+                    ledger=ledger.description,
+                )
                 heart = asyncio.create_task(self._heartbeat())
                 try:
                     while not self._stopping.is_set():
@@ -147,7 +153,7 @@ class SettlementWorker:
                 return await asyncio.to_thread(self._open_ledger)
             except LedgerUnavailableError as exc:
                 if time.monotonic() >= deadline:
-                    raise StartupError(f"ledger {self.config.ledger_url!r}: {exc}") from None
+                    raise StartupError(f"ledger {redact(self.config.ledger_url)}: {exc}") from None
                 _log.info("ledger_busy_at_start", error=str(exc))
             await asyncio.sleep(RETRY_PAUSE_S)
 
@@ -159,7 +165,7 @@ class SettlementWorker:
         except LedgerUnavailableError:
             raise
         except LedgerError as exc:
-            raise StartupError(f"ledger {cfg.ledger_url!r}: {exc}") from None
+            raise StartupError(f"ledger {redact(cfg.ledger_url)}: {exc}") from None
         try:
             change = ledger.create_schema()
         except LedgerUnavailableError:
