@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from settlement_demo.config import default_worker_id
 from settlement_demo.ledger import open_ledger
 from settlement_demo.ledger_sqlite import BUSY_TIMEOUT_MS
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
@@ -280,3 +284,83 @@ def test_a_fence_holder_conflict_is_logged_counted_and_ends_the_leadership(
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+
+
+def test_the_default_worker_id_is_unique_per_process() -> None:
+    ids = {default_worker_id() for _ in range(20)}
+    assert len(ids) == 20
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())
+    for worker_id in ids:
+        assert re.fullmatch(rf"{re.escape(host)}-{os.getpid()}-[0-9a-f]{{6}}", worker_id)
+        assert len(worker_id) <= 128
+    result = run_worker("--worker-id", "has space")
+    assert result.returncode == 2
+    assert "--worker-id='has space': use 1-128 of [A-Za-z0-9._-]" in result.stderr
+
+
+def test_two_workers_on_one_host_with_default_ids_never_lead_together(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The old default (the host name) made two workers on one host one
+    candidate: both got the same grant and both led. With the default id
+    unique per process, one leads, the other waits, and takes over."""
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                *WORKER,
+                "--sidecar",
+                cluster.nodes[0].api,
+                "--ledger-url",
+                f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                "--http-listen",
+                f"127.0.0.1:{ports[i]}",
+                "--ttl-ms",
+                "2000",
+            ],
+            env=worker_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=logs[i].open("w"),
+        )
+        for i in range(2)
+    ]
+    try:
+
+        def is_leader(i: int) -> float | None:
+            _, text = http_get(ports[i], "/metrics")
+            for line in text.splitlines():
+                if line.startswith("settlement_worker_is_leader{"):
+                    return float(line.split()[-1])
+            return None
+
+        def ids() -> list[str] | None:
+            found = [
+                next((str(e["worker_id"]) for e in json_lines(log) if "worker_id" in e), None)
+                for log in logs
+            ]
+            return None if None in found else [str(f) for f in found]
+
+        worker_ids = eventually(ids, "both workers' ids in their logs")
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())
+        for w, worker_id in zip(workers, worker_ids, strict=True):
+            assert re.fullmatch(rf"{re.escape(host)}-{w.pid}-[0-9a-f]{{6}}", worker_id)
+        holder, token = eventually(lambda: election_holder(cluster), "a holder")
+        leading = worker_ids.index(holder)
+        eventually(lambda: is_leader(leading) == 1 or None, "the holder to lead")
+        for _ in range(10):  # and the other does not, all along
+            assert is_leader(1 - leading) == 0
+            time.sleep(0.1)
+
+        workers[leading].send_signal(signal.SIGTERM)
+        assert workers[leading].wait(20) == 0
+        new_holder, new_token = eventually(
+            lambda: ((h := election_holder(cluster)) and h[1] > token and h) or None, "handover"
+        )
+        assert new_holder == worker_ids[1 - leading] and new_token > token
+        eventually(lambda: is_leader(1 - leading) == 1 or None, "the other to lead")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                w.wait(20)
