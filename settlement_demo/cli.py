@@ -1,14 +1,61 @@
-"""The ``settlement-demo`` command line: ``run`` (the local demo) and ``worker``."""
+"""The ``settlement-demo`` command line: ``run`` (the local demo) and ``worker``.
+
+Everything the worker writes to stderr (its own messages, argparse's, a
+crash's traceback, every JSON log line) goes through
+:func:`settlement_demo.redact.redact` first: the ledger URL may carry a
+password.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
 
 from settlement_demo import config as worker_config
+from settlement_demo.redact import redact
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes bad arguments back (a URL among them): redact them."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact(message))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return redact(repr(value))
+
+
+def _redact_log_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: every value of every line, just before rendering."""
+    return {key: _redacted(value) for key, value in event_dict.items()}
+
+
+def _install_log_redaction() -> None:
+    """Insert :func:`_redact_log_values` before the renderer (the last processor)."""
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[*processors[:-1], _redact_log_values, processors[-1]])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(redact(text).split())
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -19,16 +66,21 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     try:
         cfg = worker_config.load(args)
     except worker_config.ConfigError as exc:
-        print(f"settlement-demo worker: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"settlement-demo worker: invalid settings:\n{redact(str(exc))}", file=sys.stderr)
         return 2
     sidecar_logging.configure(cfg.worker_id, cfg.log_level, key="worker_id")
+    _install_log_redaction()
     try:
         return asyncio.run(SettlementWorker(cfg).run())
     except StartupError as exc:
-        print(f"settlement-demo worker: cannot start: {exc}", file=sys.stderr)
+        print(f"settlement-demo worker: cannot start: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # A bug: show where, but not a password a driver error may carry.
+        print(f"settlement-demo worker: crashed\n{redact(traceback.format_exc())}", file=sys.stderr)
+        return 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="settlement-demo",
         description="Payment settlement runs that are never done twice, whatever fails.",
     )

@@ -3,6 +3,8 @@
 As for the sidecar (``sidecar/config.py``): ``SETTLEMENT_DEMO_`` + the flag in
 upper snake case, a flag beats the environment, which beats the default, and
 every problem is reported at once, so a manifest is fixed in one round trip.
+Problems are reported with passwords redacted (the ledger URL comes from a
+Secret, and a misplaced value may land in any setting).
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from settlement_demo.ledger_db import ledger_url_scheme
+from settlement_demo.ledger_errors import LedgerConnectError
+from settlement_demo.redact import redact, remember_secrets
+
 ENV_PREFIX = "SETTLEMENT_DEMO_"
+# Election names and candidate ids: what the sidecar accepts.
 _ELECTION = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_NOT_NAME_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+_NAME_MAX = 128
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -49,6 +59,8 @@ class _Setting:
     help: str
     default: str
     parse: Callable[[str], Any]
+    #: Computes the default at load time; ``default`` then only describes it.
+    make_default: Callable[[], str] | None = None
 
 
 def _int(value: str) -> int:
@@ -64,11 +76,25 @@ def _bool(value: str) -> bool:
     raise ValueError("not a boolean (true/false)")
 
 
+def default_worker_id() -> str:
+    """``<host>-<pid>-<6 random hex>``: unique per process, so two workers on
+    one host (or a restarted one) never campaign, nor write, as one holder.
+
+    Characters the sidecar does not take in a candidate id become ``-``, and
+    the host name is shortened so the whole stays within 128 characters.
+    """
+    suffix = f"-{os.getpid()}-{secrets.token_hex(3)}"
+    host = _NOT_NAME_CHAR.sub("-", socket.gethostname()) or "worker"
+    return host[: _NAME_MAX - len(suffix)] + suffix
+
+
 SETTINGS: tuple[_Setting, ...] = (
     _Setting("sidecar", "the local sidecar's worker API: host:port or unix:/path",
              "127.0.0.1:7401", str),
     _Setting("election", "the election this worker campaigns for", "settlement-eur", str),
-    _Setting("worker-id", "this worker's stable candidate id (the pod name)", "", str),
+    _Setting("worker-id", "this worker's candidate id, unique per worker process; the "
+             "ledger's fence records it as the holder (in Kubernetes: the pod name)",
+             "<host>-<pid>-<6 random hex>", str, default_worker_id),
     _Setting("ledger-url", "sqlite:///path, a file path, or postgresql://...",
              "sqlite:///ledger.sqlite3", str),
     _Setting("ttl-ms", "lease TTL asked of the sidecar", "5000", _int),
@@ -115,19 +141,21 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         if raw is None:
             raw, source = env.get(env_name(s.name)), env_name(s.name)
         if raw is None:
-            raw, source = s.default, "default"
+            raw, source = (s.make_default() if s.make_default else s.default), "default"
         try:
             values[s.name] = s.parse(raw)
         except ValueError as exc:
             problems.append(f"{source}={raw!r}: {exc}")
+    if isinstance(values.get("ledger-url"), str):
+        remember_secrets(values["ledger-url"])
     problems.extend(_check(values))
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(redact("\n".join(problems)))
     fault = values["fault-file"]
     return WorkerConfig(
         sidecar=values["sidecar"],
         election=values["election"],
-        worker_id=values["worker-id"] or socket.gethostname(),
+        worker_id=values["worker-id"],
         ledger_url=values["ledger-url"],
         ttl_ms=values["ttl-ms"],
         http_listen=values["http-listen"],
@@ -146,6 +174,9 @@ def _check(v: Mapping[str, Any]) -> list[str]:
     election = v.get("election")
     if election is not None and not _ELECTION.match(election):
         problems.append(f"--election={election!r}: use 1-128 of [A-Za-z0-9._-]")
+    worker_id = v.get("worker-id")
+    if worker_id is not None and not _ELECTION.match(worker_id):
+        problems.append(f"--worker-id={worker_id!r}: use 1-128 of [A-Za-z0-9._-]")
     sidecar = v.get("sidecar")
     if sidecar is not None and not (
         (sidecar.startswith("unix:") and len(sidecar) > 5) or _valid_address(sidecar)
@@ -154,8 +185,14 @@ def _check(v: Mapping[str, Any]) -> list[str]:
     http = v.get("http-listen")
     if http and not _valid_address(http):
         problems.append(f"--http-listen={http!r} is not host:port (or empty for none)")
-    if v.get("ledger-url") == "":
+    url = v.get("ledger-url")
+    if url == "":
         problems.append("--ledger-url is empty")
+    elif url is not None:
+        try:
+            ledger_url_scheme(url)
+        except LedgerConnectError as exc:
+            problems.append(f"--ledger-url: {exc}")
     ranges = {
         "ttl-ms": (100, 3_600_000),
         "generate-interval-ms": (0, 86_400_000),

@@ -33,6 +33,7 @@ from settlement_demo.faults import PAUSE_BEFORE_WRITE
 from settlement_demo.generator import generate_batch
 from settlement_demo.ledger import AuditReport, FenceRejection, Ledger, open_ledger
 from settlement_demo.localcluster import LocalCluster, wait_until
+from settlement_demo.redact import redact
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 
 ELECTION = "settlement-eur"
@@ -126,8 +127,8 @@ class Scenario:
             self._graceful_handover()
             self._finish()
         except (TimeoutError, RuntimeError) as exc:
-            self.report.error = str(exc)
-            self.say(f"scenario failed: {exc}")
+            self.report.error = redact(str(exc))
+            self.say(f"scenario failed: {self.report.error}")
         finally:
             self._collect()
             self.cluster.stop_all()
@@ -343,9 +344,16 @@ def format_report(report: DemoReport) -> str:
     lines.append("")
     lines.append(f"== stale writes rejected by the ledger: {len(report.stale_writes_rejected)} ==")
     for r in report.stale_writes_rejected:
-        lines.append(
-            f"{r.worker_id} tried {r.step} with token {r.presented}; the fence was at {r.current}"
-        )
+        if r.reason == "holder_conflict":
+            lines.append(
+                f"HOLDER CONFLICT: {r.worker_id} tried {r.step} with token {r.presented}, "
+                f"which the fence records for {r.current_holder}"
+            )
+        else:
+            lines.append(
+                f"{r.worker_id} tried {r.step} with token {r.presented}; "
+                f"the fence was at {r.current}"
+            )
     lines.append("")
     a = report.audit
     if a is not None:
@@ -362,6 +370,12 @@ def format_report(report: DemoReport) -> str:
             f"expected total {a.expected_total_cents / 100:.2f}, "
             f"paid total {a.paid_total_cents / 100:.2f}"
         )
+        lines.append(
+            f"tokens gone backwards within a run {a.token_regressions}, "
+            f"tokens written by several holders {a.shared_tokens}, "
+            f"holder conflicts refused by the fence {a.holder_conflicts_rejected}"
+        )
+        lines.extend(f"  {finding}" for finding in a.findings)
     if report.error:
         lines.append(f"scenario error: {report.error}")
     verdict = "PASS: every batch settled exactly once" if report.ok else "FAIL"

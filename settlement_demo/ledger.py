@@ -22,6 +22,11 @@ holder can retry any step after a lost reply. A *different* holder gets a
 different key on purpose: the fence, not a unique constraint, stops a stale
 holder (``fencing=False`` turns the fence off to show what then goes wrong).
 
+The fence binds the holder: it records the worker id (``worker_id``) that
+presented its token, and refuses the same token from another worker id
+(``FenceHolderConflict``), which only an election service that lost safety
+could have granted twice.
+
 A rejected step rolls back whole; the rejection is then logged in
 ``fence_rejections`` in a transaction of its own, for the audit.
 """
@@ -40,6 +45,7 @@ from settlement_demo.ledger_audit import AuditReport, run_audit
 from settlement_demo.ledger_db import Backend, Database, Row, open_database
 from settlement_demo.ledger_errors import (
     BatchConflictError,
+    FenceHolderConflict,
     ForeignLedgerError,
     LedgerConnectError,
     LedgerError,
@@ -62,8 +68,15 @@ from settlement_demo.ledger_types import (
     n_chunks_for,
     run_id_for,
 )
+from settlement_demo.schema import (
+    REJECTED_HOLDER_CONFLICT,
+    REJECTED_STALE_TOKEN,
+    SCHEMA_VERSION,
+    SchemaChange,
+    SchemaState,
+    inspect_schema,
+)
 from settlement_demo.schema import create_schema as _create_schema
-from settlement_demo.schema import inspect_schema
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -71,6 +84,7 @@ __all__ = [
     "Backend",
     "BatchConflictError",
     "BatchStatus",
+    "FenceHolderConflict",
     "FenceRejection",
     "ForeignLedgerError",
     "Ledger",
@@ -82,6 +96,7 @@ __all__ = [
     "Run",
     "RunIncompleteError",
     "RunStatus",
+    "SchemaChange",
     "SchemaMissingError",
     "StaleTokenError",
     "UnknownRunError",
@@ -110,23 +125,30 @@ def open_ledger(url: str, *, fencing: bool = True, worker_id: str = "") -> Ledge
     ``fencing=False`` exists only to demonstrate the failure fencing prevents
     (the demo's ``--no-fencing``); never use it for real money.
 
-    ``worker_id`` is written next to every row this ledger writes, for people
-    reading the tables.
+    ``worker_id`` is written next to every row this ledger writes, and it is
+    the holder the fence records: fenced steps need it (unique per worker
+    process; two workers must never share it).
 
     Raises:
         LedgerConnectError: bad URL, unknown scheme, or no connection.
         ForeignLedgerError: the database is not a ledger (not SQLite, corrupt,
-            another application's, another schema version). It is left untouched.
+            another application's, a schema version this code cannot migrate).
+            It is left untouched.
+
+    A ledger of an older schema version opens, but only ``create_schema()``
+    (which migrates it in place) and ``close()`` work until that was called.
     """
     db = open_database(url)
     try:
         with db.transaction(write=False):
-            inspect_schema(db)
+            state = inspect_schema(db)
         db.prepare_for_writes()
     except BaseException:
         db.close()
         raise
-    return Ledger(db, fencing=fencing, worker_id=worker_id)
+    ledger = Ledger(db, fencing=fencing, worker_id=worker_id)
+    ledger._outdated = state is SchemaState.OUTDATED
+    return ledger
 
 
 class Ledger:
@@ -142,6 +164,9 @@ class Ledger:
         self._db = db
         self.fencing = fencing
         self.worker_id = worker_id
+        # Set by open_ledger for a ledger of an older schema version, cleared
+        # by create_schema (which migrates it).
+        self._outdated = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -154,13 +179,18 @@ class Ledger:
         """Where the ledger lives (URL with the password redacted)."""
         return self._db.description
 
-    def create_schema(self) -> None:
-        """Create the tables unless they exist (safe to call from every worker at start).
+    def create_schema(self) -> SchemaChange:
+        """Create the tables unless they exist, or migrate a ledger of an older
+        schema version in place (safe to call from every worker at start).
+
+        Returns what it did: ``NONE`` (already current), ``CREATED``, ``UPGRADED``.
 
         Raises:
             ForeignLedgerError: the database holds something else; nothing is written.
         """
-        _create_schema(self._db)
+        change = _create_schema(self._db)
+        self._outdated = False
+        return change
 
     def close(self) -> None:
         """Close the connection; idempotent."""
@@ -186,7 +216,7 @@ class Ledger:
                 raise ValueError(f"expected Merchant, got {m!r}")
         if not merchants:
             return
-        with self._db.transaction(write=True):
+        with self._transaction(write=True):
             self._db.executemany(
                 "INSERT INTO merchants (id, name) VALUES (?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
@@ -210,7 +240,7 @@ class Ledger:
         check_text("batch id", batch_id)
         check_text("election", election)
         wanted = _validated_instructions(batch_id, instructions)
-        with self._db.transaction(write=True):
+        with self._transaction(write=True):
             existing = self._db.execute("SELECT election FROM batches WHERE id = ?", (batch_id,))
             if existing:
                 stored = self._instructions_of(batch_id)
@@ -318,7 +348,7 @@ class Ledger:
             UnknownRunError: no such run.
         """
         check_text("run id", run_id)
-        with self._db.transaction(write=False):
+        with self._transaction(write=False):
             rows = self._db.execute("SELECT batch_id FROM runs WHERE id = ?", (run_id,))
             if not rows:
                 raise UnknownRunError(f"no settlement run {run_id!r}")
@@ -424,60 +454,123 @@ class Ledger:
 
     def fence_token(self, election: str) -> int | None:
         """The highest token the ledger has accepted for ``election``, or None."""
+        fence = self.fence(election)
+        return None if fence is None else fence[0]
+
+    def fence(self, election: str) -> tuple[int, str | None] | None:
+        """The fence of ``election``: (token, holder that presented it), or None
+        if no token was ever presented. The holder is None when the token was
+        stored by code that did not record holders (schema version 1)."""
         check_text("election", election)
-        rows = self._db.execute("SELECT token FROM fences WHERE election = ?", (election,))
-        return int(rows[0][0]) if rows else None
+        with self._transaction(write=False):
+            rows = self._db.execute(
+                "SELECT token, holder, holder_token FROM fences WHERE election = ?", (election,)
+            )
+        if not rows:
+            return None
+        token, holder, holder_token = rows[0]
+        bound = holder_token is not None and int(holder_token) == int(token)
+        return int(token), str(holder) if bound else None
 
     # -- audit -------------------------------------------------------------------
 
     def audit(self) -> AuditReport:
-        """Count duplicates, gaps and rejections (read-only, one snapshot)."""
+        """Count duplicates, gaps, token regressions, conflicts and rejections
+        (read-only, one snapshot)."""
+        self._check_current()
         return run_audit(self._db)
 
     def fence_rejections(self) -> list[FenceRejection]:
-        """Every stale write the fence turned away, oldest first (read-only)."""
-        with self._db.transaction(write=False):
+        """Every step the fence turned away, oldest first (read-only)."""
+        with self._transaction(write=False):
             rows = self._db.execute(
-                "SELECT election, presented, current, worker_id, step, at "
-                "FROM fence_rejections ORDER BY seq"
+                "SELECT election, presented, current, worker_id, step, at, reason, "
+                "current_holder FROM fence_rejections ORDER BY seq"
             )
         return [
-            FenceRejection(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]))
+            FenceRejection(
+                str(r[0]),
+                int(r[1]),
+                int(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                str(r[6]),
+                None if r[7] is None else str(r[7]),
+            )
             for r in rows
         ]
 
     # -- internals -------------------------------------------------------------
 
+    def _check_current(self) -> None:
+        if self._outdated:
+            raise SchemaMissingError(
+                f"{self.description} holds a ledger of an older schema version; call "
+                f"Ledger.create_schema() to migrate it in place to version {SCHEMA_VERSION}"
+            )
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[None]:
+        self._check_current()
+        with self._db.transaction(write=write):
+            yield
+
     @contextmanager
     def _fenced(self, election: str, token: int, step: str) -> Iterator[None]:
         """A write transaction whose first statement is the fence guard.
 
-        On a stale token the transaction rolls back whole, then the rejection
-        is recorded in a transaction of its own and the error re-raised.
+        On a refusal (stale token, holder conflict) the transaction rolls back
+        whole, then the rejection is recorded in a transaction of its own and
+        the error re-raised.
         """
         check_election_token(election, token)
+        if self.fencing and not self.worker_id:
+            raise ValueError(
+                "fenced steps need the ledger's worker_id (open_ledger(..., worker_id=...)): "
+                "the fence records which holder presented each token"
+            )
         try:
-            with self._db.transaction(write=True):
+            with self._transaction(write=True):
                 if self.fencing:
                     check_and_raise_fence(
-                        self._db.raw, election, token, paramstyle=self._db.paramstyle
+                        self._db.raw,
+                        election,
+                        token,
+                        holder=self.worker_id,
+                        paramstyle=self._db.paramstyle,
                     )
                 yield
-        except StaleTokenError as stale:
-            self._record_rejection(stale, step)
+        except (StaleTokenError, FenceHolderConflict) as refused:
+            self._record_rejection(refused, step)
             raise
 
-    def _record_rejection(self, stale: StaleTokenError, step: str) -> None:
+    def _record_rejection(self, refused: StaleTokenError | FenceHolderConflict, step: str) -> None:
+        row: tuple[int, int, str, str | None]
+        if isinstance(refused, StaleTokenError):
+            row = (refused.presented, refused.current, REJECTED_STALE_TOKEN, None)
+        else:
+            row = (refused.token, refused.token, REJECTED_HOLDER_CONFLICT, refused.current_holder)
+        presented, current, reason, current_holder = row
         try:
-            with self._db.transaction(write=True):
+            with self._transaction(write=True):
                 self._db.execute(
                     "INSERT INTO fence_rejections (election, presented, current, worker_id, "
-                    "step, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (stale.election, stale.presented, stale.current, self.worker_id, step, _now()),
+                    "step, at, reason, current_holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        refused.election,
+                        presented,
+                        current,
+                        self.worker_id,
+                        step,
+                        _now(),
+                        reason,
+                        current_holder,
+                    ),
                 )
         except LedgerError as exc:
             # The rejection itself stands; only its audit record is lost.
-            stale.add_note(f"the rejection could not be recorded: {exc}")
+            refused.add_note(f"the rejection could not be recorded: {exc}")
 
     def _insert_step(self, run_id: str, step: str, chunk: int | None, token: int) -> bool:
         """Record (run, step, token); False if it was recorded before (a retry)."""

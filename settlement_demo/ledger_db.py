@@ -18,14 +18,15 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from settlement_demo.fence import ParamStyle
 from settlement_demo.ledger_errors import LedgerConnectError, LedgerError, LedgerUnavailableError
+from settlement_demo.redact import redact, remember_secrets
 
 Row = tuple[Any, ...]
 
@@ -42,8 +43,8 @@ class Database(abc.ABC):
     paramstyle: ParamStyle
 
     def __init__(self, description: str) -> None:
-        #: Where this database is, safe to print (PostgreSQL passwords redacted).
-        self.description = description
+        #: Where this database is, safe to print (passwords redacted).
+        self.description = redact(description)
         self._lock = threading.RLock()
         self._in_transaction = False
         self._closed = False
@@ -213,25 +214,36 @@ class Database(abc.ABC):
             self._execute("ROLLBACK", ())
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the authority or a ``password=`` parameter) masked."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{hostinfo}"
-        query = parts.query
-        if "password" in query.lower():
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparsable URL>"
+_LIBPQ_KEY_VALUE = re.compile(r"^\s*[A-Za-z_]+\s*=")
+
+#: URL schemes of the ledger (a string without ``://`` is a SQLite file path).
+SQLITE_SCHEMES = ("sqlite",)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def ledger_url_scheme(url: str) -> str:
+    """``sqlite`` or ``postgresql`` for a ledger URL (``sqlite`` for a plain path).
+
+    Raises:
+        LedgerConnectError: not a string, empty, or a scheme the ledger does not
+            speak (the message shows the URL with its password redacted).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise LedgerConnectError(f"ledger URL must be a non-empty string, got {url!r}")
+    scheme, sep, _ = url.partition("://")
+    if not sep and _LIBPQ_KEY_VALUE.match(url):
+        # Else it would become an SQLite file of that name, password and all.
+        raise LedgerConnectError(
+            f"the ledger takes a postgresql:// URL, not a libpq key/value string: {redact(url)}"
+        )
+    if not sep or scheme.lower() in SQLITE_SCHEMES:
+        return "sqlite"
+    if scheme.lower() in POSTGRES_SCHEMES:
+        return "postgresql"
+    raise LedgerConnectError(
+        f"unsupported ledger URL scheme {scheme.lower()!r} in {redact(url)}: "
+        "use sqlite:///path, a plain file path, or postgresql://..."
+    )
 
 
 def open_database(url: str) -> Database:
@@ -245,24 +257,15 @@ def open_database(url: str) -> Database:
         LedgerConnectError: unknown scheme, malformed URL, or no connection.
         ForeignLedgerError: the SQLite file exists and is not a SQLite database.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise LedgerConnectError(f"ledger URL must be a non-empty string, got {url!r}")
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        from settlement_demo.ledger_sqlite import SqliteDatabase  # noqa: PLC0415
-
-        return SqliteDatabase.connect(url)
-    scheme = scheme.lower()
-    if scheme == "sqlite":
-        from settlement_demo.ledger_sqlite import SqliteDatabase  # noqa: PLC0415
-
-        return SqliteDatabase.connect_url(url)
-    if scheme in ("postgresql", "postgres"):
+    if isinstance(url, str):
+        remember_secrets(url)
+    if ledger_url_scheme(url) == "postgresql":
         # Imported lazily: SQLite users do not load psycopg.
         from settlement_demo.ledger_postgres import PostgresDatabase  # noqa: PLC0415
 
         return PostgresDatabase.connect(url)
-    raise LedgerConnectError(
-        f"unsupported ledger URL scheme {scheme!r} in {redact_url(url)}: "
-        "use sqlite:///path, a plain file path, or postgresql://..."
-    )
+    from settlement_demo.ledger_sqlite import SqliteDatabase  # noqa: PLC0415
+
+    if "://" in url:
+        return SqliteDatabase.connect_url(url)
+    return SqliteDatabase.connect(url)

@@ -56,6 +56,31 @@ class StaleTokenError(LedgerError):
         return (type(self), (self.election, self.presented, self.current))
 
 
+class FenceHolderConflict(LedgerError):
+    """A fenced step presented the token the fence holds, but from another holder.
+
+    The election service grants each token to one holder only, so two holders
+    with one token means it lost safety (a bug, a lost data directory counted
+    in a quorum, a restored backup). Nothing of the step was written; the
+    holder must stop writing and somebody must find out why.
+    """
+
+    def __init__(self, election: str, token: int, holder: str, current_holder: str) -> None:
+        self.election = election
+        self.token = token
+        self.holder = holder
+        self.current_holder = current_holder
+        super().__init__(
+            f"fence holder conflict for election {election!r}: token {token} presented by "
+            f"{holder!r}, but the ledger's fence records token {token} for {current_holder!r}; "
+            "two holders with one fencing token can only happen if the election service "
+            "lost safety (nothing was written)"
+        )
+
+    def __reduce__(self) -> tuple[type[FenceHolderConflict], tuple[str, int, str, str]]:
+        return (type(self), (self.election, self.token, self.holder, self.current_holder))
+
+
 class UnknownRunError(LedgerError):
     """No settlement run with this id exists."""
 

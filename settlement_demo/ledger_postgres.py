@@ -30,13 +30,14 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
 from settlement_demo.fence import ParamStyle
-from settlement_demo.ledger_db import Backend, Database, Row, redact_url
+from settlement_demo.ledger_db import Backend, Database, Row
 from settlement_demo.ledger_errors import (
     LedgerConnectError,
     LedgerError,
     LedgerUnavailableError,
     SchemaMissingError,
 )
+from settlement_demo.redact import redact
 
 DEFAULT_CONNECT_TIMEOUT_S = 5
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
@@ -45,13 +46,23 @@ LOCK_TIMEOUT_MS = 20_000
 PgConnection = psycopg.Connection[tuple[Any, ...]]
 
 
+def _reason(exc: BaseException) -> str:
+    """A driver error as one redacted line: libpq quotes the URL (password
+    included) in its parse errors, and spreads its messages over lines."""
+    return redact(" ".join(str(exc).split())) or type(exc).__name__
+
+
 def _connect(url: str) -> PgConnection:
-    """Open an autocommit connection, with a connect timeout unless the URL sets one."""
-    shown = redact_url(url)
+    """Open an autocommit connection, with a connect timeout unless the URL sets one.
+
+    The driver's exception is not chained (``from None``): its message may
+    hold the password, and a chained exception ends up in tracebacks.
+    """
+    shown = redact(url)
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise LedgerConnectError(f"bad PostgreSQL URL {shown}: {exc}") from exc
+        raise LedgerConnectError(f"bad PostgreSQL URL {shown}: {_reason(exc)}") from None
     extra: dict[str, Any] = {}
     if "connect_timeout" not in params:
         extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
@@ -60,8 +71,7 @@ def _connect(url: str) -> PgConnection:
     try:
         return psycopg.connect(url, autocommit=True, **extra)
     except psycopg.Error as exc:
-        reason = str(exc).strip() or type(exc).__name__
-        raise LedgerConnectError(f"cannot connect to {shown}: {reason}") from exc
+        raise LedgerConnectError(f"cannot connect to {shown}: {_reason(exc)}") from None
 
 
 class PostgresDatabase(Database):
@@ -73,7 +83,7 @@ class PostgresDatabase(Database):
     serial_pk = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 
     def __init__(self, conn: PgConnection, url: str) -> None:
-        super().__init__(redact_url(url))
+        super().__init__(url)  # Database keeps only the redacted form
         self._conn = conn
         self._url = url  # kept to reconnect; only the redacted form is ever shown
 
@@ -145,13 +155,14 @@ class PostgresDatabase(Database):
         if not isinstance(exc, psycopg.Error):
             return None
         where = f"PostgreSQL ledger {self.description}"
+        reason = _reason(exc)
         if isinstance(exc, psycopg.errors.UndefinedTable):
             return SchemaMissingError(
-                f"{where} has no ledger schema ({exc}): call Ledger.create_schema() first"
+                f"{where} has no ledger schema ({reason}): call Ledger.create_schema() first"
             )
         if isinstance(exc, psycopg.OperationalError):
-            return LedgerUnavailableError(f"{where}: {exc}")
-        return LedgerError(f"{where}: {exc}")
+            return LedgerUnavailableError(f"{where}: {reason}")
+        return LedgerError(f"{where}: {reason}")
 
     def list_tables(self) -> list[str]:
         rows = self.execute(

@@ -35,6 +35,7 @@ from settlement_demo.ledger_errors import (
     LedgerUnavailableError,
     SchemaMissingError,
 )
+from settlement_demo.redact import redact
 
 BUSY_TIMEOUT_MS = 5_000
 
@@ -138,19 +139,20 @@ class SqliteDatabase(Database):
             return None
         name = getattr(exc, "sqlite_errorname", "")
         where = f"SQLite ledger {self.path!r}"
+        reason = redact(str(exc))
         if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
-            return ForeignLedgerError(f"{where} is corrupt or not a SQLite database: {exc}")
+            return ForeignLedgerError(f"{where} is corrupt or not a SQLite database: {reason}")
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return LedgerUnavailableError(
-                f"{where} stayed locked for {BUSY_TIMEOUT_MS} ms: {exc}; retry the step"
+                f"{where} stayed locked for {BUSY_TIMEOUT_MS} ms: {reason}; retry the step"
             )
         if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
-            return LedgerUnavailableError(f"{where}: {exc}")
-        if "no such table" in str(exc):
+            return LedgerUnavailableError(f"{where}: {reason}")
+        if "no such table" in reason:
             return SchemaMissingError(
-                f"{where} has no ledger schema ({exc}): call Ledger.create_schema() first"
+                f"{where} has no ledger schema ({reason}): call Ledger.create_schema() first"
             )
-        return LedgerError(f"{where}: {exc}")
+        return LedgerError(f"{where}: {reason}")
 
     def list_tables(self) -> list[str]:
         rows = self.execute(

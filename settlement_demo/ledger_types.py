@@ -122,7 +122,13 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class FenceRejection:
-    """One write the fence refused: ``presented`` was below ``current``."""
+    """One step the fence refused.
+
+    ``reason`` ``stale_token``: ``presented`` was below ``current``.
+    ``holder_conflict``: ``presented`` equals ``current``, but the fence
+    records ``current_holder`` for it, not ``worker_id`` (a safety violation of
+    the election service).
+    """
 
     election: str
     presented: int
@@ -130,6 +136,8 @@ class FenceRejection:
     worker_id: str
     step: str
     at: str
+    reason: str = "stale_token"
+    current_holder: str | None = None
 
 
 def run_id_for(batch_id: str) -> str:

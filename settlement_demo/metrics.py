@@ -32,6 +32,13 @@ class WorkerMetrics:
             ["election"],
             registry=r,
         ).labels(election)
+        self.fence_holder_conflicts = Counter(
+            "settlement_worker_fence_holder_conflicts",
+            "Writes the ledger refused because another holder had presented the same "
+            "fencing token: the election service lost safety (never expected)",
+            ["election"],
+            registry=r,
+        ).labels(election)
         self.is_leader = Gauge(
             "settlement_worker_is_leader",
             "1 while this worker holds the election's lease",

@@ -18,7 +18,9 @@ database call on a thread) is raced against ``lease.lost``: the moment the
 lease is lost the worker stops waiting and campaigns again. A step that was
 already on its way may still reach the ledger; that is exactly the stale
 write the fence refuses. A refusal (``StaleTokenError``) means a newer holder
-exists: the worker steps down at once.
+exists: the worker steps down at once. ``FenceHolderConflict`` (another
+worker presented this very token) means the election service lost safety:
+the worker logs it at error level, counts it, and steps down too.
 
 SIGTERM: a follower stops campaigning and exits; the leader finishes nothing
 more, leaves its leadership block (which resigns, so the next candidate is
@@ -42,14 +44,17 @@ from settlement_demo.faults import PAUSE_BEFORE_WRITE, FaultPoint
 from settlement_demo.generator import generate_batch
 from settlement_demo.http import Health, HttpEndpoints
 from settlement_demo.ledger import (
+    FenceHolderConflict,
     Ledger,
     LedgerError,
     LedgerUnavailableError,
     Run,
+    SchemaChange,
     StaleTokenError,
     open_ledger,
 )
 from settlement_demo.metrics import WorkerMetrics
+from settlement_demo.redact import redact
 from sidecar.client import (
     Lease,
     LeaseLost,
@@ -108,7 +113,12 @@ class SettlementWorker:
             async with SidecarClient(cfg.sidecar) as client:
                 await self._wait_for_sidecar(client)
                 self.health.ready = True
-                _log.info("worker_started", election=cfg.election, fencing=cfg.fencing)
+                _log.info(
+                    "worker_started",
+                    election=cfg.election,
+                    fencing=cfg.fencing,
+                    ledger=ledger.description,
+                )
                 heart = asyncio.create_task(self._heartbeat())
                 try:
                     while not self._stopping.is_set():
@@ -143,7 +153,7 @@ class SettlementWorker:
                 return await asyncio.to_thread(self._open_ledger)
             except LedgerUnavailableError as exc:
                 if time.monotonic() >= deadline:
-                    raise StartupError(f"ledger {self.config.ledger_url!r}: {exc}") from None
+                    raise StartupError(f"ledger {redact(self.config.ledger_url)}: {exc}") from None
                 _log.info("ledger_busy_at_start", error=str(exc))
             await asyncio.sleep(RETRY_PAUSE_S)
 
@@ -155,15 +165,17 @@ class SettlementWorker:
         except LedgerUnavailableError:
             raise
         except LedgerError as exc:
-            raise StartupError(f"ledger {cfg.ledger_url!r}: {exc}") from None
+            raise StartupError(f"ledger {redact(cfg.ledger_url)}: {exc}") from None
         try:
-            ledger.create_schema()
+            change = ledger.create_schema()
         except LedgerUnavailableError:
             ledger.close()
             raise
         except LedgerError as exc:
             ledger.close()
             raise StartupError(f"ledger {ledger.description}: {exc}") from None
+        if change is not SchemaChange.NONE:
+            _log.info("ledger_schema_changed", change=change.value, ledger=ledger.description)
         return ledger
 
     async def _wait_for_sidecar(self, client: SidecarClient) -> None:
@@ -196,7 +208,13 @@ class SettlementWorker:
                 await self._lead(lease, ledger)
         except _Stopping:
             return
-        except (LeaseLost, Unavailable, StaleTokenError, LedgerUnavailableError) as exc:
+        except (
+            LeaseLost,
+            Unavailable,
+            StaleTokenError,
+            FenceHolderConflict,
+            LedgerUnavailableError,
+        ) as exc:
             _log.info("campaigning_again", reason=type(exc).__name__, error=str(exc))
             await asyncio.sleep(RETRY_PAUSE_S)
         except SidecarClientError as exc:
@@ -228,6 +246,17 @@ class SettlementWorker:
         except StaleTokenError as exc:
             self.metrics.stale_token_rejections.inc()
             _log.warning("stale_token_rejected", presented=exc.presented, current=exc.current)
+            raise
+        except FenceHolderConflict as exc:
+            self.metrics.fence_holder_conflicts.inc()
+            _log.error(
+                "fence_holder_conflict",
+                election=exc.election,
+                token=exc.token,
+                holder=exc.holder,
+                current_holder=exc.current_holder,
+                error=str(exc),
+            )
             raise
         finally:
             self._leading = False

@@ -27,6 +27,7 @@ REQUIRED_ALERTS = {
     "RaftSidecarLeaseExpirations",
     "RaftSidecarUndecodableEntries",  # a command got past the leader's gate
     "SettlementStaleTokenRejections",  # at the ledger
+    "SettlementFenceHolderConflict",  # one token, two workers
     "RaftSidecarDown",
     "RaftSidecarQuorumAtRisk",
     "RaftSidecarPeerCertificateExpiringSoon",  # peer mTLS

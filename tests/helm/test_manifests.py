@@ -509,6 +509,23 @@ def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
             assert "postgresql://" not in value, "a credential in plain env"
 
 
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_each_worker_campaigns_as_its_pod(rendered: Rendered, case: str) -> None:
+    """The worker's id (its candidate id, the holder the ledger's fence
+    records) is the pod name, passed explicitly: unique per pod, stable across
+    container restarts, and readable in the grant trail and the ledger. The
+    worker's own default would be <host>-<pid>-<random>."""
+    worker = rendered(case).container("worker")
+    (entry,) = [e for e in env_list(worker) if e["name"] == "SETTLEMENT_DEMO_WORKER_ID"]
+    assert entry["value"] == "$(POD_NAME)"
+    env = resolve_env(worker, field={"metadata.name": "rs-2"}.__getitem__, secret=_any_secret)
+    assert env["POD_NAME"] == env["SETTLEMENT_DEMO_WORKER_ID"] == "rs-2"
+
+
+def _any_secret(name: str, key: str) -> str:
+    return f"postgresql://{name}/{key}"
+
+
 def test_worker_image_and_command_are_overridable(
     rendered: Rendered, helm: str, helm_home: Path
 ) -> None:
@@ -531,6 +548,9 @@ def test_worker_image_and_command_are_overridable(
     assert worker["image"] == "registry.example.com/payments/worker:2.0"
     assert worker["command"] == ["java"] and worker["args"] == ["-jar", "/app/worker.jar"]
     assert literal_env(worker)["JAVA_OPTS"] == "-Xmx256m"
+    # Another worker still learns its pod name as its id.
+    env = resolve_env(worker, field={"metadata.name": "rs-0"}.__getitem__, secret=_any_secret)
+    assert env["SETTLEMENT_DEMO_WORKER_ID"] == "rs-0"
 
 
 def test_env_expansion_follows_kubernetes() -> None:

@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from settlement_demo.fence import check_and_raise_fence
-from settlement_demo.ledger import Ledger, StaleTokenError, open_ledger
+from settlement_demo.ledger import FenceHolderConflict, Ledger, StaleTokenError, open_ledger
 from tests.settlement.conftest import OpenLedger
 from tests.settlement.helpers import (
     ELECTION,
@@ -44,29 +46,42 @@ def _begin(conn: Any, backend: str) -> None:
     conn.execute("BEGIN IMMEDIATE" if backend == "sqlite" else "BEGIN")
 
 
-def test_newer_holder_in_flight_blocks_then_rejects_the_older(
-    ledger: Ledger, ledger_url: str, backend: str
+@pytest.mark.parametrize(
+    ("presented", "refusal"),
+    [(5, StaleTokenError), (7, FenceHolderConflict)],
+    ids=["older-token", "same-token-other-holder"],
+)
+def test_fence_in_flight_blocks_then_refuses(
+    ledger: Ledger, ledger_url: str, backend: str, presented: int, refusal: type[Exception]
 ) -> None:
+    """Holder "first" raises the fence to 7 and has not committed yet. A step of
+    worker-a with token 5 (an older holder) or token 7 (a second holder of the
+    same token) waits for it, then sees its committed fence, not the snapshot
+    it started from, and is refused."""
     seed(ledger, {"b": 4})
     run = ledger.claim_run(ELECTION, 5, chunk_size=2)
     assert run is not None
     chunk0 = ledger.run_instructions(run.id)[run.chunk_slice(0)]
     before = table_counts(ledger_url)
-    with raw_connection(ledger_url) as newer:
-        _begin(newer, backend)
-        check_and_raise_fence(newer, ELECTION, 7)  # not committed yet
-        older = _Call(lambda: ledger.write_chunk(ELECTION, 5, run.id, 0, chunk0))
-        older.start()
-        older.join(BLOCKED_S)
-        assert older.is_alive(), "the older holder must wait for the newer transaction"
-        newer.execute("COMMIT")
-        older.join(10)
-    assert not older.is_alive()
-    assert isinstance(older.error, StaleTokenError)
-    assert (older.error.presented, older.error.current) == (5, 7)
+    with raw_connection(ledger_url) as first:
+        _begin(first, backend)
+        check_and_raise_fence(first, ELECTION, 7, holder="first")  # not committed yet
+        step = _Call(lambda: ledger.write_chunk(ELECTION, presented, run.id, 0, chunk0))
+        step.start()
+        step.join(BLOCKED_S)
+        assert step.is_alive(), "the step must wait for the first holder's transaction"
+        first.execute("COMMIT")
+        step.join(10)
+    assert not step.is_alive()
+    assert isinstance(step.error, refusal)
+    if isinstance(step.error, StaleTokenError):
+        assert (step.error.presented, step.error.current) == (5, 7)
+    else:
+        assert (step.error.holder, step.error.current_holder) == ("worker-a", "first")
     after = table_counts(ledger_url)
     assert after["payouts"] == before["payouts"] == 0
     assert after["fence_rejections"] == 1
+    assert ledger.fence(ELECTION) == (7, "first")
 
 
 def test_older_holder_in_flight_commits_before_the_newer_proceeds(
@@ -78,7 +93,7 @@ def test_older_holder_in_flight_commits_before_the_newer_proceeds(
     new = open_(worker_id="new")
     with raw_connection(ledger_url) as older:
         _begin(older, backend)
-        check_and_raise_fence(older, ELECTION, 5)
+        check_and_raise_fence(older, ELECTION, 5, holder="old")
         newer = _Call(lambda: new.raise_fence(ELECTION, 7))
         newer.start()
         newer.join(BLOCKED_S)
@@ -149,7 +164,7 @@ def test_racing_holders_no_older_write_commits_after_the_newer_fence(
 def test_same_token_steps_raced_on_several_connections_write_once(open_: OpenLedger) -> None:
     """A holder retrying its steps on several connections at once (say, after
     timeouts) still writes each chunk and the settlement exactly once."""
-    ledgers = [open_(worker_id=f"t{k}") for k in range(4)]
+    ledgers = [open_(worker_id="t") for _ in range(4)]
     seed(ledgers[0], {"b": 8})
     ledgers[0].raise_fence(ELECTION, 3)
     run = ledgers[0].claim_run(ELECTION, 3, chunk_size=2)
@@ -182,7 +197,10 @@ def test_postgres_connection_dropped_between_steps_is_replaced() -> None:
     PostgreSQL only: SQLite has no server connection to lose.
     """
     name = f"ledger-test-{secrets.token_hex(6)}"
-    with pg_schema_url() as url, open_ledger(f"{url}&application_name={name}") as ledger:
+    with (
+        pg_schema_url() as url,
+        open_ledger(f"{url}&application_name={name}", worker_id="w") as ledger,
+    ):
         seed(ledger, {"b": 2})
         ledger.raise_fence(ELECTION, 2)
         with raw_connection(url) as admin:

@@ -45,6 +45,8 @@ def test_with_fencing_every_batch_and_payout_is_settled_exactly_once(tmp_path: P
     assert audit["duplicate_payouts"] == 0 and audit["missing_payouts"] == 0
     assert audit["payouts_written"] == audit["payouts_expected"]
     assert audit["paid_total_cents"] == audit["expected_total_cents"]
+    assert audit["token_regressions"] == audit["shared_tokens"] == 0
+    assert audit["holder_conflicts_rejected"] == 0 and audit["findings"] == []
     # The frozen holder's write went out after SIGCONT and the fence refused it.
     assert audit["stale_writes_rejected"] >= 1
     stale = report["stale_writes_rejected"][0]
@@ -77,4 +79,8 @@ def test_without_fencing_the_audit_shows_the_stale_holders_duplicates(tmp_path: 
     assert audit["duplicate_payouts"] >= 1
     assert audit["paid_total_cents"] > audit["expected_total_cents"]
     assert audit["stale_writes_rejected"] == 0
+    # The stale write landed after the new holder's steps in the same run.
+    assert audit["token_regressions"] >= 1
+    assert any("tokens went backwards" in f for f in audit["findings"])
+    assert "tokens went backwards" in result.stdout
     assert "as expected without fencing" in result.stdout

@@ -59,6 +59,10 @@ def test_happy_path_settles_oldest_batch_first_and_audit_is_ok(
         "expected_total_cents": expected,
         "paid_total_cents": expected,
         "stale_writes_rejected": 0,
+        "holder_conflicts_rejected": 0,
+        "token_regressions": 0,
+        "shared_tokens": 0,
+        "findings": [],
         "ok": True,
     }
     assert table_counts(ledger_url)["payouts"] == 13
