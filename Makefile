@@ -19,7 +19,10 @@ demo: $(STAMP)
 sim-demo: $(STAMP)
 	$(BIN)/python -m tests.sim.demo
 
+# The whole suite: installs helm and promtool first when they are missing
+# (idempotent; scripts/install_tools.sh), so no chart test skips.
 test: $(STAMP)
+	bash scripts/install_tools.sh
 	$(BIN)/python -m pytest -n 2 -q
 
 # Format, lint, strict typing, import contracts, buf lint, generated-code freshness.
