@@ -59,12 +59,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"raft-sidecar status: {args.api}: {exc.code().name}: {exc.details()}", file=sys.stderr
         )
         return 1
+
+    def member(role: worker_pb2.PeerRole.ValueType) -> str:
+        name = worker_pb2.PeerRole.Name(role).removeprefix("PEER_ROLE_").lower()
+        return "not a member" if name == "unspecified" else name
+
     role = worker_pb2.RaftRole.Name(status.role).removeprefix("RAFT_ROLE_").lower()
-    print(f"node {status.node_id}: {role}, term {status.term}, leader {status.leader_id or '-'}")
+    print(
+        f"node {status.node_id} (incarnation {status.incarnation or '-'}, "
+        f"{member(status.member_role)}): {role}, term {status.term}, "
+        f"leader {status.leader_id or '-'}"
+    )
     print(f"commit index {status.commit_index}, applied index {status.applied_index}")
     for peer in status.peers:
-        kind = worker_pb2.PeerRole.Name(peer.role).removeprefix("PEER_ROLE_").lower()
-        print(f"  {peer.id:<20} {kind:<8} {peer.address:<24} match {peer.match_index}")
+        caught_up = " caught up" if peer.caught_up else ""
+        print(
+            f"  {peer.id:<20} {peer.incarnation or '-':<16} {member(peer.role):<8} "
+            f"{peer.address:<24} match {peer.match_index}{caught_up}"
+        )
     return 0
 
 

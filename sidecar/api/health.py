@@ -17,6 +17,10 @@ last check (every ``interval_s``, 50 ms by default):
   called), and
 * it knows a Raft leader for its current term (itself, or another node it
   has heard from in this term; a node that is campaigning knows none), and
+* it is a voter in the membership it knows: a learner, or a node that came
+  back with an empty data directory and waits to be admitted under its new
+  incarnation (docs/membership.md), is not ready, so a rolling update does
+  not take the next pod down before this one counts again, and
 * its applied index is at most ``max_apply_lag`` entries (default 64)
   behind its commit index, so its local reads (Leader, ListGrants, Observe)
   reflect what it knows to be committed.
@@ -108,6 +112,8 @@ class HealthUpdater:
         raft = self._node.raft
         if raft.leader_id is None:
             return False
+        if raft.id not in raft.membership.voters:
+            return False  # a learner, or a new incarnation not yet admitted
         return raft.commit_index - raft.applied_index <= self._max_apply_lag
 
     async def check(self) -> None:

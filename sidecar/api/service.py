@@ -68,8 +68,8 @@ from sidecar.leases import LeaseKeeper
 from sidecar.machine import ElectionsMachine, SkippedEntry
 from sidecar.node import InvalidProposal, NodeError, Overloaded, RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
-from sidecar.raft import NotLeader, RaftError, Role
-from sidecar.serverid import node_name
+from sidecar.raft import Membership, NotLeader, RaftError, Role
+from sidecar.serverid import incarnation_of, node_name
 from sidecar.transport.errors import ForwardInvalid, TransportError
 
 _log = structlog.get_logger("sidecar.api")
@@ -129,6 +129,14 @@ T = TypeVar("T")
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _member_role(membership: Membership, server: str) -> Any:
+    if server in membership.voters:
+        return worker_pb2.PEER_ROLE_VOTER
+    if server in membership.learners:
+        return worker_pb2.PEER_ROLE_LEARNER
+    return worker_pb2.PEER_ROLE_UNSPECIFIED
 
 
 def _token(grant: Grant) -> worker_pb2.LeadershipToken:
@@ -441,9 +449,9 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                     id=node_name(peer_id),
                     address=self._config.peers.get(node_name(peer_id), ""),
                     match_index=progress.match if progress else 0,
-                    role=worker_pb2.PEER_ROLE_VOTER
-                    if peer_id in membership.voters
-                    else worker_pb2.PEER_ROLE_LEARNER,
+                    role=_member_role(membership, peer_id),
+                    incarnation=incarnation_of(peer_id),
+                    caught_up=progress is not None and progress.match >= raft.commit_index,
                 )
             )
         return worker_pb2.StatusResponse(
@@ -454,6 +462,8 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             applied_index=raft.applied_index,
             leader_id=node_name(raft.leader_id) if raft.leader_id else "",
             peers=peers,
+            incarnation=incarnation_of(raft.id),
+            member_role=_member_role(membership, raft.id),
         )
 
     # ---- KeepAlive -----------------------------------------------------------------

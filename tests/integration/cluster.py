@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -98,6 +99,13 @@ class Sidecar:
 
     def status(self) -> Any:
         return self.stub().Status(worker_pb2.StatusRequest(), timeout=2)
+
+    def health(self, service: str = "") -> int:
+        """grpc.health.v1 status of ``service`` on its probe-only health port."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int(stub.Check(request, timeout=3).status)
 
     def incarnation(self) -> str:
         """The incarnation of its data directory (docs/membership.md)."""

@@ -228,6 +228,22 @@ def test_status_lists_the_other_members(cluster: Cluster) -> None:
     others = sorted(n.node_id for n in cluster.nodes if n is not leader)
     assert [p.id for p in status.peers] == others
     assert all(p.match_index > 0 for p in status.peers)
+    # Incarnations as the data directories record them; everyone a voter.
+    by_name = {n.node_id: n for n in cluster.nodes}
+    assert status.incarnation == leader.incarnation()
+    assert status.member_role == worker_pb2.PEER_ROLE_VOTER
+    for peer in status.peers:
+        assert peer.incarnation == by_name[peer.id].incarnation()
+        assert peer.role == worker_pb2.PEER_ROLE_VOTER
+    # The CLI shows the same.
+    shown = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "status", "--api", leader.api],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"incarnation {leader.incarnation()}, voter" in shown
+    assert all(by_name[name].incarnation() in shown for name in others)
 
 
 def test_sigterm_exits_cleanly_and_hands_over_leadership(cluster: Cluster) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration import worker_api
@@ -129,6 +130,9 @@ def test_a_wiped_node_never_makes_up_a_quorum(tmp_path: Path) -> None:
         refused = _try(lambda: campaign(behind, "worker-b", timeout=5))
         assert refused is None, f"granted {refused} without a quorum that holds the log"
         assert holder(behind) is None and holder(wiped) is None, "nobody knows the grant yet"
+        status = wiped.status()
+        assert status.member_role == worker_pb2.PEER_ROLE_UNSPECIFIED, "not admitted"
+        assert wiped.health() == health_pb2.HealthCheckResponse.NOT_SERVING
 
         cluster.start(leader)
         eventually(leader.answers, "the node that holds the log to serve again")
@@ -144,6 +148,16 @@ def test_a_wiped_node_never_makes_up_a_quorum(tmp_path: Path) -> None:
             seconds=30,
         )
         assert second.fencing_token > grant.fencing_token, "tokens never go backwards"
+        # Admitted and promoted, the new incarnation is ready.
+        eventually(
+            lambda: wiped.status().member_role == worker_pb2.PEER_ROLE_VOTER or None,
+            "the wiped node to be a voter again",
+            seconds=30,
+        )
+        eventually(
+            lambda: wiped.health() == health_pb2.HealthCheckResponse.SERVING or None,
+            "the wiped node to be ready",
+        )
     except BaseException:
         print(cluster.logs())
         raise

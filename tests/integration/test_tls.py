@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.api.health import LIVENESS_SERVICE
@@ -178,21 +178,15 @@ def test_a_node_without_tls_cannot_join_a_tls_cluster(tmp_path: Path) -> None:
         cluster.stop_all()
 
 
-def health(node: Sidecar, service: str = "") -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{node.health_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status)
-
-
 def test_the_health_port_serves_only_health(cluster: Cluster) -> None:
     cluster.leader()
     for node in cluster.nodes:
         eventually(
-            lambda n=node: health(n) == health_pb2.HealthCheckResponse.SERVING or None,
+            lambda n=node: n.health() == health_pb2.HealthCheckResponse.SERVING or None,
             f"{node.node_id} SERVING on its health port",
         )
     node = cluster.nodes[0]
-    assert health(node, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    assert node.health(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(f"127.0.0.1:{node.health_port}") as channel:
         stub = worker_pb2_grpc.ElectionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as e:
@@ -221,10 +215,10 @@ def test_a_sidecar_without_quorum_is_not_ready_but_still_alive(cluster: Cluster)
     for node in cluster.nodes[1:]:
         cluster.kill(node)
     eventually(
-        lambda: health(survivor) == health_pb2.HealthCheckResponse.NOT_SERVING or None,
+        lambda: survivor.health() == health_pb2.HealthCheckResponse.NOT_SERVING or None,
         "the survivor to stop being ready",
     )
-    assert health(survivor, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    assert survivor.health(LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
 # ---- reloading certificates on running sidecars ------------------------------------------

@@ -818,6 +818,8 @@ class Peer(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id is the peer's node id."""
     address: _builtins.str
@@ -829,6 +831,15 @@ class Peer(_message.Message):
     """
     role: Global___PeerRole.ValueType
     """role is the peer's place in the membership."""
+    incarnation: _builtins.str
+    """incarnation identifies the life of the peer's data directory: a node
+    that lost its disk comes back under a new one and is a new member
+    (docs/membership.md). 16 hex digits.
+    """
+    caught_up: _builtins.bool
+    """caught_up is true when the peer's match_index has reached this node's
+    commit index; only a leader knows it, other roles report false.
+    """
     def __init__(
         self,
         *,
@@ -836,10 +847,12 @@ class Peer(_message.Message):
         address: _builtins.str = ...,
         match_index: _builtins.int = ...,
         role: Global___PeerRole.ValueType = ...,
+        incarnation: _builtins.str = ...,
+        caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "match_index", b"match_index", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "caught_up", b"caught_up", "id", b"id", "incarnation", b"incarnation", "match_index", b"match_index", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -858,6 +871,8 @@ class StatusResponse(_message.Message):
     APPLIED_INDEX_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    MEMBER_ROLE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """node_id is this sidecar's node id."""
     role: Global___RaftRole.ValueType
@@ -871,6 +886,13 @@ class StatusResponse(_message.Message):
     leader_id: _builtins.str
     """leader_id is the node id of the leader this node follows; empty when
     unknown.
+    """
+    incarnation: _builtins.str
+    """incarnation identifies the life of this node's data directory."""
+    member_role: Global___PeerRole.ValueType
+    """member_role is this node's own place in the membership it knows:
+    voter, learner, or unspecified while it is not a member (a node that
+    came back with an empty data directory and waits to be admitted).
     """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
@@ -886,10 +908,12 @@ class StatusResponse(_message.Message):
         applied_index: _builtins.int = ...,
         leader_id: _builtins.str = ...,
         peers: _abc.Iterable[Global___Peer] | None = ...,
+        incarnation: _builtins.str = ...,
+        member_role: Global___PeerRole.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "commit_index", b"commit_index", "leader_id", b"leader_id", "node_id", b"node_id", "peers", b"peers", "role", b"role", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "commit_index", b"commit_index", "incarnation", b"incarnation", "leader_id", b"leader_id", "member_role", b"member_role", "node_id", b"node_id", "peers", b"peers", "role", b"role", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
