@@ -48,6 +48,7 @@ from sidecar.raft import (
     ConfChange,
     Entry,
     EntryKind,
+    InvariantViolation,
     Message,
     NotLeader,
     Raft,
@@ -457,6 +458,8 @@ class RaftNode:
             m = self._inbox.get_nowait()
             try:
                 self._raft.step(m)
+            except InvariantViolation:
+                raise  # the node stops (the loop logs it): its log cannot be trusted
             except RaftError as exc:
                 _log.warning("message_refused", node_id=self.id, error=str(exc))
         batch: list[_Proposal] = []

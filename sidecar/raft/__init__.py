@@ -3,6 +3,7 @@
 from sidecar.raft.config import RaftConfig
 from sidecar.raft.core import Raft, RandomSource
 from sidecar.raft.errors import (
+    CommittedLogContradicted,
     ConfChangeRejected,
     InvariantViolation,
     NotLeader,
@@ -38,6 +39,7 @@ from sidecar.raft.types import (
 __all__ = [
     "AppendRequest",
     "AppendResponse",
+    "CommittedLogContradicted",
     "ConfChange",
     "ConfChangeKind",
     "ConfChangeRejected",

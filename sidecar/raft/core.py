@@ -38,6 +38,7 @@ from typing import Protocol
 
 from sidecar.raft.config import RaftConfig
 from sidecar.raft.errors import (
+    CommittedLogContradicted,
     ConfChangeRejected,
     InvariantViolation,
     NotLeader,
@@ -594,7 +595,11 @@ class Raft:
 
     def _handle_append(self, m: AppendRequest) -> None:
         if m.prev_log_index < self.log.commit:
-            # Everything up to our commit index matches any current leader.
+            # Everything up to our commit index matches any current leader:
+            # check what the message says of it rather than assume it.
+            overlap = [(m.prev_log_index, m.prev_log_term)]
+            overlap += [(e.index, e.term) for e in m.entries if e.index <= self.log.commit]
+            self._check_committed_agree(m.sender, overlap)
             self._respond_append(m.sender, success=True, index=self.log.commit)
             return
         if not self.log.matches(m.prev_log_index, m.prev_log_term):
@@ -630,9 +635,24 @@ class Raft:
             )
         )
 
+    def _check_committed_agree(self, sender: NodeId, claims: list[tuple[int, int]]) -> None:
+        """Raise CommittedLogContradicted when a leader's (index, term) claim
+        about our committed prefix disagrees with the entry we hold there
+        (indices we compacted away or never held cannot be checked)."""
+        for index, term in claims:
+            if index == 0 or index > self.log.commit:
+                continue
+            ours = self.log.term(index)
+            if ours is not None and ours != term:
+                raise CommittedLogContradicted(
+                    f"{sender} (leader of term {self.term}) says entry {index} has term "
+                    f"{term}; this node committed it with term {ours}"
+                )
+
     def _handle_snapshot(self, m: SnapshotRequest) -> None:
         meta = m.snapshot.metadata
         if meta.index <= self.log.commit:
+            self._check_committed_agree(m.sender, [(meta.index, meta.term)])
             self._respond_append(m.sender, success=True, index=self.log.commit)
             return
         if self.log.matches(meta.index, meta.term):

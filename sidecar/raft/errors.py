@@ -34,3 +34,12 @@ class RaftUsageError(RaftError):
 
 class InvariantViolation(RaftError):
     """State the core must never reach; the node has to stop rather than go on."""
+
+
+class CommittedLogContradicted(InvariantViolation):
+    """A leader's message contradicts an entry this node holds as committed.
+
+    Raft promises a committed entry never changes; a contradiction means some
+    server lost what it acknowledged or two leaders shared a term. The node
+    stops instead of answering "success" over a log it cannot trust.
+    """

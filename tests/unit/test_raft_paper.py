@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from sidecar.raft import (
     AppendRequest,
     AppendResponse,
+    CommittedLogContradicted,
     Entry,
     HardState,
     PersistentState,
@@ -306,3 +309,49 @@ def test_commit_only_append_spreads_the_commit_index_and_is_answered_only_on_mis
     c.deliver(dataclasses.replace(note, prev_log_index=b.log.last_index + 2))
     [rejection] = c.take(AppendResponse, sender="b")
     assert not rejection.success
+
+
+# ---- committed entries never change: a contradiction stops the follower -----------
+
+
+def _append(
+    term: int, prev: tuple[int, int], entries: tuple[Entry, ...], commit: int
+) -> AppendRequest:
+    return AppendRequest(
+        term=term,
+        sender="a",
+        recipient="b",
+        prev_log_index=prev[0],
+        prev_log_term=prev[1],
+        entries=entries,
+        leader_commit=commit,
+    )
+
+
+def test_5_4_a_follower_stops_when_an_append_contradicts_its_committed_prefix() -> None:
+    """§5.4 (State Machine Safety): "once a server has applied a log entry at a
+    given index, no other server will ever apply a different log entry for the
+    same index". An append whose entries give a committed index another term
+    is evidence that this promise broke; the follower refuses to answer
+    success over it."""
+    c = Cluster(3, check_quorum=False, persisted={"b": _state(2, 1, 2, 2, commit=3)})
+    b = c.nodes["b"]
+    with pytest.raises(CommittedLogContradicted, match="entry 3 has term 3"):
+        b.step(_append(3, (1, 1), (Entry(2, 2), Entry(3, 3)), commit=3))
+
+
+def test_5_4_a_follower_stops_when_prev_contradicts_its_committed_prefix() -> None:
+    c = Cluster(3, check_quorum=False, persisted={"b": _state(2, 1, 2, 2, commit=3)})
+    with pytest.raises(CommittedLogContradicted, match="entry 2 has term 1"):
+        c.nodes["b"].step(_append(3, (2, 1), (), commit=3))
+
+
+def test_5_3_an_append_that_agrees_with_the_committed_prefix_is_still_acknowledged() -> None:
+    """The check never refuses a leader that agrees: the follower answers with
+    its commit index, as before."""
+    c = Cluster(3, check_quorum=False, persisted={"b": _state(2, 1, 2, 2, commit=3)})
+    b = c.nodes["b"]
+    b.step(_append(3, (1, 1), (Entry(2, 2), Entry(2, 3)), commit=3))
+    c.process_ready("b")
+    (answer,) = c.take(AppendResponse, sender="b")
+    assert answer.success and answer.index == 3
