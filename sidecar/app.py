@@ -105,7 +105,13 @@ async def serve(config: SidecarConfig) -> int:
         on_peer_unreachable=handlers.peer_unreachable,
         tls=tls,
     )
-    forwarder = Forwarder(node_id=me, cluster_id=config.cluster_id, peers=others, tls=tls)
+    forwarder = Forwarder(
+        node_id=me,
+        cluster_id=config.cluster_id,
+        peers=others,
+        tls=tls,
+        advertise_address=config.peers[config.node_id],
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,7 +171,12 @@ async def serve(config: SidecarConfig) -> int:
     node.forwarder = forwarder
     node.on_proposal_latency = metrics.proposal_seconds.observe
     leases = LeaseKeeper(node, machine)
-    membership = MembershipManager(node, forwarder, config.peers)
+
+    async def add_peer(name: str, address: str) -> None:
+        forwarder.add_peer(name, address)
+        await transport.add_peer(name, address)
+
+    membership = MembershipManager(node, forwarder, config.peers, add_peer=add_peer)
     handlers.node, handlers.leases, handlers.membership = node, leases, membership
 
     try:
@@ -292,9 +303,9 @@ class _PeerHandlers:
         if leader is not None and node_name(leader) == peer:
             self.node.peer_unreachable(leader)
 
-    def hello(self, caller: str) -> HelloAnswer:
+    def hello(self, caller: str, address: str) -> HelloAnswer:
         if self.membership is not None:
-            self.membership.on_hello(caller)
+            self.membership.on_hello(caller, address)
         leader = self.node.raft.leader_id if self.node is not None else None
         return HelloAnswer(
             server_id=self.identity.server_id,

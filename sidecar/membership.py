@@ -37,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -57,6 +58,11 @@ HELLO_INTERVAL_S = 1.0
 SEEN_FRESH_S = 10.0
 """A hello older than this no longer tells a node's current incarnation."""
 PLAN_INTERVAL_S = 0.25
+GONE_AFTER_S = 30.0
+"""A member not heard from this long, whose name is not in ``--peers``, was
+scaled away: the leader removes it (Consul autopilot's dead-server cleanup)."""
+MAX_ADDED_PEERS = 64
+"""Names beyond ``--peers`` this node will learn addresses for (a bound)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +80,19 @@ def plan_change(
     live: frozenset[str],
     match: Mapping[str, int],
     commit_index: int,
+    contacts: frozenset[str] = frozenset(),
+    gone: frozenset[str] = frozenset(),
 ) -> Planned | None:
     """The next membership change the leader ``me`` should propose, or None.
 
-    ``names`` are the node names it admits (its contact list and its
-    members'); ``current`` maps a name to the server id that last said hello
-    under it (fresh hellos only); ``live`` holds the servers the leader
-    heard from recently (itself included); ``match`` is each follower's
-    match index. Pure: no clock, no I/O.
+    ``names`` are the node names it admits (its contact list, its members'
+    and those that said hello); ``current`` maps a name to the server id
+    that last said hello under it (fresh hellos only); ``live`` holds the
+    servers the leader heard from recently (itself included); ``match`` is
+    each follower's match index. ``contacts`` is the leader's ``--peers``
+    and ``gone`` the members it has not heard from for a long while: a gone
+    member whose name is not a contact was scaled away and is removed. Pure:
+    no clock, no I/O.
     """
     members = membership.members
     for name in sorted(set(names)):
@@ -106,6 +117,17 @@ def plan_change(
                 ConfChange(ConfChangeKind.PROMOTE_LEARNER, learner),
                 f"{learner} caught up with the commit index {commit_index}",
             )
+    for member in sorted(gone & members - {me}):
+        if node_name(member) in contacts:
+            continue  # a configured node that is down: it comes back
+        if member in membership.voters:
+            remaining = membership.voters - {member}
+            if not remaining or len(remaining & live) < len(remaining) // 2 + 1:
+                continue
+        return Planned(
+            ConfChange(ConfChangeKind.REMOVE_NODE, member),
+            f"{member} is gone and not in --peers (scaled down)",
+        )
     return None
 
 
@@ -167,18 +189,50 @@ class MembershipManager:
         forwarder: Forwarder,
         contact_names: Iterable[str],
         *,
+        add_peer: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._forwarder = forwarder
         self._names = frozenset(contact_names)
+        self._added: set[str] = set()
+        """Names learned from hellos (a scale-up), beyond ``--peers``."""
+        self._add_peer = add_peer
         self._clock = clock
+        self._started_at = clock()
         self._seen: dict[str, tuple[str, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._adding: set[asyncio.Task[None]] = set()
         self.changes_proposed = 0
 
-    def on_hello(self, server: str) -> None:
-        self._seen[node_name(server)] = (server, self._clock())
+    def on_hello(self, server: str, address: str = "") -> None:
+        name = node_name(server)
+        self._seen[name] = (server, self._clock())
+        if (
+            address
+            and self._add_peer is not None
+            and name not in self._names
+            and name not in self._added
+            and name != node_name(self._node.id)
+            and len(self._added) < MAX_ADDED_PEERS
+        ):
+            self._added.add(name)
+            task = asyncio.get_running_loop().create_task(self._add_peer(name, address))
+            self._adding.add(task)
+            task.add_done_callback(self._adding.discard)
+
+    def _gone(self, members: Iterable[str]) -> frozenset[str]:
+        """Members not heard from for ``GONE_AFTER_S`` (judged only once this
+        node itself has run that long)."""
+        now = self._clock()
+        if now - self._started_at < GONE_AFTER_S:
+            return frozenset()
+        gone = set()
+        for member in members:
+            seen = self._seen.get(node_name(member))
+            if seen is None or seen[0] != member or now - seen[1] > GONE_AFTER_S:
+                gone.add(member)
+        return frozenset(gone)
 
     def current(self) -> dict[str, str]:
         """Name -> the server id that said hello under it recently."""
@@ -203,8 +257,8 @@ class MembershipManager:
 
     async def _greet(self) -> None:
         me = self._node.id
-        others = sorted(self._names - {node_name(me)})
         while True:
+            others = sorted((self._names | self._added) - {node_name(me)})
             answers = await asyncio.gather(
                 *(self._forwarder.hello(name) for name in others), return_exceptions=True
             )
@@ -226,11 +280,13 @@ class MembershipManager:
             planned = plan_change(
                 me=me,
                 membership=raft.membership,
-                names=self._names | {node_name(m) for m in members},
+                names=self._names | self._added | {node_name(m) for m in members},
                 current=current,
                 live=live,
                 match={peer: pr.match for peer, pr in raft.progress.items()},
                 commit_index=raft.commit_index,
+                contacts=self._names,
+                gone=self._gone(members),
             )
             if planned is None:
                 continue

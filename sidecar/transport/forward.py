@@ -45,8 +45,11 @@ class Forwarder:
         peers: dict[NodeId, str],
         timeout_s: float = 5.0,
         tls: PeerTls | None = None,
+        advertise_address: str = "",
     ) -> None:
         self._node_id = node_id
+        self.advertise_address = advertise_address
+        """This node's own peer address, told to peers in ``hello``."""
         self._cluster_id = cluster_id
         self._peers = dict(peers)
         self._timeout_s = timeout_s
@@ -111,10 +114,18 @@ class Forwarder:
             raise self._translate(leader, e) from e
         return bool(response.current), int(response.remaining_ttl_ms)
 
+    def add_peer(self, name: str, address: str) -> None:
+        """Learn the address of a node the static peer map did not list."""
+        if address:
+            self._peers.setdefault(name, address)
+
     async def hello(self, peer: str, timeout_s: float = 1.0) -> HelloAnswer:
         """Ask the node named ``peer`` who it is (``Hello``). Raises ForwardUnavailable."""
         request = peer_pb2.HelloRequest(
-            cluster_id=self._cluster_id, from_node=self._node_id, to_node=peer
+            cluster_id=self._cluster_id,
+            from_node=self._node_id,
+            to_node=peer,
+            advertise_address=self.advertise_address,
         )
         try:
             response = await self._stub(peer).Hello(request, timeout=timeout_s)

@@ -137,8 +137,9 @@ class HelloAnswer:
     leader_id: NodeId | None = None
 
 
-HelloCallback = Callable[[NodeId], HelloAnswer]
-"""Called with the caller's server id; returns this node's answer."""
+HelloCallback = Callable[[NodeId, str], HelloAnswer]
+"""Called with the caller's server id and advertised address (may be empty);
+returns this node's answer."""
 """Hands a decoded batch to the local node; may raise ``InboxFull``."""
 
 # Failures after which the same batch is worth another try: the peer is down
@@ -595,7 +596,7 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "from_node is empty")
         if self._hello is None:
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no hello here")
-        answer = self._hello(request.from_node)
+        answer = self._hello(request.from_node, request.advertise_address)
         return peer_pb2.HelloResponse(
             server_id=answer.server_id,
             decided=answer.decided,
@@ -1349,20 +1350,14 @@ class Transport:
             config=config,
             server_credentials=tls.server_credentials() if tls is not None else None,
         )
-        self.clients: dict[NodeId, PeerClient] = {
-            peer_id: PeerClient(
-                node_id=node_id,
-                peer_id=peer_id,
-                address=peers[peer_id],
-                cluster_id=cluster_id,
-                config=config,
-                tls=tls,
-            )
-            for peer_id in sorted(peers)
-            if peer_id != node_name(node_id)
-        }
-        for client in self.clients.values():
-            client.on_unreachable = on_peer_unreachable
+        self._cluster_id = cluster_id
+        self._config = config
+        self._tls = tls
+        self._on_peer_unreachable = on_peer_unreachable
+        self.clients: dict[NodeId, PeerClient] = {}
+        for peer_id in sorted(peers):
+            if peer_id != node_name(node_id):
+                self._new_client(peer_id, peers[peer_id])
         self.unroutable = 0
         """Messages for a node that is not in the peer map (dropped)."""
         self._started = False
@@ -1380,6 +1375,30 @@ class Transport:
         await self.server.start()
         for peer_id in sorted(self.clients):
             await self.clients[peer_id].start()
+
+    def _new_client(self, name: str, address: str) -> PeerClient:
+        client = self.clients[name] = PeerClient(
+            node_id=self.node_id,
+            peer_id=name,
+            address=address,
+            cluster_id=self._cluster_id,
+            config=self._config,
+            tls=self._tls,
+        )
+        client.on_unreachable = self._on_peer_unreachable
+        return client
+
+    async def add_peer(self, name: str, address: str) -> bool:
+        """Start sending to the node ``name`` at ``address`` (a node the
+        static peer map did not list, e.g. after a scale-up). Returns False
+        when ``name`` is this node or already known (its address is kept)."""
+        if name == node_name(self.node_id) or name in self.clients or not address:
+            return False
+        client = self._new_client(name, address)
+        if self._started:
+            await client.start()
+        _log.info("peer_added", node_id=self.node_id, peer=name, address=address)
+        return True
 
     async def stop(self, grace_s: float | None = 0.5) -> None:
         """Stop every client task and the server; no task is left behind."""

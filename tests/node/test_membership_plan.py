@@ -67,3 +67,43 @@ def test_a_learner_is_promoted_only_once_caught_up_and_answering() -> None:
 def test_a_name_outside_the_contact_list_and_membership_is_not_admitted() -> None:
     stranger = "z~" + "f" * 16
     assert plan(THREE, {"z": stranger}, {A, B, C}) is None
+
+
+def test_a_node_that_said_hello_beyond_the_contact_list_joins_as_learner() -> None:
+    """A StatefulSet scaled up: the new name is not in the leader's --peers."""
+    d = "d~" + "d" * 16
+    planned = plan_change(
+        me=A,
+        membership=THREE,
+        names=["a", "b", "c", "d"],
+        current={"b": B, "c": C, "d": d},
+        live=frozenset({A, B, C, d}),
+        match={},
+        commit_index=10,
+        contacts=frozenset({"a", "b", "c"}),
+    )
+    assert planned is not None and planned.change.kind is ConfChangeKind.ADD_LEARNER
+    assert planned.change.node_id == d
+
+
+def test_a_gone_member_outside_the_contact_list_is_removed_a_configured_one_stays() -> None:
+    d, e = "d~" + "d" * 16, "e~" + "e" * 16
+    five = Membership(frozenset({A, B, C, d, e}))
+
+    def removal(gone: set[str], live: set[str]) -> tuple[ConfChangeKind, str] | None:
+        planned = plan_change(
+            me=A,
+            membership=five,
+            names=["a", "b", "c", "d", "e"],
+            current={},
+            live=frozenset(live),
+            match={},
+            commit_index=10,
+            contacts=frozenset({"a", "b", "c"}),
+            gone=frozenset(gone),
+        )
+        return None if planned is None else (planned.change.kind, planned.change.node_id)
+
+    assert removal({d, e}, {A, B, C}) == (ConfChangeKind.REMOVE_NODE, d)
+    assert removal({B}, {A, C, d, e}) is None, "b is in --peers: it comes back"
+    assert removal({d}, {A}) is None, "the rest would lack a quorum"

@@ -70,22 +70,29 @@ class HelloRequest(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     FROM_NODE_FIELD_NUMBER: _builtins.int
     TO_NODE_FIELD_NUMBER: _builtins.int
+    ADVERTISE_ADDRESS_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
     from_node: _builtins.str
     """from_node is the caller's Raft server id, <name>~<incarnation>."""
     to_node: _builtins.str
     """to_node is the recipient's node name, without incarnation."""
+    advertise_address: _builtins.str
+    """advertise_address is the caller's own peer address (host:port), so a
+    node its peers were not started with (a StatefulSet scaled up) can be
+    reached and admitted; empty when the caller does not say.
+    """
     def __init__(
         self,
         *,
         cluster_id: _builtins.str = ...,
         from_node: _builtins.str = ...,
         to_node: _builtins.str = ...,
+        advertise_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_address", b"advertise_address", "cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
