@@ -163,12 +163,6 @@ the fix in the message.
 {{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.sidecar.preStopSleepSeconds) 2) -}}
 {{- fail (printf "terminationGracePeriodSeconds=%d leaves no time for the handover: it must exceed sidecar.preStopSleepSeconds (%d) + 2 s" (int .Values.terminationGracePeriodSeconds) (int .Values.sidecar.preStopSleepSeconds)) -}}
 {{- end -}}
-{{- $existing := lookup "apps/v1" "StatefulSet" .Release.Namespace (include "raft-sidecar.fullname" .) -}}
-{{- if and $existing (not .Values.unsafeAllowReplicaCountChange) -}}
-{{- if ne (int $existing.spec.replicas) $n -}}
-{{- fail (printf "replicaCount %d -> %d: the Raft membership is static (--peers); changing it under running peers can elect two leaders. See docs/kubernetes.md, \"Changing the replica count\"" (int $existing.spec.replicas) $n) -}}
-{{- end -}}
-{{- end -}}
 {{- end -}}
 
 {{/*
