@@ -191,6 +191,8 @@ class RaftNode:
         # can shut it down instead of leaving it to the loop's default pool.
         self._disk_thread = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{raft_config.node_id}")
         self._stopped: BaseException | None = None
+        self._closed = False
+        """stop() was called: every later request fails at once."""
         self._last_sync_s = 0.0
         """Seconds the last synced write that could go on the loop took, wherever
         it went (0 before the first): decides where the next one goes."""
@@ -222,7 +224,12 @@ class RaftNode:
             await self._task
 
     async def stop(self) -> None:
-        """End the loop and close storage; a failure that ended it was already logged."""
+        """End the loop and close storage; a failure that ended it was already logged.
+
+        Every call after this (propose, reads, membership changes) raises
+        NodeStopped at once instead of waiting for a loop that is gone.
+        """
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -354,6 +361,7 @@ class RaftNode:
     async def wait_applied(self, index: int) -> None:
         if self._raft.applied_index >= index:
             return
+        self._check_running()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, done))
         await done
@@ -619,6 +627,8 @@ class RaftNode:
     def _check_running(self) -> None:
         if self._stopped is not None:
             raise NodeStopped(f"the node stopped: {self._stopped}")
+        if self._closed:
+            raise NodeStopped("the node was stopped")
 
     def _fail_waiters(self, exc: NodeError) -> None:
         for waiters in self._waiting.values():

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.node import NodeSettings, RaftNode
+from sidecar.node import NodeSettings, NodeStopped, RaftNode
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
 
@@ -65,8 +65,15 @@ class _Outbox:
                 node.deliver([m])
 
 
+ELECTION_TIMEOUT_TICKS = 30
+"""300 ms: the three nodes share one event loop, and on a loaded machine a
+shorter timeout makes them elect for nothing while a test waits on a leader."""
+
+
 def make_node(tmp: Path, wiring: Wiring, node_id: str) -> tuple[RaftNode, ListMachine]:
-    config = RaftConfig(node_id, Membership(frozenset(IDS)), election_timeout_ticks=10)
+    config = RaftConfig(
+        node_id, Membership(frozenset(IDS)), election_timeout_ticks=ELECTION_TIMEOUT_TICKS
+    )
     machine = ListMachine()
     node = RaftNode(
         config, DiskStorage(str(tmp / node_id)), wiring.outbox(), machine, settings=FAST
@@ -251,5 +258,20 @@ def test_a_follower_writes_on_the_loop_until_its_disk_is_slow(tmp_path: Path) ->
         await propose_until(leader, b"again", lambda: loop_thread in disk.synced_on)
         for node in list(wiring.nodes.values()):
             await node.stop()
+
+    run(main)
+
+
+def test_calls_after_stop_fail_at_once(tmp_path: Path) -> None:
+    """A proposal, a read or a wait made after stop() raises NodeStopped
+    instead of waiting for a loop that is gone (issue 13)."""
+
+    async def main() -> None:
+        wiring = Wiring()
+        node, _ = make_node(tmp_path, wiring, "a")
+        await node.stop()
+        for call in (node.propose(b"x"), node.read_barrier(), node.wait_applied(10**6)):
+            with pytest.raises(NodeStopped):
+                await asyncio.wait_for(call, 5)
 
     run(main)

@@ -23,7 +23,14 @@ from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeSettings, RaftNode
 from sidecar.raft import Membership, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
-from tests.node.test_node_runtime import IDS, Wiring, leader_of, run, until
+from tests.node.test_node_runtime import (
+    ELECTION_TIMEOUT_TICKS,
+    IDS,
+    Wiring,
+    leader_of,
+    run,
+    until,
+)
 
 # Every synced write goes to the disk thread, so a held write stalls the Raft
 # loop but not the event loop (as a slow fsync does in production).
@@ -55,7 +62,9 @@ def test_a_stalled_leader_does_not_renew_after_a_new_leader_is_elected(tmp_path:
         for node_id in IDS:
             disks[node_id] = GatedDisk(str(tmp_path / node_id))
             machines[node_id] = ElectionsMachine()
-            config = RaftConfig(node_id, Membership(frozenset(IDS)), election_timeout_ticks=10)
+            config = RaftConfig(
+                node_id, Membership(frozenset(IDS)), election_timeout_ticks=ELECTION_TIMEOUT_TICKS
+            )
             node = RaftNode(
                 config, disks[node_id], wiring.outbox(), machines[node_id], settings=SETTINGS
             )
