@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.raft_core
 	$(BIN)/python -m bench.storage
 	$(BIN)/python -m bench.sidecar
+	$(BIN)/python -m bench.membership
 
 # helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
 .PHONY: tools
