@@ -11,6 +11,8 @@ refusal's google.rpc.ErrorInfo read from the grpc-status-details-bin trailer.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -129,3 +131,26 @@ def test_the_audit_trail_agrees_with_what_the_node_client_saw(
     # Both resigned: the reopened stream's lease was never revoked.
     assert [g.end_reason for g in audit.grants] == [worker_pb2.GRANT_END_REASON_RESIGNED] * 2
     assert audit.grants[0].ended_at_index == int(report["resign"]["first"]["ended_at_index"])
+
+
+def test_the_node_client_needs_nothing_but_proto_and_pinned_grpc_packages() -> None:
+    """No project code: Node built-ins and the two gRPC packages, pinned
+    exactly; the lock file names where each package comes from."""
+    source = (node_client.NODE_DIR / "contract.js").read_text()
+    assert set(re.findall(r"require\('([^']+)'\)", source)) == {
+        "node:crypto",
+        "node:path",
+        "node:perf_hooks",
+        "node:util",
+        "@grpc/grpc-js",
+        "@grpc/proto-loader",
+    }
+    package = json.loads((node_client.NODE_DIR / "package.json").read_text())
+    assert set(package["dependencies"]) == {"@grpc/grpc-js", "@grpc/proto-loader"}
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in package["dependencies"].values())
+    lock = json.loads(node_client.LOCK_FILE.read_text())
+    installed = {k: v for k, v in lock["packages"].items() if k}
+    for name, version in package["dependencies"].items():
+        assert installed[f"node_modules/{name}"]["version"] == version
+    assert all(p["resolved"].startswith("https://registry.npmjs.org/") for p in installed.values())
+    assert all(p["integrity"].startswith("sha512-") for p in installed.values())
