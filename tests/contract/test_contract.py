@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import queue
 import re
 import signal
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,10 +91,11 @@ def follower(cluster: Cluster) -> Sidecar:
     return next(n for n in cluster.nodes if n is not leader)
 
 
-def refusal(call: Callable[[], Any]) -> grpc.RpcError:
-    """The error ``call`` raises (a stream: ``lambda: list(stream)``)."""
+def refusal(call: Callable[[], Any], *, retry: bool = True) -> grpc.RpcError:
+    """The error ``call`` raises (a stream: ``lambda: list(stream)``), made
+    again while it is UNAVAILABLE unless ``retry`` is False."""
     with pytest.raises(grpc.RpcError) as caught:
-        call()
+        retried(call) if retry else call()
     return caught.value
 
 
@@ -122,10 +123,74 @@ async def retried_async(call: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(0.1)
 
 
+def resign_retried(stub: Any, election: str, key: str, token: int = 0) -> tuple[Any, int]:
+    """Resign, retried while UNAVAILABLE; the answer and how many calls it took
+    (a retry after an applied attempt answers ALREADY_RESIGNED)."""
+    attempts = 0
+
+    def once() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return worker_api.resign(stub, election, key, token)
+
+    return retried(once), attempts
+
+
 def campaign_request(election: str, candidate: str, key: str, ttl_ms: int = 60000) -> Any:
     return worker_pb2.CampaignRequest(
         election=election, candidate_id=candidate, ttl_ms=ttl_ms, lease_key=key
     )
+
+
+def queued(stub: Any, request: Any) -> Any:
+    """A Campaign call that has reported its queue place (and stays open)."""
+
+    def once() -> Any:
+        call = stub.Campaign(request, timeout=30)
+        event = next(call)
+        assert event.HasField("queued"), event
+        return call
+
+    return retried(once)
+
+
+class KeepAliveSession:
+    """One KeepAlive stream, one request at a time: ``send`` returns its answer."""
+
+    def __init__(self, stub: Any) -> None:
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._answers = stub.KeepAlive(iter(self._requests.get, None), timeout=60)
+        self.sequence = 0
+
+    def send(self, election: str, token: int, key: str, sequence: int | None = None) -> Any:
+        if sequence is None:
+            self.sequence += 1
+            sequence = self.sequence
+        self._requests.put(
+            worker_pb2.KeepAliveRequest(
+                election=election, fencing_token=token, lease_key=key, sequence=sequence
+            )
+        )
+        return next(self._answers)
+
+    def renew(self, election: str, token: int, key: str) -> Any:
+        """``send`` again while the answer is UNAVAILABLE (not renewed: keep sending)."""
+        deadline = time.monotonic() + 30
+        while True:
+            answer = self.send(election, token, key)
+            unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+            if answer.error.code != unavailable or time.monotonic() > deadline:
+                return answer
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Half-close (a deliberate end) and read the stream to its end."""
+        self._requests.put(None)
+        for _ in self._answers:
+            pass
+
+    def cancel(self) -> None:
+        self._answers.cancel()
 
 
 def hold(stub: Any, election: str, candidate: str = "holder") -> worker_api.Granted:
@@ -165,19 +230,15 @@ def test_every_rpc_of_the_election_service_answers(cluster: Cluster) -> None:
     assert (token.election, token.candidate_id, token.ttl_ms) == (election, "worker", 5000)
     assert token.fencing_token > 0 and token.granted_at_index == token.fencing_token
 
-    stop = threading.Event()
-    keep_alive = stub.KeepAlive(
-        worker_api.keep_alive_requests(election, token.fencing_token, key, stop, 1.0),
-        timeout=30,
-    )
+    keep_alive = KeepAliveSession(stub)
     try:
-        ack = next(keep_alive)
+        ack = keep_alive.renew(election, token.fencing_token, key)
         called.add("KeepAlive")
         assert not ack.HasField("error"), ack.error
         assert (ack.election, ack.fencing_token, ack.sequence) == (
             election,
             token.fencing_token,
-            1,
+            keep_alive.sequence,
         )
         assert ack.ttl_ms == 5000 and ack.safety_margin_ms == 500
 
@@ -193,7 +254,7 @@ def test_every_rpc_of_the_election_service_answers(cluster: Cluster) -> None:
         check = worker_pb2.ValidateTokenRequest(
             election=election, fencing_token=token.fencing_token
         )
-        validated = stub.ValidateToken(check, timeout=5)
+        validated = retried(lambda: stub.ValidateToken(check, timeout=5))
         called.add("ValidateToken")
         assert validated.valid and validated.current_token == token.fencing_token
 
@@ -216,12 +277,14 @@ def test_every_rpc_of_the_election_service_answers(cluster: Cluster) -> None:
         ]
         assert audit.grants[0].end_reason == worker_pb2.GRANT_END_REASON_UNSPECIFIED
 
-        resigned = worker_api.resign(stub, election, key, token.fencing_token)
+        resigned, attempts = resign_retried(stub, election, key, token.fencing_token)
         called.add("Resign")
-        assert resigned.outcome == worker_pb2.RESIGN_OUTCOME_RESIGNED
+        assert resigned.outcome == worker_pb2.RESIGN_OUTCOME_RESIGNED or (
+            attempts > 1 and resigned.outcome == worker_pb2.RESIGN_OUTCOME_ALREADY_RESIGNED
+        )
         assert resigned.ended_at_index > token.fencing_token
+        keep_alive.close()  # after the Resign: a stream that breaks revokes at once
     finally:
-        stop.set()
         keep_alive.cancel()
     # Elections exist by name: reads of one nobody campaigned for answer OK.
     never = "never-campaigned"
@@ -295,11 +358,10 @@ def lease_ended(cluster: Cluster) -> grpc.RpcError:
     holder = hold(stub, "ended")
     key = worker_api.new_key()
     try:
-        waiting = stub.Campaign(campaign_request("ended", "waiting", key), timeout=30)
-        assert next(waiting).queued.position == 1
-        left = worker_api.resign(stub, "ended", key)
+        waiting = queued(stub, campaign_request("ended", "waiting", key))
+        left = retried(lambda: worker_api.resign(stub, "ended", key))
         assert left.outcome == worker_pb2.RESIGN_OUTCOME_LEFT_QUEUE
-        return refusal(lambda: list(waiting))
+        return refusal(lambda: list(waiting), retry=False)
     finally:
         retried(lambda: worker_api.resign(stub, "ended", holder.lease_key))
 
@@ -313,9 +375,16 @@ def deadline_exceeded(cluster: Cluster) -> grpc.RpcError:
         error = refusal(lambda: list(stub.Campaign(request, timeout=0.5)))
         # Withdrawn: the next candidate moves up to first in line.
         key = worker_api.new_key()
-        probe = stub.Campaign(campaign_request("deadline", "probe", key), timeout=30)
-        assert next(e.queued.position for e in probe if e.queued.position == 1) == 1
-        worker_api.resign(stub, "deadline", key)
+
+        def first_in_line() -> Any:
+            probe = stub.Campaign(campaign_request("deadline", "probe", key), timeout=30)
+            for event in probe:
+                if event.queued.position == 1:
+                    return probe
+            raise AssertionError("the probe's Campaign ended before it was first in line")
+
+        probe = retried(first_in_line)
+        retried(lambda: worker_api.resign(stub, "deadline", key))
         probe.cancel()
         return error
     finally:
@@ -460,7 +529,7 @@ def observer_too_slow(cluster: Cluster) -> grpc.RpcError:
                         "(the transport buffered them all?)"
                     )
 
-        return refusal(read_to_the_end)
+        return refusal(read_to_the_end, retry=False)
 
 
 def no_leader(cluster: Cluster) -> grpc.RpcError:
@@ -474,7 +543,7 @@ def no_leader(cluster: Cluster) -> grpc.RpcError:
         eventually(lambda: survivor.status().leader_id == "" or None, "the leader to be lost")
         stub = survivor.stub()
         request = campaign_request("no-leader", "worker", worker_api.new_key())
-        return refusal(lambda: list(stub.Campaign(request, timeout=10)))
+        return refusal(lambda: list(stub.Campaign(request, timeout=10)), retry=False)
     finally:
         for node in frozen:
             assert node.process is not None
@@ -515,42 +584,27 @@ def test_keepalive_refuses_per_election_with_the_same_codes(cluster: Cluster) ->
     stub = follower(cluster).stub()
     good = hold(stub, "ka-good")
     ended = hold(stub, "ka-ended")
-    worker_api.resign(stub, "ka-ended", ended.lease_key)
-
-    def request(election: str, token: int, key: str, sequence: int) -> Any:
-        return worker_pb2.KeepAliveRequest(
-            election=election, fencing_token=token, lease_key=key, sequence=sequence
-        )
-
-    requests = [
-        request("ka-good", good.fencing_token, worker_api.new_key(), 1),
-        request("ka-ended", ended.fencing_token, ended.lease_key, 2),
-        request("ka-good", 2**64 - 1, good.lease_key, 3),
-        request("ka-good", good.fencing_token, good.lease_key, 3),  # not increasing
-        request("ka-good", good.fencing_token, good.lease_key, 4),
-        request("ka-good", good.fencing_token, good.lease_key, 5),
-    ]
-    answered = threading.Event()
-    responses: list[Any] = []
-
-    def send() -> Iterator[Any]:
-        yield from requests
-        answered.wait(30)  # the stream stays open until read: no revoke meanwhile
-
-    stream = stub.KeepAlive(send(), timeout=30)
+    retried(lambda: worker_api.resign(stub, "ka-ended", ended.lease_key))
+    session = KeepAliveSession(stub)
     try:
-        for response in stream:
-            responses.append(response)
-            if len(responses) == len(requests):
-                break
+        answers = [
+            session.renew("ka-good", good.fencing_token, worker_api.new_key()),
+            session.renew("ka-ended", ended.fencing_token, ended.lease_key),
+            session.renew("ka-good", 2**64 - 1, good.lease_key),
+            session.send(
+                "ka-good", good.fencing_token, good.lease_key, sequence=session.sequence
+            ),  # not increasing
+            session.renew("ka-good", good.fencing_token, good.lease_key),
+            session.renew("ka-good", good.fencing_token, good.lease_key),
+        ]
+        # Resign before the stream ends (a stream that breaks revokes at once).
+        retried(lambda: worker_api.resign(stub, "ka-good", good.lease_key))
+        session.close()
     finally:
-        # Resign before the stream ends (a broken stream revokes at once).
-        worker_api.resign(stub, "ka-good", good.lease_key, good.fencing_token)
-        answered.set()
-        stream.cancel()
+        session.cancel()
     errors = [
-        (r.error.code, r.error.reason, dict(r.error.metadata)) if r.HasField("error") else None
-        for r in responses
+        (a.error.code, a.error.reason, dict(a.error.metadata)) if a.HasField("error") else None
+        for a in answers
     ]
 
     def documented(reason: str, **metadata: str) -> tuple[int, str, dict[str, str]]:
@@ -565,7 +619,7 @@ def test_keepalive_refuses_per_election_with_the_same_codes(cluster: Cluster) ->
         None,
         None,
     ]
-    assert [r.ttl_ms for r in responses[4:]] == [60000, 60000]
+    assert [a.ttl_ms for a in answers[4:]] == [60000, 60000]
 
 
 # ---- stub-only, as promised ----------------------------------------------------------

@@ -10,6 +10,11 @@
 // in tests/contract/test_node_client.py. Exit status 0 when the scenario ran
 // to its end, 1 (with {"failed": "..."} on stdout) when a step failed.
 //
+// As the docs ask of every client, UNAVAILABLE (and nothing else) is retried
+// with backoff: calls with the same request (Campaign and Resign with the
+// same key are idempotent), KeepAlive by sending again on the same stream.
+// The report counts the retries.
+//
 // Scenario:
 //   1. Status of the sidecar.
 //   2. Candidate A campaigns with a key it made itself: granted at once.
@@ -39,6 +44,7 @@ const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
 const VENDORED_DIR = path.join(__dirname, 'protos'); // google/rpc/{status,error_details}.proto
 const ERROR_INFO_TYPE_URL = 'type.googleapis.com/google.rpc.ErrorInfo';
 const CALL_TIMEOUT_MS = 15000;
+const RETRY_FOR_MS = 30000;
 
 // uint64 (tokens, indices, sequences) as decimal strings; uint32 durations
 // stay JS numbers. keepCase: the field names of the .proto file.
@@ -87,6 +93,28 @@ function describeError(error) {
   return out;
 }
 
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+const retries = {}; // what -> how many UNAVAILABLE answers were retried
+
+/** attempt() again, with backoff, while it fails UNAVAILABLE (the documented retry). */
+async function retrying(what, attempt) {
+  const until = Date.now() + RETRY_FOR_MS;
+  let backoffMs = 50;
+  for (;;) {
+    try {
+      return await attempt();
+    } catch (error) {
+      if (error.code !== grpc.status.UNAVAILABLE || Date.now() > until) throw error;
+      retries[what] = (retries[what] || 0) + 1;
+      await sleep(backoffMs);
+      backoffMs = Math.min(2 * backoffMs, 1000);
+    }
+  }
+}
+
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
     client[method](request, { deadline: deadlineIn(CALL_TIMEOUT_MS) }, (error, response) =>
@@ -95,10 +123,15 @@ function unary(client, method, request) {
   });
 }
 
+/** The answer of a unary call, retried while UNAVAILABLE. */
+function call(client, method, request) {
+  return retrying(method, () => unary(client, method, request));
+}
+
 /** A unary call expected to fail: resolves with describeError(error). */
 async function refused(client, method, request) {
   try {
-    const response = await unary(client, method, request);
+    const response = await call(client, method, request);
     throw new Error(`${method} succeeded where a refusal was expected: ${JSON.stringify(response)}`);
   } catch (error) {
     if (error.code === undefined) throw error;
@@ -107,30 +140,32 @@ async function refused(client, method, request) {
 }
 
 /**
- * One Campaign call: resolves `granted` with {token, lease_key, positions}
- * and calls onQueued(position) for each queued event. The call stays open
- * until the grant (a call that ends before is withdrawn).
+ * Campaign until granted: resolves with {token, lease_key, positions,
+ * sent_at_ms} and calls onQueued(position, lease_key) for each queued event.
+ * A call stays open until the grant (one that ends before is withdrawn); one
+ * that fails UNAVAILABLE is made again with the same request (same key).
  */
 function campaign(client, request, onQueued = () => {}) {
   const positions = [];
-  const sentAt = now();
-  const call = client.Campaign(request, { deadline: deadlineIn(60000) });
-  const granted = new Promise((resolve, reject) => {
-    let result = null;
-    call.on('data', (response) => {
-      if (response.event === 'queued') {
-        positions.push(response.queued.position);
-        onQueued(response.queued.position, response.queued.lease_key);
-      } else if (response.event === 'granted') {
-        result = { ...response.granted, positions, sent_at_ms: sentAt };
-      }
+  const sentAt = now(); // the first attempt's send: the grant came after it
+  const once = () =>
+    new Promise((resolve, reject) => {
+      const stream = client.Campaign(request, { deadline: deadlineIn(60000) });
+      let result = null;
+      stream.on('data', (response) => {
+        if (response.event === 'queued') {
+          positions.push(response.queued.position);
+          onQueued(response.queued.position, response.queued.lease_key);
+        } else if (response.event === 'granted') {
+          result = { ...response.granted, positions, sent_at_ms: sentAt };
+        }
+      });
+      stream.on('error', reject);
+      stream.on('end', () =>
+        result ? resolve(result) : reject(new Error('the Campaign stream ended without a grant')),
+      );
     });
-    call.on('error', reject);
-    call.on('end', () =>
-      result ? resolve(result) : reject(new Error('the Campaign stream ended without a grant')),
-    );
-  });
-  return { call, granted };
+  return retrying('Campaign', once);
 }
 
 /** A KeepAlive stream: send() resolves with the response echoing its sequence. */
@@ -166,6 +201,21 @@ class KeepAliveStream {
     });
   }
 
+  /**
+   * Renew until answered with anything but UNAVAILABLE (no Raft leader
+   * reachable: not renewed this time, keep sending).
+   */
+  async renew(election, token, leaseKey) {
+    const until = Date.now() + RETRY_FOR_MS;
+    for (;;) {
+      const answer = await this.send(election, token, leaseKey);
+      const error = answer.response.error;
+      if (!error || error.code !== grpc.status.UNAVAILABLE || Date.now() > until) return answer;
+      retries.KeepAlive = (retries.KeepAlive || 0) + 1;
+      await sleep(100);
+    }
+  }
+
   /** Half-close (a deliberate end) and wait for the server's status. */
   async close() {
     this.call.end();
@@ -199,23 +249,19 @@ function acknowledgement(stream, { response, sentAt, receivedAt }) {
   return ack;
 }
 
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 async function run({ address, election, ttlMs }) {
   const report = { address, election, ttl_ms: ttlMs, documented_margin_ms: documentedMarginMs(ttlMs) };
   const client = new worker.ElectionService(address, grpc.credentials.createInsecure());
   const keyA = newLeaseKey();
   const keyB = newLeaseKey();
   try {
-    const status = await unary(client, 'Status', {});
+    const status = await call(client, 'Status', {});
     report.status = { node_id: status.node_id, role: status.role, leader_id: status.leader_id };
 
     // 2. A is granted at once: nobody holds the election.
     const a = await campaign(client, {
       election, candidate_id: 'node-a', ttl_ms: ttlMs, lease_key: keyA,
-    }).granted;
+    });
     report.a = {
       token: a.token.fencing_token,
       token_ttl_ms: a.token.ttl_ms,
@@ -230,40 +276,40 @@ async function run({ address, election, ttlMs }) {
     // 3. KeepAlive stream 1: acknowledgements and safe deadlines.
     const acks = [];
     const first = new KeepAliveStream(client);
-    acks.push(acknowledgement(1, await first.send(election, tokenA, keyA)));
+    acks.push(acknowledgement(1, await first.renew(election, tokenA, keyA)));
 
     // 4. B campaigns while A holds: queued, with its position.
     let resolveQueued;
     const queuedOnce = new Promise((resolve) => (resolveQueued = resolve));
-    const b = campaign(client, { election, candidate_id: 'node-b', ttl_ms: ttlMs, lease_key: keyB },
+    const bGranted = campaign(client, { election, candidate_id: 'node-b', ttl_ms: ttlMs, lease_key: keyB },
       (position, leaseKey) => resolveQueued({ position, lease_key_echoed: leaseKey === keyB }));
-    const bGranted = b.granted;
     bGranted.catch(() => {}); // awaited below; never an unhandled rejection meanwhile
     report.b_queued = await Promise.race([queuedOnce, bGranted.then(() => ({ position: 0 }))]);
 
-    acks.push(acknowledgement(1, await first.send(election, tokenA, keyA)));
+    acks.push(acknowledgement(1, await first.renew(election, tokenA, keyA)));
 
     // 5. Reopen: half-close stream 1, present the same key on stream 2.
     const reopen = {};
     reopen.first_stream_status = await first.close();
     const endedAt = now();
     const second = new KeepAliveStream(client);
-    acks.push(acknowledgement(2, await second.send(election, tokenA, keyA)));
-    reopen.valid_after_reopen = (await unary(client, 'ValidateToken', { election, fencing_token: tokenA })).valid;
+    acks.push(acknowledgement(2, await second.renew(election, tokenA, keyA)));
+    reopen.valid_after_reopen = (await call(client, 'ValidateToken', { election, fencing_token: tokenA })).valid;
     // A wrong key on the same stream: refused for that request only.
-    const wrong = acknowledgement(2, await second.send(election, tokenA, newLeaseKey()));
+    const wrong = acknowledgement(2, await second.renew(election, tokenA, newLeaseKey()));
     reopen.wrong_key_error = wrong.error;
-    acks.push(acknowledgement(2, await second.send(election, tokenA, keyA)));
+    reopen.wrong_key_sequence = wrong.sequence;
+    acks.push(acknowledgement(2, await second.renew(election, tokenA, keyA)));
     // Keep renewing, every ttl/4 as a client would, until twice the re-attach
     // window (ttl/4 after the deliberate end) has passed: had the reopen not
     // taken the lease over, the sidecar would have revoked it by then.
     reopen.window_ms = ttlMs / 4;
     while (now() < endedAt + 2 * reopen.window_ms) {
       await sleep(ttlMs / 4);
-      acks.push(acknowledgement(2, await second.send(election, tokenA, keyA)));
+      acks.push(acknowledgement(2, await second.renew(election, tokenA, keyA)));
     }
     reopen.waited_ms = now() - endedAt;
-    reopen.valid_after_window = (await unary(client, 'ValidateToken', { election, fencing_token: tokenA })).valid;
+    reopen.valid_after_window = (await call(client, 'ValidateToken', { election, fencing_token: tokenA })).valid;
     report.reopen = reopen;
     report.acks = acks;
 
@@ -274,10 +320,14 @@ async function run({ address, election, ttlMs }) {
     };
 
     // 7. Resign, then the retry of the same Resign.
-    const resigned = await unary(client, 'Resign', { election, lease_key: keyA, fencing_token: tokenA });
-    const retried = await unary(client, 'Resign', { election, lease_key: keyA, fencing_token: tokenA });
-    report.resign = { first: resigned, retry: retried };
-    const afterResign = acknowledgement(2, await second.send(election, tokenA, keyA));
+    // (Should the first call be retried after an UNAVAILABLE whose attempt
+    // was applied, it answers ALREADY_RESIGNED itself: the report says so.)
+    const before = retries.Resign || 0;
+    const resigned = await call(client, 'Resign', { election, lease_key: keyA, fencing_token: tokenA });
+    const firstRetried = (retries.Resign || 0) > before;
+    const retried = await call(client, 'Resign', { election, lease_key: keyA, fencing_token: tokenA });
+    report.resign = { first: resigned, first_retried: firstRetried, retry: retried };
+    const afterResign = acknowledgement(2, await second.renew(election, tokenA, keyA));
     report.keepalive_after_resign = afterResign.error;
     report.second_stream_status = await second.close();
 
@@ -289,7 +339,8 @@ async function run({ address, election, ttlMs }) {
       positions: grantedB.positions,
     };
     // 8. B leaves by key alone (no token).
-    report.b_resign = await unary(client, 'Resign', { election, lease_key: keyB });
+    report.b_resign = await call(client, 'Resign', { election, lease_key: keyB });
+    report.retries = retries;
     return report;
   } finally {
     client.close();
