@@ -191,6 +191,7 @@ class KeepAliveSession:
 
     def cancel(self) -> None:
         self._answers.cancel()
+        self._requests.put(None)  # frees gRPC's thread waiting for a request
 
 
 def hold(stub: Any, election: str, candidate: str = "holder") -> worker_api.Granted:

@@ -47,7 +47,8 @@ def test_campaign_reports_the_queue_position_and_grants_in_token_order(report: A
     a, b = report["a"], report["b"]
     assert a["positions"] == [], "nobody held the election: granted at once"
     assert report["b_queued"] == {"position": 1, "lease_key_echoed": True}
-    assert b["positions"] == [1] and b["candidate_id"] == "node-b"
+    # [1], or [1, 1] had its Campaign been made again after an UNAVAILABLE.
+    assert set(b["positions"]) == {1} and b["candidate_id"] == "node-b"
     assert a["lease_key_echoed"] and b["lease_key_echoed"], "the client-chosen key comes back"
     # uint64 as strings, uint32 durations as plain numbers (never BigInt).
     assert a["token_types"] == {"fencing_token": "string", "ttl_ms": "number"}

@@ -173,7 +173,7 @@ class KeepAliveStream {
   constructor(client) {
     this.call = client.KeepAlive();
     this.sequence = 0;
-    this.pending = new Map(); // String(sequence) -> {resolve, sentAt}
+    this.pending = new Map(); // String(sequence) -> {resolve, reject, sentAt}
     this.failure = null;
     this.ended = new Promise((resolve) => this.call.on('status', resolve));
     this.call.on('data', (response) => {
