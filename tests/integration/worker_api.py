@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,22 +55,34 @@ def campaign(
     lease_key: str | None = None,
     on_queued: Callable[[int], None] | None = None,
 ) -> Granted:
-    """Campaign until granted; raises grpc.RpcError as the stream ends otherwise."""
+    """Campaign until granted; raises grpc.RpcError as the stream ends otherwise.
+
+    UNAVAILABLE (a Raft election under way) is retried with the same key
+    until ``timeout`` runs out, as docs/worker-api.md tells clients to.
+    """
     request = worker_pb2.CampaignRequest(
         election=election,
         candidate_id=candidate,
         ttl_ms=ttl_ms,
         lease_key=lease_key if lease_key is not None else new_key(),
     )
-    positions: list[int] = []
-    for event in stub.Campaign(request, timeout=timeout):
-        if event.HasField("queued"):
-            positions.append(event.queued.position)
-            if on_queued is not None:
-                on_queued(event.queued.position)
-        else:
-            return Granted(event.granted.token, event.granted.lease_key, tuple(positions))
-    raise AssertionError("the Campaign stream ended without a grant")
+    deadline = time.monotonic() + timeout
+    while True:
+        positions: list[int] = []
+        try:
+            for event in stub.Campaign(request, timeout=max(0.1, deadline - time.monotonic())):
+                if event.HasField("queued"):
+                    positions.append(event.queued.position)
+                    if on_queued is not None:
+                        on_queued(event.queued.position)
+                else:
+                    return Granted(event.granted.token, event.granted.lease_key, tuple(positions))
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        raise AssertionError("the Campaign stream ended without a grant")
 
 
 def resign(stub: Any, election: str, lease_key: str, token: int = 0, timeout: float = 5) -> Any:
