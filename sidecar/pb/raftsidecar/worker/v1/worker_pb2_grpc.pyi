@@ -75,8 +75,8 @@ GRPC_VERSION: str
 
 class ElectionServiceStub:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     @_typing.overload
@@ -129,8 +129,8 @@ class ElectionServiceStub:
 @_typing.type_check_only
 class ElectionServiceAsyncStub(ElectionServiceStub):
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -179,8 +179,8 @@ class ElectionServiceAsyncStub(ElectionServiceStub):
 
 class ElectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     @_abc_1.abstractmethod
