@@ -222,3 +222,49 @@ def test_bounds_become_server_options() -> None:
     assert "grpc.max_connection_age_ms" not in options
     with pytest.raises(ValueError, match="max_streams_per_method"):
         ServerBounds("x", 1, 1, 1, 0)
+
+
+def test_synchronous_handlers_get_the_same_refusal() -> None:
+    """gRPC runs a plain function on a thread; the guard still answers first."""
+
+    def unary(request: Any, context: Any) -> Any:
+        return RESPONSE(lease_known=request.election == "yes")
+
+    def client_stream(requests: Any, context: Any) -> Any:
+        return RESPONSE(lease_remaining_ms=sum(1 for _ in requests))
+
+    kw = {
+        "request_deserializer": REQUEST.FromString,
+        "response_serializer": RESPONSE.SerializeToString,
+    }
+    handler = grpc.method_handlers_generic_handler(
+        "test.Sync",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary, **kw),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream, **kw),
+        },
+    )
+
+    async def main() -> None:
+        server = new_server(BOUNDS)
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        expected = f"request is not a valid {TYPE}"
+        raw = {"request_serializer": lambda b: b, "response_deserializer": RESPONSE.FromString}
+        good = REQUEST(election="yes").SerializeToString()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/test.Sync/Unary", **raw)
+                assert (await call(good)).lease_known
+                _clean(
+                    await _refused(call(LONE_SURROGATE)), grpc.StatusCode.INVALID_ARGUMENT, expected
+                )
+                stream = channel.stream_unary("/test.Sync/ClientStream", **raw)
+                assert (await stream(iter([good, good]))).lease_remaining_ms == 2
+                error = await _refused(stream(iter([good, TRUNCATED])))
+                _clean(error, grpc.StatusCode.INVALID_ARGUMENT, expected)
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
