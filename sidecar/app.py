@@ -17,11 +17,11 @@ import signal
 import sys
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
 import structlog
 
 from sidecar import logging as sidecar_logging
 from sidecar.api.health import HealthUpdater, register_health_and_reflection, serve_health_only
+from sidecar.api.servers import api_server, probe_server
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
 from sidecar.leases import LeaseKeeper
@@ -187,12 +187,7 @@ async def serve(config: SidecarConfig) -> int:
         )
         await _abandon_start(node, transport, forwarder)
         return 1
-    api = grpc.aio.server(
-        interceptors=[RpcMetricsInterceptor(metrics)],
-        # Without this, a second sidecar on the same port binds too and the
-        # kernel splits the workers' calls between the two, silently.
-        options=[("grpc.so_reuseport", 0)],
-    )
+    api = api_server(interceptors=[RpcMetricsInterceptor(metrics)])  # bounds: servers.py
     service = ElectionService(config, node, machine, leases)
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(service, api)
     health_updater = register_health_and_reflection(api, node)
@@ -266,7 +261,7 @@ def _health_server(address: str, updater: HealthUpdater) -> Any:
     Raises OSError when the address cannot be bound."""
     if not address:
         return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = probe_server()
     serve_health_only(server, updater)
     try:
         bound = server.add_insecure_port(address)

@@ -50,6 +50,8 @@ class SidecarConfig:
     """Peer mutual TLS; None: plaintext peer traffic."""
     insecure_plaintext_peers: bool = False
     """Plaintext peer traffic beyond loopback was asked for deliberately."""
+    insecure_api_listen: bool = False
+    """The worker API may listen beyond loopback (asked for deliberately)."""
     keepalive_grace_ms: int = 0
     """Re-attach grace after a KeepAlive stream *breaks*: its leases are revoked
     after min(ttl/4, this) unless a new stream presents their keys (0: at once,
@@ -151,6 +153,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "false",
         _bool,
     ),
+    _Setting(
+        "insecure-api-listen",
+        "allow --api-listen beyond loopback: the worker API is plaintext and unauthenticated, "
+        "and lease keys cross it",
+        "false",
+        _bool,
+    ),
 )
 
 _TLS_SETTINGS = ("tls-cert-file", "tls-key-file", "tls-ca-file")
@@ -221,6 +230,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         if values["tls-cert-file"]
         else None,
         insecure_plaintext_peers=values["insecure-plaintext-peers"],
+        insecure_api_listen=values["insecure-api-listen"],
     )
 
 
@@ -312,6 +322,17 @@ def _check(v: Mapping[str, Any]) -> Sequence[str]:
         and not _valid_address(api)
     ):
         problems.append(f"--api-listen={api!r} is neither host:port nor unix:/path")
+    elif (
+        api is not None
+        and not api.startswith("unix:")
+        and not _is_loopback(api)
+        and not v.get("insecure-api-listen", True)
+    ):
+        problems.append(
+            f"--api-listen={api}: the worker API is plaintext and unauthenticated (lease keys "
+            "cross it), so it stays on loopback or a unix: socket inside the pod; pass "
+            "--insecure-api-listen to expose it deliberately"
+        )
     ranges = {
         "tick-ms": (1, 10_000),
         "election-timeout-ticks": (2, 10_000),

@@ -20,10 +20,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar.elections import ApplyResult, ElectionsState, Outcome
 from sidecar.machine import ElectionsMachine, SkippedEntry
+from sidecar.metrics_http import serve_metrics
 from sidecar.node import RaftNode
 from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState, needs_sync
 from sidecar.storage.interface import RaftStorage
@@ -292,9 +293,9 @@ class SidecarMetrics:
             await asyncio.sleep(interval_s)
 
     def serve(self, listen: str) -> None:
-        """Expose /metrics over HTTP (a daemon thread of prometheus-client)."""
-        host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+        """Expose /metrics over HTTP from a daemon thread, with bounded connections
+        (``sidecar.metrics_http``). Raises OSError when ``listen`` cannot be bound."""
+        serve_metrics(listen, self.registry)
 
 
 class TimedStorage:

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
+from sidecar import grpcserver
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 
 DOMAIN: Final = "raftsidecar.dev"
@@ -42,9 +43,13 @@ NO_LEADER: Final = "NO_LEADER"
 NODE_UNAVAILABLE: Final = "NODE_UNAVAILABLE"
 OVERLOADED: Final = "OVERLOADED"
 UNDECODABLE_ENTRY: Final = "UNDECODABLE_ENTRY"
+# Sent by the request guard of every server, for every service on it.
+MALFORMED_REQUEST: Final = grpcserver.MALFORMED_REQUEST
+TOO_MANY_STREAMS: Final = grpcserver.TOO_MANY_STREAMS
 
 CODES: Final[Mapping[str, Any]] = {
     INVALID_FIELD: grpc.StatusCode.INVALID_ARGUMENT,
+    MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     TTL_OUT_OF_RANGE: grpc.StatusCode.INVALID_ARGUMENT,
     LEASE_KEY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     CANDIDATE_ID_IN_USE: grpc.StatusCode.PERMISSION_DENIED,
@@ -54,6 +59,7 @@ CODES: Final[Mapping[str, Any]] = {
     QUEUE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TOO_MANY_ELECTIONS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     OBSERVER_TOO_SLOW: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TOO_MANY_STREAMS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NO_LEADER: grpc.StatusCode.UNAVAILABLE,
     NODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     OVERLOADED: grpc.StatusCode.UNAVAILABLE,

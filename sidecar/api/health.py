@@ -1,7 +1,7 @@
 """Standard gRPC health checking and server reflection on the worker API port.
 
 ``register_health_and_reflection(server, node)`` adds ``grpc.health.v1.Health``
-and ``grpc.reflection.v1alpha.ServerReflection`` to a ``grpc.aio`` server and
+and server reflection (v1 and v1alpha, ``reflection.py``) to a ``grpc.aio`` server and
 returns the ``HealthUpdater`` that keeps the health status current::
 
     updater = register_health_and_reflection(api, node)   # before api.start()
@@ -43,6 +43,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
+from sidecar.api.reflection import enable_reflection
 from sidecar.node import RaftNode
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 
@@ -76,6 +77,14 @@ class _SidecarHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
             ELECTION_SERVICE: _NOT_SERVING,
             LIVENESS_SERVICE: _NOT_SERVING,
         }
+
+    async def List(self, request: Any, context: Any) -> Any:  # noqa: N802
+        """Every service's status. The stock asyncio servicer lacks List: its
+        base class answered with a Python exception's class name."""
+        statuses = sorted(self._server_status.items())
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=s) for name, s in statuses}
+        )
 
 
 class HealthUpdater:
@@ -162,9 +171,7 @@ def register_health_and_reflection(server: Any, node: RaftNode) -> HealthUpdater
     """
     servicer = _SidecarHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    reflection.enable_server_reflection(
-        (ELECTION_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE), server
-    )
+    enable_reflection((ELECTION_SERVICE, HEALTH_SERVICE), server)  # v1 and v1alpha
     return HealthUpdater(servicer, node)
 
 

@@ -51,6 +51,9 @@ Inbound (``PeerServicer`` on a ``grpc.aio`` server):
   ready-made callback. On a ``DeliverStream`` a refusal ends the stream; a
   full inbox drops that batch (counted in ``dropped_batches``) and the stream
   goes on. A unary ``Deliver`` answers a full inbox with RESOURCE_EXHAUSTED.
+* The server is built by ``sidecar.grpcserver.new_server`` with
+  ``TransportConfig.server_bounds()``: bytes that do not parse as the request
+  are INVALID_ARGUMENT before the servicer runs, streams are bounded per method.
 * ``InstallSnapshot`` reads the header, refuses an announced size above
   ``max_snapshot_bytes`` before reading any data, collects chunks, refuses
   more bytes than announced, and delivers a ``SnapshotRequest`` only when the
@@ -78,6 +81,7 @@ import grpc  # type: ignore[import-untyped]
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from sidecar.grpcserver import ServerBounds, new_server
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.messages import Message, SnapshotRequest
 from sidecar.raft.types import NodeId
@@ -234,6 +238,24 @@ class TransportConfig:
             raise TransportUsageError("snapshot_chunk_bytes must fit well inside max_message_bytes")
         if self.max_batch_bytes > self.max_message_bytes:
             raise TransportUsageError("max_batch_bytes must not exceed max_message_bytes")
+
+    def server_bounds(self) -> ServerBounds:
+        """The peer server's bounds (docs/sidecar.md, "Server bounds"): a few
+        authenticated peers, each with one replication stream, a snapshot
+        stream now and then and the forwarded calls of its workers."""
+        return ServerBounds(
+            name="peer",
+            max_receive_message_bytes=self.max_message_bytes,
+            max_concurrent_streams=256,
+            max_concurrent_rpcs=1024,
+            max_streams_per_method=64,
+            permit_keepalive_without_calls=False,
+            min_ping_interval_ms=5_000,
+            # A peer whose host died leaves its half-open replication stream
+            # here: found and closed within 40 s instead of TCP's two hours.
+            keepalive_time_ms=30_000,
+            keepalive_timeout_ms=10_000,
+        )
 
     def channel_options(self) -> list[tuple[str, int]]:
         return [
@@ -688,14 +710,9 @@ class PeerServer:
         """
         if self._server is not None:
             raise TransportUsageError("PeerServer already started")
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", self._cfg.max_message_bytes),
-                ("grpc.max_receive_message_length", self._cfg.max_message_bytes),
-                # Without SO_REUSEPORT a second process on the same port fails
-                # to bind loudly instead of silently sharing the peer traffic.
-                ("grpc.so_reuseport", 0),
-            ]
+        server = new_server(
+            self._cfg.server_bounds(),
+            options=[("grpc.max_send_message_length", self._cfg.max_message_bytes)],
         )
         peer_pb2_grpc.add_RaftPeerServiceServicer_to_server(self.servicer, server)
         try:

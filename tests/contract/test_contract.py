@@ -73,6 +73,8 @@ NOT_PRODUCED_HERE = {
     "bounds): too heavy for the default run (no test produces it yet)",
     "UNDECODABLE_ENTRY": "needs a build that writes commands it cannot decode; the leader "
     "refuses undecodable commands (tests/integration/test_log_gate.py)",
+    "TOO_MANY_STREAMS": "needs 513 open calls of one streaming method: produced by "
+    "tests/integration/test_bad_bytes.py, too heavy to repeat here",
 }
 
 
@@ -301,6 +303,18 @@ def invalid_field(cluster: Cluster) -> grpc.RpcError:
     stub = follower(cluster).stub()
     request = campaign_request("not a name!", "worker", worker_api.new_key())
     return refusal(lambda: list(stub.Campaign(request, timeout=10)))
+
+
+def malformed_request(cluster: Cluster) -> grpc.RpcError:
+    """Bytes that do not parse as a CampaignRequest (a truncated field)."""
+    node = follower(cluster)
+    with grpc.insecure_channel(node.api) as channel:
+        raw = channel.unary_stream(
+            "/raftsidecar.worker.v1.ElectionService/Campaign",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        return refusal(lambda: list(raw(b"\x0a\xff", timeout=10)))
 
 
 def ttl_out_of_range(cluster: Cluster) -> grpc.RpcError:
@@ -554,6 +568,7 @@ def no_leader(cluster: Cluster) -> grpc.RpcError:
 
 PRODUCERS: dict[str, Callable[[Cluster], grpc.RpcError]] = {
     "INVALID_FIELD": invalid_field,
+    "MALFORMED_REQUEST": malformed_request,
     "TTL_OUT_OF_RANGE": ttl_out_of_range,
     "LEASE_KEY_MISMATCH": lease_key_mismatch,
     "CANDIDATE_ID_IN_USE": candidate_id_in_use,

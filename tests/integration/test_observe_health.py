@@ -11,7 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -149,6 +151,37 @@ def test_observe_rejects_a_bad_election_name(cluster: Cluster) -> None:
         assert "election" in (err.value.details() or "")
 
 
+LIST_SERVICES = b"\x3a\x00"
+"""A grpc.reflection.v1 ServerReflectionRequest with list_services = "" (field 7)."""
+
+
+def symbol(name: str) -> bytes:
+    """A v1 ServerReflectionRequest with file_containing_symbol = name (field 4)."""
+    encoded = name.encode()
+    return bytes([0x22, len(encoded)]) + encoded
+
+
+def reflect_v1(node: Sidecar, request: bytes) -> Any:
+    """One request on a raw grpc.reflection.v1 stream (no v1 stub ships with
+    grpcio-reflection); the answer is read with the v1alpha message, which has
+    the same fields and numbers as v1's."""
+    stream = channel(node).stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda raw: raw,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (response,) = list(stream(iter([request]), timeout=5))
+    assert not response.HasField("error_response"), response.error_response
+    return response
+
+
+def described(response: Any) -> list[Any]:
+    files = []
+    for raw in response.file_descriptor_response.file_descriptor_proto:
+        files.append(descriptor_pb2.FileDescriptorProto.FromString(raw))
+    return files
+
+
 def test_health_and_reflection(cluster: Cluster) -> None:
     leader = cluster.leader()
     eventually(lambda: serving_everywhere(cluster.nodes), "SERVING on every node")
@@ -156,12 +189,43 @@ def test_health_and_reflection(cluster: Cluster) -> None:
         health(leader, "no.such.Service")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+    # List answers (the stock asyncio servicer had none and leaked a class name).
+    listed = health_pb2_grpc.HealthStub(channel(leader)).List(health_pb2.HealthListRequest())
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        ELECTION_SERVICE: health_pb2.HealthCheckResponse.SERVING,
+        "raftsidecar.liveness": health_pb2.HealthCheckResponse.SERVING,
+    }
+
     services = set(ProtoReflectionDescriptorDatabase(channel(cluster.nodes[0])).get_services())
-    assert services >= {
+    assert services == {
         ELECTION_SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
+    assert reflect_v1(cluster.nodes[1], LIST_SERVICES).list_services_response == (
+        reflection_pb2.ListServiceResponse(
+            service=[reflection_pb2.ServiceResponse(name=name) for name in sorted(services)]
+        )
+    )
+    # A v1 client can describe the reflection service itself, and ours.
+    (v1_file,) = described(
+        reflect_v1(cluster.nodes[1], symbol("grpc.reflection.v1.ServerReflection"))
+    )
+    assert (v1_file.name, v1_file.package) == (
+        "grpc/reflection/v1/reflection.proto",
+        "grpc.reflection.v1",
+    )
+    (method,) = v1_file.service[0].method
+    assert (method.name, method.input_type, method.output_type) == (
+        "ServerReflectionInfo",
+        ".grpc.reflection.v1.ServerReflectionRequest",
+        ".grpc.reflection.v1.ServerReflectionResponse",
+    )
+    assert method.client_streaming and method.server_streaming
+    names = {f.name for f in described(reflect_v1(cluster.nodes[1], symbol(ELECTION_SERVICE)))}
+    assert "raftsidecar/worker/v1/worker.proto" in names
 
     # The Raft leader dies: once a new one is elected, the survivors serve again.
     cluster.kill(leader, signal.SIGKILL)

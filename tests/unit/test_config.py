@@ -180,3 +180,19 @@ def test_peer_tls_needs_ids_that_certificates_can_name(tmp_path: Path) -> None:
     assert "--cluster-id='Payments/EU': with peer TLS it must be a lower-case DNS name" in text
     assert "node id 'S0': with peer TLS it must be one lower-case DNS label" in text
     assert "node id 's.1'" in text
+
+
+def test_the_worker_api_stays_on_loopback_unless_asked_otherwise() -> None:
+    assert load(parse(*PLAIN), {}).api_listen == "127.0.0.1:7401"
+    for listen in ("[::1]:7401", "localhost:7401", "unix:/run/s.sock"):
+        assert load(parse(*PLAIN, "--api-listen", listen), {}).api_listen == listen
+    for listen in ("0.0.0.0:7401", "10.0.0.1:7401", "sidecar-0:7401"):
+        with pytest.raises(ConfigError) as err:
+            load(parse(*PLAIN, "--api-listen", listen), {})
+        (line,) = str(err.value).splitlines()
+        assert line.startswith(f"--api-listen={listen}: the worker API is plaintext")
+        assert "--insecure-api-listen" in line
+    config = load(parse(*PLAIN, "--api-listen", "0.0.0.0:7401", "--insecure-api-listen"), {})
+    assert config.insecure_api_listen and config.api_listen == "0.0.0.0:7401"
+    env = {"RAFT_SIDECAR_INSECURE_API_LISTEN": "true", "RAFT_SIDECAR_API_LISTEN": "0.0.0.0:1"}
+    assert load(parse(*PLAIN), env).insecure_api_listen

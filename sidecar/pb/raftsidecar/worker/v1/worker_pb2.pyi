@@ -28,7 +28,9 @@ google.rpc.ErrorInfo with domain "raftsidecar.dev" and a stable reason
 (metadata in brackets); KeepAlive reports per-election refusals in
 KeepAliveResponse.error with the same code, reason and metadata:
   INVALID_ARGUMENT    INVALID_FIELD [field], TTL_OUT_OF_RANGE [field,
-                      min_ttl_ms, max_ttl_ms]
+                      min_ttl_ms, max_ttl_ms], MALFORMED_REQUEST (the
+                      bytes do not parse as the request message, e.g. a
+                      string that is not UTF-8; a stream ends there)
   PERMISSION_DENIED   LEASE_KEY_MISMATCH (the token's grant has another
                       lease key), CANDIDATE_ID_IN_USE (the candidate id
                       holds or waits under another lease key)
@@ -37,7 +39,10 @@ KeepAliveResponse.error with the same code, reason and metadata:
                       or a token never granted in the election)
   FAILED_PRECONDITION LEASE_ENDED (the grant ended: stop acting as leader;
                       or the queue place was resigned)
-  RESOURCE_EXHAUSTED  QUEUE_FULL, TOO_MANY_ELECTIONS, OBSERVER_TOO_SLOW
+  RESOURCE_EXHAUSTED  QUEUE_FULL, TOO_MANY_ELECTIONS, OBSERVER_TOO_SLOW,
+                      TOO_MANY_STREAMS (the sidecar's bound on open calls
+                      of this streaming method); without ErrorInfo, from
+                      gRPC: a request above 64 KiB, or too many calls
   UNAVAILABLE         NO_LEADER (no Raft leader known or reachable),
                       NODE_UNAVAILABLE (stopping, storage error), OVERLOADED
   DEADLINE_EXCEEDED   (from gRPC) the call's deadline passed

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class ElectionServiceStub:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     def __init__(self, channel):
@@ -81,8 +81,8 @@ class ElectionServiceStub:
 
 class ElectionServiceServicer:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     def Campaign(self, request, context):
@@ -213,8 +213,8 @@ def add_ElectionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ElectionService:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     @staticmethod

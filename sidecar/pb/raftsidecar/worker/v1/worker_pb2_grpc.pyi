@@ -28,7 +28,9 @@ google.rpc.ErrorInfo with domain "raftsidecar.dev" and a stable reason
 (metadata in brackets); KeepAlive reports per-election refusals in
 KeepAliveResponse.error with the same code, reason and metadata:
   INVALID_ARGUMENT    INVALID_FIELD [field], TTL_OUT_OF_RANGE [field,
-                      min_ttl_ms, max_ttl_ms]
+                      min_ttl_ms, max_ttl_ms], MALFORMED_REQUEST (the
+                      bytes do not parse as the request message, e.g. a
+                      string that is not UTF-8; a stream ends there)
   PERMISSION_DENIED   LEASE_KEY_MISMATCH (the token's grant has another
                       lease key), CANDIDATE_ID_IN_USE (the candidate id
                       holds or waits under another lease key)
@@ -37,7 +39,10 @@ KeepAliveResponse.error with the same code, reason and metadata:
                       or a token never granted in the election)
   FAILED_PRECONDITION LEASE_ENDED (the grant ended: stop acting as leader;
                       or the queue place was resigned)
-  RESOURCE_EXHAUSTED  QUEUE_FULL, TOO_MANY_ELECTIONS, OBSERVER_TOO_SLOW
+  RESOURCE_EXHAUSTED  QUEUE_FULL, TOO_MANY_ELECTIONS, OBSERVER_TOO_SLOW,
+                      TOO_MANY_STREAMS (the sidecar's bound on open calls
+                      of this streaming method); without ErrorInfo, from
+                      gRPC: a request above 64 KiB, or too many calls
   UNAVAILABLE         NO_LEADER (no Raft leader known or reachable),
                       NODE_UNAVAILABLE (stopping, storage error), OVERLOADED
   DEADLINE_EXCEEDED   (from gRPC) the call's deadline passed
@@ -75,8 +80,8 @@ GRPC_VERSION: str
 
 class ElectionServiceStub:
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     @_typing.overload
@@ -129,8 +134,8 @@ class ElectionServiceStub:
 @_typing.type_check_only
 class ElectionServiceAsyncStub(ElectionServiceStub):
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -179,8 +184,8 @@ class ElectionServiceAsyncStub(ElectionServiceStub):
 
 class ElectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """ElectionService is served by every sidecar to the worker in its own pod.
-    Standard grpc.health.v1 and server reflection (v1alpha) run on the same
-    port.
+    Standard grpc.health.v1 and server reflection (grpc.reflection.v1 and
+    v1alpha) run on the same port.
     """
 
     @_abc_1.abstractmethod
