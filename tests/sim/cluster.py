@@ -204,7 +204,10 @@ class Simulation:
     def drain(self, node: SimNode) -> None:
         raft = node.raft
         became_leader = False
-        while raft is not None and raft.has_ready():
+        while raft is not None:
+            self._observe_commit_decision(node)
+            if not raft.has_ready():
+                break
             rd = raft.ready()
             # As sidecar.node does: a leader's appends leave before its own write.
             before, after = split_messages(rd, role=raft.role, durable=node.disk.hard_state)
@@ -224,6 +227,22 @@ class Simulation:
             became_leader |= rd.soft_state is not None and node.role is Role.LEADER
         if became_leader and self.settings.eager_reconfig and self.faults_enabled:
             self._try_reconfig(node)
+
+    def _observe_commit_decision(self, node: SimNode) -> None:
+        """Judge a leader's new commit index when it decides it, not when it persists it.
+
+        Its appends carrying the new index may leave before its own write
+        (``split_messages``) and it may crash in that write, so a follower can
+        be the first to persist a commit the leader made. Every input to a core
+        is followed by ``drain``, and no disk changes between the input and
+        here: the checkers see the disks and the configuration (the newest in
+        the leader's log) exactly as the leader counted them.
+        """
+        raft = node.raft
+        assert raft is not None
+        if raft.role is Role.LEADER and raft.commit_index > node.sm_commit_seen:
+            self.check.on_commit(node, node.sm_commit_seen, raft.commit_index)
+            node.sm_commit_seen = raft.commit_index
 
     def _persist(self, node: SimNode, rd: Ready) -> bool:
         """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""

@@ -55,3 +55,13 @@ def test_campaign_exercises_the_faults_it_claims() -> None:
         assert totals[key] > 0, f"no {key} in 40 seeds: {totals}"
     assert totals["snapshots_sent"] > 0, totals
     assert committed > 40 * 50, committed
+
+
+@pytest.mark.parametrize("seed", [201580, 204694])
+def test_seeds_of_issue_17(seed: int) -> None:
+    """A leader committed by the majority of a removal it had just appended and
+    crashed before recording the commit; a follower lacking the removal learnt
+    it. The checker judged it by the follower's configuration."""
+    failures, _ = run_campaign(range(seed, seed + 1), STEPS)
+    if failures:
+        pytest.fail(failures[0].report, pytrace=False)
