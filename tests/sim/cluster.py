@@ -117,6 +117,9 @@ class Simulation:
         self.duplication = self.settings.duplication
         self.delay_max = self.settings.delay_max
         self.faults_enabled = True
+        self.tear_write: Callable[[SimNode, Ready], bool] | None = None
+        """Scripted fault for scenarios: the first write this selects is torn
+        (nothing of it reaches the disk) and the node crashes; then it is cleared."""
         self._proposal_counter = 0
         self._read_counter = 0
         self._reads: dict[int, int] = {}  # request id -> commit index required
@@ -247,10 +250,14 @@ class Simulation:
     def _persist(self, node: SimNode, rd: Ready) -> bool:
         """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""
         self.check.before_persist(node, rd)
-        torn = self.faults_enabled and self.rng.random() < self.settings.p_torn_crash
+        scripted = self.tear_write is not None and self.tear_write(node, rd)
+        if scripted:
+            self.tear_write = None
+        torn = scripted or (self.faults_enabled and self.rng.random() < self.settings.p_torn_crash)
         if torn:
             node.disk.stage(rd.hard_state, rd.snapshot, rd.entries)
-            entries = rd.entries[: self.rng.randrange(len(rd.entries) + 1)]
+            kept = 0 if scripted else self.rng.randrange(len(rd.entries) + 1)
+            entries = rd.entries[:kept]
             node.disk = node.disk.crash(keep_prefix=len(entries))
         else:
             node.disk.persist(rd.hard_state, rd.snapshot, rd.entries)
