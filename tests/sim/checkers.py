@@ -14,7 +14,9 @@ history to check the Raft properties incrementally (Raft Figure 3):
 * Commit monotonic: the persisted commit index of a node never goes back.
 * Durability: no message leaves a node that depends on state not yet on its
   disk, except a leader's appends of entries it is still writing (dissertation
-  §10.2.1); and an entry commits only once a majority holds it durably.
+  §10.2.1); and an entry commits only once a majority of the committing
+  leader's configuration (the newest in its log) holds it durably, judged at
+  the moment the leader decides the commit.
 * Linearizable reads: a ReadIndex answer is at least the commit index that
   existed, anywhere, when the read was asked.
 """
@@ -163,10 +165,19 @@ class Checkers:
 
     def _check_durable_on_majority(self, node: SimNode, e: Entry) -> None:
         """A newly committed entry is on the disks of a majority of the voters
-        its committer counts (compacted into a snapshot counts as held)."""
+        of its committer's configuration: the newest in the committer's log
+        (dissertation §4.1), read off the log, not off what the core counted.
+        Compacted into a snapshot counts as held.
+
+        The committer is the leader that decided the commit: the simulator
+        reports a leader's commit index when the leader decides it, before its
+        appends leave (``Simulation._observe_commit_decision``). A follower
+        whose configuration lags the leader's (a single-server change appended
+        but not yet replicated to it) is judged against its own only if it is
+        ever the first to commit an index, which the core never does."""
         if self.disk_of is None or node.raft is None:
             return
-        voters = node.raft.membership.voters
+        voters = node.raft.log.membership().voters
         holders = set()
         for voter in voters:
             disk = self.disk_of(voter)

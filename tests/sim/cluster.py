@@ -117,6 +117,9 @@ class Simulation:
         self.duplication = self.settings.duplication
         self.delay_max = self.settings.delay_max
         self.faults_enabled = True
+        self.tear_write: Callable[[SimNode, Ready], bool] | None = None
+        """Scripted fault for scenarios: the first write this selects is torn
+        (nothing of it reaches the disk) and the node crashes; then it is cleared."""
         self._proposal_counter = 0
         self._read_counter = 0
         self._reads: dict[int, int] = {}  # request id -> commit index required
@@ -204,7 +207,10 @@ class Simulation:
     def drain(self, node: SimNode) -> None:
         raft = node.raft
         became_leader = False
-        while raft is not None and raft.has_ready():
+        while raft is not None:
+            self._observe_commit_decision(node)
+            if not raft.has_ready():
+                break
             rd = raft.ready()
             # As sidecar.node does: a leader's appends leave before its own write.
             before, after = split_messages(rd, role=raft.role, durable=node.disk.hard_state)
@@ -225,13 +231,33 @@ class Simulation:
         if became_leader and self.settings.eager_reconfig and self.faults_enabled:
             self._try_reconfig(node)
 
+    def _observe_commit_decision(self, node: SimNode) -> None:
+        """Judge a leader's new commit index when it decides it, not when it persists it.
+
+        Its appends carrying the new index may leave before its own write
+        (``split_messages``) and it may crash in that write, so a follower can
+        be the first to persist a commit the leader made. Every input to a core
+        is followed by ``drain``, and no disk changes between the input and
+        here: the checkers see the disks and the configuration (the newest in
+        the leader's log) exactly as the leader counted them.
+        """
+        raft = node.raft
+        assert raft is not None
+        if raft.role is Role.LEADER and raft.commit_index > node.sm_commit_seen:
+            self.check.on_commit(node, node.sm_commit_seen, raft.commit_index)
+            node.sm_commit_seen = raft.commit_index
+
     def _persist(self, node: SimNode, rd: Ready) -> bool:
         """Write ``rd`` to disk; False when the node crashed mid-write (torn)."""
         self.check.before_persist(node, rd)
-        torn = self.faults_enabled and self.rng.random() < self.settings.p_torn_crash
+        scripted = self.tear_write is not None and self.tear_write(node, rd)
+        if scripted:
+            self.tear_write = None
+        torn = scripted or (self.faults_enabled and self.rng.random() < self.settings.p_torn_crash)
         if torn:
             node.disk.stage(rd.hard_state, rd.snapshot, rd.entries)
-            entries = rd.entries[: self.rng.randrange(len(rd.entries) + 1)]
+            kept = 0 if scripted else self.rng.randrange(len(rd.entries) + 1)
+            entries = rd.entries[:kept]
             node.disk = node.disk.crash(keep_prefix=len(entries))
         else:
             node.disk.persist(rd.hard_state, rd.snapshot, rd.entries)

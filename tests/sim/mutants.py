@@ -18,6 +18,7 @@ from sidecar.raft import (
     Role,
     VoteResponse,
 )
+from sidecar.raft.quorum import committed_index
 
 
 class CommitsEarlierTermByCounting(Raft):
@@ -72,6 +73,20 @@ class ChangesMembershipBeforeOwnTermCommit(Raft):
             self._term_start_index = saved
 
 
+class CountsLearnersTowardCommit(Raft):
+    """Dissertation §4.2.1: learners (non-voting members) count toward the
+    commit majority, so an entry commits on the leader and its learners alone."""
+
+    def _maybe_commit(self) -> bool:
+        match = {node: pr.match for node, pr in self.progress.items()}
+        match[self.id] = self.log.unstable_from - 1
+        index = committed_index(self.membership.members, match)
+        if index > self.log.commit and self._may_commit_at(index):
+            self.log.commit_to(index)
+            return True
+        return False
+
+
 class ServesReadsWithoutQuorum(Raft):
     """Raft §6.4: ReadIndex answered without confirming leadership with a quorum."""
 
@@ -86,4 +101,5 @@ MUTANTS: dict[str, type[Raft]] = {
     "votes counted from another term": CountsVotesFromAnotherTerm,
     "membership change before own-term commit": ChangesMembershipBeforeOwnTermCommit,
     "reads served without quorum": ServesReadsWithoutQuorum,
+    "learners counted toward commit": CountsLearnersTowardCommit,
 }

@@ -4,7 +4,9 @@ The random campaign explores broadly; a handful of published counterexamples
 need a specific choreography of partitions, crashes and proposals. Each
 scenario here drives the same ``Simulation`` (same disks, network and
 checkers) through one such choreography. Against the real core it must end
-quietly; against the matching mutant the checkers must fire.
+quietly; against the matching mutant the checkers must fire. Some scenarios
+instead pin down a safe situation the checkers once misjudged
+(``commit_under_uncommitted_removal``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from sidecar.raft import ConfChange, ConfChangeKind, ConfChangeRejected, Role
+from sidecar.raft import ConfChange, ConfChangeKind, ConfChangeRejected, Ready, Role
 from tests.sim.cluster import RaftFactory, SimNode, Simulation
 from tests.sim.swarm import SwarmSettings
 
@@ -130,3 +132,96 @@ def membership_change_before_own_term_commit(raft_factory: RaftFactory, seed: in
     for _ in range(5_000):  # L may or may not win; the checkers judge either way
         sim.step()
     return accepted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommitUnderRemoval:
+    """What ``commit_under_uncommitted_removal`` saw happen."""
+
+    index: int
+    """The entry the leader committed with a majority of its new configuration only."""
+    leader_voters: frozenset[str]
+    """The configuration the leader counted: the newest in its log, not committed."""
+    follower_voters: frozenset[str]
+    """The configuration of the follower when it learnt that commit."""
+    leader_persisted_commit: bool
+    """Whether the leader's disk ever recorded the commit (it crashed in that write)."""
+    learnt_from_the_leader: bool
+    """Whether the follower learnt the commit in the leader's term, from its
+    appends, rather than later from another leader."""
+
+    @property
+    def played_as_designed(self) -> bool:
+        return (
+            self.learnt_from_the_leader
+            and not self.leader_persisted_commit
+            and self.leader_voters < self.follower_voters
+        )
+
+
+def commit_under_uncommitted_removal(
+    raft_factory: RaftFactory, seed: int = 1
+) -> CommitUnderRemoval:
+    """A leader commits by the majority of a configuration it has just
+    appended, then crashes in the write that records the commit; a follower
+    that has not yet received the change learns the commit from the appends
+    that left before that write (``split_messages``). Seeds 201580 and 204694
+    of a long campaign (issue 17) played this at random.
+
+    Four voters L, F_fast, F_slow, F_gone; flow control lets one entry per
+    append and one append in flight. L, cut off from F_slow and F_gone,
+    appends x and y, then removes F_gone (three voters: a majority is two).
+    F_fast acknowledges x; L commits x with itself and F_fast, a majority of
+    {L, F_fast, F_slow} but not of the four voters F_fast still knows, sends
+    F_fast y with the new commit index, and tears its write. Single-server
+    changes make this safe: every majority of the old configuration meets
+    every majority of the new one (dissertation §4.1), so whoever leads next
+    holds x. The checkers must accept it, and still judge everything after.
+    """
+    settings = calm_settings(
+        seed, voters=4, spares=0, max_entries_per_append=1, max_inflight_appends=1
+    )
+    sim = Simulation(seed, raft_factory, settings=settings)
+    sim.faults_enabled = False
+
+    def settled() -> bool:
+        node = leader(sim)
+        if node is None or node.raft is None:
+            return False
+        raft = node.raft
+        return raft.commit_index == raft.log.last_index and all(
+            n.disk.last_index() == raft.log.last_index for n in sim.nodes.values()
+        )
+
+    run_until(sim, settled)
+    first = leader(sim)
+    assert first is not None and first.raft is not None
+    l_raft = first.raft
+    f_fast, f_slow, f_gone = sorted(l_raft.membership.voters - {first.id})
+    isolate_link(sim, first.id, f_slow)
+    isolate_link(sim, first.id, f_gone)
+
+    x_index, _ = l_raft.propose_batch([b"x", b"y"])
+    l_raft.propose_conf_change(ConfChange(ConfChangeKind.REMOVE_NODE, f_gone))
+    sim.drain(first)
+    leader_voters = l_raft.membership.voters
+
+    def tear(node: SimNode, rd: Ready) -> bool:
+        return node.id == first.id and rd.hard_state is not None and rd.hard_state.commit >= x_index
+
+    sim.tear_write = tear
+    fast = sim.nodes[f_fast]
+    run_until(sim, lambda: fast.raft is not None and fast.raft.commit_index >= x_index)
+    assert fast.raft is not None
+    follower_voters = fast.raft.membership.voters
+    learnt = fast.raft.term == l_raft.term and fast.raft.leader_id == first.id
+    leader_persisted_commit = first.disk.hard_state.commit >= x_index
+
+    sim.cut.clear()
+    if first.raft is None:
+        sim.start(first)
+    for _ in range(5_000):  # a new leader, the restarted one, everything judged
+        sim.step()
+    return CommitUnderRemoval(
+        x_index, leader_voters, follower_voters, leader_persisted_commit, learnt
+    )

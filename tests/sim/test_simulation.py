@@ -11,6 +11,7 @@ import os
 import pytest
 
 from tests.sim.cluster import Simulation
+from tests.sim.mutants import CountsLearnersTowardCommit
 from tests.sim.runner import run_campaign
 
 SEEDS = int(os.environ.get("RAFT_SIM_SEEDS", "500"))
@@ -55,3 +56,24 @@ def test_campaign_exercises_the_faults_it_claims() -> None:
         assert totals[key] > 0, f"no {key} in 40 seeds: {totals}"
     assert totals["snapshots_sent"] > 0, totals
     assert committed > 40 * 50, committed
+
+
+@pytest.mark.parametrize("seed", [201580, 204694])
+def test_seeds_of_issue_17(seed: int) -> None:
+    """A leader committed by the majority of a removal it had just appended and
+    crashed before recording the commit; a follower lacking the removal learnt
+    it. The checker judged it by the follower's configuration."""
+    failures, _ = run_campaign(range(seed, seed + 1), STEPS)
+    if failures:
+        pytest.fail(failures[0].report, pytrace=False)
+
+
+def test_a_campaign_finds_the_same_failures_with_any_number_of_jobs() -> None:
+    """Worker processes change the wall time, not the outcome of a seed."""
+    seeds = range(16)
+    alone, _ = run_campaign(seeds, STEPS, CountsLearnersTowardCommit)
+    spread, _ = run_campaign(seeds, STEPS, CountsLearnersTowardCommit, jobs=2)
+    assert len(alone) > 1, "the mutant should fail several of these seeds"
+    assert [(f.seed, f.report) for f in spread] == [(f.seed, f.report) for f in alone]
+    first, _ = run_campaign(seeds, STEPS, CountsLearnersTowardCommit, True, jobs=2)
+    assert [f.seed for f in first] == [alone[0].seed]
