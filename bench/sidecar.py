@@ -10,9 +10,10 @@ measures:
    node and wait until it answers Status (and the cluster has one leader).
 2. Worker-crash failover: worker A holds an election through Campaign plus a
    KeepAlive stream (every 100 ms, ttl 2000 ms) on a follower sidecar; worker
-   B waits in Campaign on another sidecar; A's stream is cancelled (the
-   sidecar revokes after its re-attach grace, min(ttl/4, 250 ms)) and the
-   time from cancel until B's Campaign returns is measured.
+   B waits in Campaign on another sidecar; A's stream is cancelled (a broken
+   stream: the sidecar revokes at once with the default
+   --keepalive-grace-ms 0) and the time from cancel until B's Campaign
+   returns is measured.
 3. Graceful handover: A holds (ttl 5000, no keep-alive), B waits; time from
    A's Resign call until B's Campaign returns.
 4. Uncontended Campaign + Resign cycles on distinct elections, one client
@@ -402,7 +403,7 @@ def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
     done = threading.Barrier(clients + 1)
 
     def run(k: int) -> None:
-        token = campaign(stub, f"bench-k{k}", "solo", 10_000, timeout=20)
+        token = campaign(stub, f"bench-k{clients}-{k}", "solo", 10_000, timeout=20)
         answered = threading.Semaphore(0)
 
         def requests() -> Iterator[Any]:
