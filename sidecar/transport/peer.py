@@ -890,7 +890,9 @@ class PeerClient:
         self.reachable = True
         self.on_unreachable: Callable[[NodeId], None] | None = None
         """Called with the peer id when it turns unreachable because it is
-        down or stalled (UNAVAILABLE, DEADLINE_EXCEEDED); not on refusals."""
+        down, stalled or shutting down (any failure but a refusal:
+        FAILED_PRECONDITION, INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
+        PERMISSION_DENIED, UNAUTHENTICATED)."""
 
     # -- the caller's side (plain functions: they cannot block) --
 
@@ -1303,9 +1305,10 @@ class PeerClient:
                 code=code.name,
                 details=details,
             )
-            # Down or stalled, not refusing: tell the node once per episode
-            # (a follower that lost its leader campaigns sooner).
-            if self.on_unreachable is not None and code in _RETRYABLE_CODES:
+            # Down, stalled or gone (a graceful shutdown ends our stream with
+            # CANCELLED), not refusing: tell the node once per episode (a
+            # follower that lost its leader campaigns sooner).
+            if self.on_unreachable is not None and code not in _STREAM_REFUSAL_CODES:
                 self.on_unreachable(self.peer_id)
         self.reachable = False
 

