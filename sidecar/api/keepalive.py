@@ -103,7 +103,8 @@ def reattach_grace_s(ttl_ms: int, cap_ms: int, *, deliberate: bool = False) -> f
     return min(ttl_ms / 4, cap_ms) / 1000
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """Wall clock for the audit trail of a command (never decides anything)."""
     return int(time.time() * 1000)
 
 
@@ -305,7 +306,7 @@ class KeepAlives:
 
     async def _release(self, election: str, token: int, digest: str) -> None:
         command = Resign(
-            election=election, key_digest=digest, token=token, proposed_at_unix_ms=_now_ms()
+            election=election, key_digest=digest, token=token, proposed_at_unix_ms=now_ms()
         )
         result = await self._propose(command)  # raises ApiError (e.g. NO_LEADER)
         if result.outcome not in (Outcome.RESIGNED, Outcome.ALREADY_RESIGNED):
@@ -314,7 +315,7 @@ class KeepAlives:
 
     async def _revoke(self, election: str, token: int, reason: str) -> None:
         command = Revoke(
-            election=election, token=token, proposed_at_unix_ms=_now_ms(), reason=reason
+            election=election, token=token, proposed_at_unix_ms=now_ms(), reason=reason
         )
         try:
             result = await self._propose(command)

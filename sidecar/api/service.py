@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,7 +43,7 @@ import structlog
 
 from sidecar.api import errors
 from sidecar.api.errors import ApiError, invalid_field
-from sidecar.api.keepalive import KeepAlives
+from sidecar.api.keepalive import KeepAlives, now_ms
 from sidecar.config import SidecarConfig
 from sidecar.elections import (
     ApplyResult,
@@ -125,10 +124,6 @@ CAMPAIGN_RESYNC_SECONDS = 1.0
 """How often a queued Campaign re-reads its position without an apply (snapshots)."""
 
 T = TypeVar("T")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _member_role(membership: Membership, server: str) -> Any:
@@ -270,7 +265,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                     max_ttl_ms=self._config.ttl_max_ms,
                 ),
                 key_digest=lease_key_digest(key),
-                proposed_at_unix_ms=_now_ms(),
+                proposed_at_unix_ms=now_ms(),
             )
         except InvalidArgument as exc:
             raise _invalid(exc, self._config) from None
@@ -357,7 +352,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
         return None
 
     async def _withdraw(self, election: str, candidate: str) -> None:
-        command = Withdraw(election=election, candidate=candidate, proposed_at_unix_ms=_now_ms())
+        command = Withdraw(election=election, candidate=candidate, proposed_at_unix_ms=now_ms())
         try:
             result = await self._propose(command)
             _log.info(
@@ -381,7 +376,7 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                     election=validate_name("election", request.election),
                     key_digest=lease_key_digest(request.lease_key),
                     token=validate_token(request.fencing_token) if request.fencing_token else None,
-                    proposed_at_unix_ms=_now_ms(),
+                    proposed_at_unix_ms=now_ms(),
                 )
             except InvalidArgument as exc:
                 raise _invalid(exc, self._config) from None

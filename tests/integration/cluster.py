@@ -112,6 +112,16 @@ class Sidecar:
         body = json.loads((self.data_dir / "identity").read_text())["body"]
         return str(body["incarnation"])
 
+    def membership_changes(self) -> list[tuple[str, str]]:
+        """(change, server id) of every membership change it proposed as leader,
+        in order, from its log (``membership_change_proposed``)."""
+        changes = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "membership_change_proposed" in line:
+                event = json.loads(line)
+                changes.append((event["change"], event["server"]))
+        return changes
+
     def server_id(self) -> str:
         """Its Raft server id, ``<name>~<incarnation>``, as peers address it."""
         return f"{self.node_id}~{self.incarnation()}"

@@ -6,7 +6,6 @@ Real processes on loopback, killed with SIGKILL, directories really wiped."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 from pathlib import Path
@@ -36,28 +35,14 @@ def holder(node: Sidecar) -> int | None:
     return int(response.holder.fencing_token) or None
 
 
-def incarnation(node: Sidecar) -> str:
-    body = json.loads((node.data_dir / "identity").read_text())["body"]
-    return str(body["incarnation"])
-
-
 def wipe_and_restart(cluster: Cluster, node: Sidecar) -> str:
     cluster.kill(node, signal.SIGKILL)
-    old = incarnation(node)
+    old = node.incarnation()
     shutil.rmtree(node.data_dir)
     cluster.start(node)
     eventually(node.answers, f"{node.node_id} to serve again")
-    assert incarnation(node) != old, "a wiped directory is a new incarnation"
+    assert node.incarnation() != old, "a wiped directory is a new incarnation"
     return old
-
-
-def membership_changes(node: Sidecar) -> list[tuple[str, str]]:
-    changes = []
-    for line in node.log_path.read_text(errors="replace").splitlines():
-        if "membership_change_proposed" in line:
-            event = json.loads(line)
-            changes.append((event["change"], event["server"]))
-    return changes
 
 
 def test_a_follower_that_lost_its_disk_is_replaced_and_counts_again(tmp_path: Path) -> None:
@@ -68,7 +53,7 @@ def test_a_follower_that_lost_its_disk_is_replaced_and_counts_again(tmp_path: Pa
         token = campaign(leader, "worker-a").fencing_token
         wiped, other = [n for n in cluster.nodes if n is not leader]
         old = wipe_and_restart(cluster, wiped)
-        new = incarnation(wiped)
+        new = wiped.incarnation()
 
         # It catches up on the grants it forgot, through the log.
         eventually(lambda: holder(wiped) == token or None, "the wiped node to learn the grant")
@@ -81,7 +66,7 @@ def test_a_follower_that_lost_its_disk_is_replaced_and_counts_again(tmp_path: Pa
             ("promote_learner", f"{name}~{new}"),
         ]
         eventually(
-            lambda: membership_changes(leader) == expected or None,
+            lambda: leader.membership_changes() == expected or None,
             "the leader to replace the old incarnation",
         )
         # The new incarnation is a voter: with the other follower gone, the
@@ -120,12 +105,12 @@ def test_a_wiped_node_never_makes_up_a_quorum(tmp_path: Path) -> None:
         )
         cluster.kill(leader, signal.SIGKILL)
         cluster.kill(wiped, signal.SIGKILL)
-        old = incarnation(wiped)
+        old = wiped.incarnation()
         shutil.rmtree(wiped.data_dir)
         for node in (behind, wiped):
             cluster.start(node)
             eventually(node.answers, f"{node.node_id} to serve")
-        assert incarnation(wiped) != old
+        assert wiped.incarnation() != old
 
         refused = _try(lambda: campaign(behind, "worker-b", timeout=5))
         assert refused is None, f"granted {refused} without a quorum that holds the log"
