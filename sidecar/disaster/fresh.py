@@ -76,7 +76,12 @@ def check_names(cluster_id: str, node: str) -> None:
 
 
 def is_empty(directory: str, fs: FileSystem) -> bool:
-    return not fs.exists(directory) or not fs.listdir(directory)
+    """Whether ``directory`` is missing or empty. Raises DisasterError when it
+    cannot be listed (a file, no permission)."""
+    try:
+        return not fs.exists(directory) or not fs.listdir(directory)
+    except StorageError as exc:
+        raise DisasterError(f"{directory} cannot be used: {exc}") from exc
 
 
 def write_fresh_directory(

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.disaster import DisasterError
-from sidecar.elections import SnapshotError
+from sidecar.elections import ElectionsUsageError, SnapshotError
 from sidecar.machine import ElectionsMachine
 from sidecar.raft import Entry, EntryKind, HardState, Snapshot
 from sidecar.storage.disk import DiskStorage
@@ -125,9 +125,12 @@ def replay(stopped: StoppedDirectory, up_to: int) -> Replayed:
             machine.restore(snap_index, stopped.snapshot.data)
     except SnapshotError as exc:
         raise DisasterError(f"the snapshot at index {snap_index} does not load: {exc}") from exc
-    for entry in stopped.entries:
-        if entry.index > up_to:
-            break
-        if entry.kind is EntryKind.NORMAL:
-            machine.apply(entry.index, entry.data)
+    try:
+        for entry in stopped.entries:
+            if entry.index > up_to:
+                break
+            if entry.kind is EntryKind.NORMAL:
+                machine.apply(entry.index, entry.data)
+    except ElectionsUsageError as exc:  # the snapshot claims to be ahead of its own log
+        raise DisasterError(f"the log does not apply after the snapshot: {exc}") from exc
     return Replayed(state=machine.snapshot(), index=up_to, term=stopped.term_at(up_to))

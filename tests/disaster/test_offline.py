@@ -21,6 +21,7 @@ from sidecar.disaster.replay import read_stopped_directory
 from sidecar.disaster.restore import restore_backup
 from sidecar.disaster.save import backup_directory, write_backup
 from sidecar.elections import ElectionsState
+from sidecar.raft import Membership, Snapshot, SnapshotMetadata
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.fs import OsFileSystem
 from sidecar.storage.identity import IdentityMismatch, IdentityStore
@@ -89,6 +90,18 @@ def test_save_refuses_a_corrupt_directory(tmp_path: Path) -> None:
         backup_directory(str(node), now_unix_ms=0)
 
 
+def test_save_refuses_a_snapshot_ahead_of_its_own_log(tmp_path: Path) -> None:
+    node = tmp_path / "s0"
+    identity = make_node_dir(node, last=7, commit=7)
+    storage = DiskStorage(str(node))
+    storage.recover()
+    meta = SnapshotMetadata(3, TERM, Membership(frozenset({identity.server_id})))
+    storage.save_snapshot(Snapshot(meta, state_at(7)))  # claims index 7 applied at 3
+    storage.close()
+    with pytest.raises(DisasterError, match="the log does not apply after the snapshot"):
+        backup_directory(str(node), now_unix_ms=0)
+
+
 # ---- restore ---------------------------------------------------------------------------
 
 
@@ -149,6 +162,9 @@ def test_restore_refuses_a_corrupt_backup_and_a_non_empty_directory(tmp_path: Pa
     with pytest.raises(DisasterError, match="is not empty"):
         restore_backup(_backup(), str(busy), cluster_id="new", node="s0")
     assert [p.name for p in busy.iterdir()] == ["anything"]
+    with pytest.raises(DisasterError, match="cannot be used"):
+        restore_backup(_backup(), str(busy / "anything"), cluster_id="new", node="s0")
+    assert (busy / "anything").read_text() == "x"
 
 
 # ---- recover ---------------------------------------------------------------------------

@@ -53,10 +53,12 @@ def grants(node: Sidecar, election: str) -> list[tuple[int, str, int]]:
     return [(g.fencing_token, g.holder, g.ended_at_index) for g in response.grants]
 
 
-def all_voters_caught_up(leader: Sidecar, size: int) -> bool | None:
+def all_voters_caught_up(cluster: Cluster, size: int) -> bool | None:
+    """Whether the current leader reports itself and ``size - 1`` others as
+    caught-up voters (None to poll again)."""
     try:
-        status = leader.status()
-    except grpc.RpcError:
+        status = cluster.leader().status()
+    except (grpc.RpcError, AssertionError):  # a leader change mid-poll
         return None
     peers = [p for p in status.peers if p.role == worker_pb2.PEER_ROLE_VOTER and p.caught_up]
     voter = status.member_role == worker_pb2.PEER_ROLE_VOTER
@@ -90,7 +92,8 @@ def test_restore_into_a_new_cluster_continues_above_every_old_token(tmp_path: Pa
         eur_first = first.fencing_token
         worker_api.resign(leader.stub(), "eur", first.lease_key)
         eur = grant(leader, "eur", "worker-b")
-        usd = grant(leader, "usd", "worker-c")
+        usd_grant = worker_api.campaign(leader.stub(), "usd", "worker-c", ttl_ms=TTL_MS)
+        usd = usd_grant.fencing_token
         old_eur_trail = eventually(lambda: grants(leader, "eur") or None, "the eur trail")
         assert [t for t, _, _ in old_eur_trail] == [eur_first, eur]
         old.stop_all()  # SIGTERM: an orderly stop; no keep-alive, so the grants stay
@@ -107,13 +110,12 @@ def test_restore_into_a_new_cluster_continues_above_every_old_token(tmp_path: Pa
             "--min-token", str(min_token),
         )  # fmt: skip
         restored.start_all()  # the other two start with empty directories and join
-        new_leader = restored.leader()
-        assert new_leader is seed, "the restored node is the only voter at first"
         eventually(
-            lambda: all_voters_caught_up(new_leader, 3),
+            lambda: all_voters_caught_up(restored, 3),
             "both empty nodes to be admitted and promoted",
             seconds=60,
         )
+        new_leader = restored.leader()  # any node would do: followers forward
         for node in restored.nodes:
             eventually(
                 lambda n=node: (
@@ -124,6 +126,10 @@ def test_restore_into_a_new_cluster_continues_above_every_old_token(tmp_path: Pa
             assert grants(node, "eur") == old_eur_trail, "the audit trail is the backup's"
         token = grant(new_leader, "jpy", "worker-d")
         assert token > min_token + TOKEN_MARGIN > min_token > usd > eur > eur_first
+        # The backup's holder still owns its grant: its lease key works here.
+        worker_api.resign(new_leader.stub(), "usd", usd_grant.lease_key)
+        eventually(lambda: holder_token(new_leader, "usd") is None or None, "usd to be free")
+        assert grant(new_leader, "usd", "worker-e") > token
 
         # A node of the old cluster, restarted by mistake against the new
         # cluster's addresses, is refused: it is of another cluster.
@@ -133,15 +139,21 @@ def test_restore_into_a_new_cluster_continues_above_every_old_token(tmp_path: Pa
         peers[stray.node_id] = f"127.0.0.1:{stray.peer_port}"
         intruder.peers_of = lambda _node: ",".join(f"{k}={v}" for k, v in sorted(peers.items()))
         intruder.start(stray)
+        contacted = [n for n in restored.nodes if n.node_id != stray.node_id]
         refusal = "cluster_id 'raft-sidecar' is not this node's cluster 'restored'"
         eventually(
-            lambda: refusal in new_leader.log_path.read_text() or None,
-            "the new cluster to refuse the old node",
+            lambda: all(refusal in n.log_path.read_text() for n in contacted) or None,
+            "the nodes it contacts to refuse it",
         )
         assert _try(lambda: grant(stray, "eur", "worker-x")) is None, "no quorum for it"
-        assert all_voters_caught_up(new_leader, 3), "the membership is unchanged"
+        # The membership is unchanged (caught-up may lag a commit for a heartbeat).
+        eventually(lambda: all_voters_caught_up(restored, 3), "the three voters, caught up")
         statuses = [n.status() for n in restored.nodes]
-        assert all(stray.server_id() not in [p.id for p in s.peers] for s in statuses)
+        servers = {n.node_id: n.server_id() for n in restored.nodes}
+        for status in statuses:
+            assert {p.id: f"{p.id}~{p.incarnation}" for p in status.peers}.items() <= (
+                servers.items()
+            ), "only the new cluster's servers are members"
     except BaseException:
         for c in (old, restored, intruder):
             if c is not None:
@@ -180,9 +192,8 @@ def test_recovery_from_one_survivor_keeps_the_grants_and_issues_higher_tokens(
         assert "pre-recovery-" in out
         cluster.extra_args = lambda _node: ["--cluster-id", "rebuilt", *LONG_TTLS]
         cluster.start_all()
+        eventually(lambda: all_voters_caught_up(cluster, 3), "two empty nodes to join", seconds=60)
         leader = cluster.leader()
-        assert leader is survivor
-        eventually(lambda: all_voters_caught_up(leader, 3), "two empty nodes to join", seconds=60)
         for node in cluster.nodes:
             eventually(
                 lambda n=node: (
