@@ -107,7 +107,7 @@ def _missing(args: argparse.Namespace, command: str, options: Sequence[str]) -> 
 def _min_token(args: argparse.Namespace, command: str) -> int | None:
     """--min-token as an integer >= 0 (0 when absent), or None after printing why not."""
     raw = args.min_token or "0"
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         print(
             f"raft-sidecar {command}: --min-token={raw!r}: expected an integer >= 0",
             file=sys.stderr,
@@ -151,6 +151,8 @@ def _cmd_snapshot_save(args: argparse.Namespace) -> int:
 
 def _cmd_snapshot_restore(args: argparse.Namespace) -> int:
     """Write a new cluster's first data directory from a backup; exit 2 when refused."""
+    import os  # noqa: PLC0415 - keep `version` light
+
     from sidecar.backup import highest_token  # noqa: PLC0415 - keep `version` light
     from sidecar.disaster import DisasterError  # noqa: PLC0415
     from sidecar.disaster.restore import restore_backup  # noqa: PLC0415
@@ -169,7 +171,11 @@ def _cmd_snapshot_restore(args: argparse.Namespace) -> int:
         return 2
     try:
         restored = restore_backup(
-            data, args.data_dir, cluster_id=args.cluster_id, node=args.node_id, min_token=min_token
+            data,
+            os.path.abspath(args.data_dir),
+            cluster_id=args.cluster_id,
+            node=args.node_id,
+            min_token=min_token,
         )
     except DisasterError as exc:
         print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)
@@ -193,6 +199,8 @@ def _cmd_snapshot_restore(args: argparse.Namespace) -> int:
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     """Make a stopped survivor the sole voter of a new cluster; exit 2 when refused."""
+    import os  # noqa: PLC0415 - keep `version` light
+
     from sidecar.disaster import DisasterError  # noqa: PLC0415 - keep `version` light
     from sidecar.disaster.recover import recover_directory  # noqa: PLC0415
 
@@ -204,7 +212,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         return 2
     try:
         recovered = recover_directory(
-            args.data_dir, new_cluster_id=args.new_cluster_id, min_token=min_token
+            os.path.abspath(args.data_dir), new_cluster_id=args.new_cluster_id, min_token=min_token
         )
     except DisasterError as exc:
         print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)

@@ -52,6 +52,8 @@ def test_save_refusals(tmp_path: Path) -> None:
         (["B", "--data-dir", "D", "--cluster-id", "n"], "--node-id is required"),
         (["B", "--data-dir", "D", "--cluster-id", "n", "--node-id", "s0", "--min-token", "-5"],
          "--min-token='-5': expected an integer >= 0"),
+        (["B", "--data-dir", "D", "--cluster-id", "n", "--node-id", "s0", "--min-token", "²"],
+         "expected an integer >= 0"),
         (["B", "--data-dir", "D", "--cluster-id", "old", "--node-id", "s0"],
          "must differ from the backup's cluster id 'old'"),
         (["B", "--data-dir", "D", "--cluster-id", "n", "--node-id", "bad~id"], "node id"),
