@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
+from typing import Any
 
 from sidecar.config import add_arguments
 
@@ -90,6 +91,153 @@ def _cmd_storage_inspect(args: argparse.Namespace) -> int:
     return 0 if report.verified else 1
 
 
+def _missing(args: argparse.Namespace, command: str, options: Sequence[str]) -> bool:
+    """Print one line naming the first missing option; True when one is missing.
+
+    The disaster-recovery commands check their own options, so that a refusal
+    is always exactly one line on stderr and exit status 2.
+    """
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_").lower()) in (None, ""):
+            print(f"raft-sidecar {command}: {option} is required", file=sys.stderr)
+            return True
+    return False
+
+
+def _min_token(args: argparse.Namespace, command: str) -> int | None:
+    """--min-token as an integer >= 0 (0 when absent), or None after printing why not."""
+    raw = args.min_token or "0"
+    if not (raw.isascii() and raw.isdigit()):
+        print(
+            f"raft-sidecar {command}: --min-token={raw!r}: expected an integer >= 0",
+            file=sys.stderr,
+        )
+        return None
+    return int(raw)
+
+
+def _utc(unix_ms: int) -> str:
+    import datetime  # noqa: PLC0415 - keep `version` light
+
+    moment = datetime.datetime.fromtimestamp(unix_ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+def _cmd_snapshot_save(args: argparse.Namespace) -> int:
+    """Back up a stopped node's directory; exit 2 with one line when refused."""
+    import os  # noqa: PLC0415 - keep `version` light
+    import time  # noqa: PLC0415
+
+    from sidecar.backup import highest_token  # noqa: PLC0415
+    from sidecar.disaster import DisasterError  # noqa: PLC0415
+    from sidecar.disaster.save import backup_directory, write_backup  # noqa: PLC0415
+
+    command = "snapshot save"
+    if _missing(args, command, ["--data-dir", "FILE"]):
+        return 2
+    path = os.path.abspath(args.file)
+    try:
+        backup = backup_directory(args.data_dir, now_unix_ms=int(time.time() * 1000))
+        write_backup(path, backup)
+    except DisasterError as exc:
+        print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(
+        f"saved {path}: cluster {backup.cluster_id}, index {backup.index}, term {backup.term}, "
+        f"highest token {highest_token(backup.state)}, made {_utc(backup.created_at_unix_ms)}"
+    )
+    return 0
+
+
+def _cmd_snapshot_restore(args: argparse.Namespace) -> int:
+    """Write a new cluster's first data directory from a backup; exit 2 when refused."""
+    import os  # noqa: PLC0415 - keep `version` light
+
+    from sidecar.backup import highest_token  # noqa: PLC0415 - keep `version` light
+    from sidecar.disaster import DisasterError  # noqa: PLC0415
+    from sidecar.disaster.restore import restore_backup  # noqa: PLC0415
+
+    command = "snapshot restore"
+    if _missing(args, command, ["FILE", "--data-dir", "--cluster-id", "--node-id"]):
+        return 2
+    min_token = _min_token(args, command)
+    if min_token is None:
+        return 2
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        print(f"raft-sidecar {command}: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        restored = restore_backup(
+            data,
+            os.path.abspath(args.data_dir),
+            cluster_id=args.cluster_id,
+            node=args.node_id,
+            min_token=min_token,
+        )
+    except DisasterError as exc:
+        print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    backup, identity = restored.backup, restored.identity
+    print(
+        f"restored the backup of cluster {backup.cluster_id} at index {backup.index} "
+        f"(highest token {highest_token(backup.state)}, made {_utc(backup.created_at_unix_ms)})"
+    )
+    print(
+        f"into {args.data_dir}: server {identity.server_id}, sole voter of cluster "
+        f"{identity.cluster}; its log starts after index {restored.start_index}, "
+        "so every new token is above it"
+    )
+    print(
+        f"next: start {identity.node} with --cluster-id {identity.cluster} on this directory, "
+        "then the other nodes with empty directories and the same --cluster-id"
+    )
+    return 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    """Make a stopped survivor the sole voter of a new cluster; exit 2 when refused."""
+    import os  # noqa: PLC0415 - keep `version` light
+
+    from sidecar.disaster import DisasterError  # noqa: PLC0415 - keep `version` light
+    from sidecar.disaster.recover import recover_directory  # noqa: PLC0415
+
+    command = "recover"
+    if _missing(args, command, ["--data-dir", "--new-cluster-id"]):
+        return 2
+    min_token = _min_token(args, command)
+    if min_token is None:
+        return 2
+    try:
+        recovered = recover_directory(
+            os.path.abspath(args.data_dir), new_cluster_id=args.new_cluster_id, min_token=min_token
+        )
+    except DisasterError as exc:
+        print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    identity = recovered.identity
+    if recovered.resumed:
+        print(f"finished an interrupted recovery of {args.data_dir}")
+    else:
+        print(
+            f"kept the survivor's log up to index {recovered.old_last_index} "
+            f"(commit index {recovered.old_commit_index}) and applied all of it"
+        )
+    print(
+        f"{args.data_dir}: server {identity.server_id}, sole voter of cluster "
+        f"{identity.cluster}; its log starts after index {recovered.start_index}, "
+        "so every new token is above it"
+    )
+    print(f"the old contents are in {recovered.kept} (remove it once the new cluster is healthy)")
+    return 0
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -120,7 +268,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("directory", help="the sidecar's data directory")
     inspect.set_defaults(handler=_cmd_storage_inspect)
+    _add_disaster_commands(subcommands)
     return parser
+
+
+def _add_min_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-token",
+        help="new tokens start above this: the highest token in the ledger's fence table "
+        "(docs/runbooks.md)",
+    )
+
+
+def _add_disaster_commands(subcommands: Any) -> None:
+    """``snapshot save|restore`` and ``recover`` (docs/membership.md, "Backup,
+    restore and recovery"). Options they need are checked by the handlers
+    (one line, exit 2), not by argparse."""
+    snapshot = subcommands.add_parser("snapshot", help="back up and restore the elections state")
+    snapshot_commands = snapshot.add_subparsers(
+        dest="snapshot_command", metavar="SUBCOMMAND", required=True
+    )
+    save = snapshot_commands.add_parser(
+        "save",
+        help="write a backup FILE from a stopped node's data directory",
+        description="Reads DIR without changing it: its newest snapshot plus its committed log.",
+    )
+    save.add_argument("--data-dir", help="the stopped sidecar's data directory")
+    save.add_argument("file", nargs="?", metavar="FILE", help="the backup file to write")
+    save.set_defaults(handler=_cmd_snapshot_save)
+    restore = snapshot_commands.add_parser(
+        "restore",
+        help="write the first data directory of a new cluster from a backup FILE",
+        description="The new log starts above the backup's index and above --min-token "
+        "(plus a margin), so every new fencing token is above every old one.",
+    )
+    restore.add_argument("file", nargs="?", metavar="FILE", help="the backup file")
+    restore.add_argument("--data-dir", help="a new, empty data directory")
+    restore.add_argument("--cluster-id", help="the new cluster's id (not the backup's)")
+    restore.add_argument("--node-id", help="the node that will serve this directory")
+    _add_min_token(restore)
+    restore.set_defaults(handler=_cmd_snapshot_restore)
+    recover = subcommands.add_parser(
+        "recover",
+        help="make a stopped survivor of a lost quorum the sole voter of a new cluster",
+        description="Applies the survivor's whole log, keeps the old contents in "
+        "DIR/pre-recovery-*, and is safe to run again after a crash.",
+    )
+    recover.add_argument("--data-dir", help="the stopped survivor's data directory")
+    recover.add_argument("--new-cluster-id", help="the rebuilt cluster's id (not the old one)")
+    _add_min_token(recover)
+    recover.set_defaults(handler=_cmd_recover)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,6 +169,11 @@ def env_name(setting: str) -> str:
     return ENV_PREFIX + setting.upper().replace("-", "_")
 
 
+def valid_node_id(value: str) -> bool:
+    """Whether ``value`` may be a ``--node-id`` (offline tools check names the same way)."""
+    return bool(_NODE_ID.match(value))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         if s.default is None:
