@@ -108,6 +108,11 @@ class FaultNetwork:
         parts += [f"{b}=127.0.0.1:{p.port}" for (a, b), p in self.links.items() if a == node]
         return ",".join(sorted(parts))
 
+    def cut_one_way(self, sender: str, receiver: str, cut: bool = True) -> None:
+        """Cut only what ``sender`` sends to ``receiver`` (its dialled link):
+        ``receiver`` still reaches ``sender``, whose answers are lost."""
+        self.links[(sender, receiver)].set_cut(cut)
+
     def isolate(self, node: str, cut: bool = True) -> None:
         for (a, b), proxy in self.links.items():
             if node in (a, b):
