@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2
 
 from tests.integration import worker_api
 from tests.integration.cluster import Cluster, Sidecar, eventually
-from tests.integration.faultproxy import FaultNetwork
+from tests.integration.faultproxy import FaultNetwork, partitionable
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -36,18 +36,8 @@ def network(tmp_path: Path) -> Iterator[tuple[Cluster, FaultNetwork]]:
     # 25 ms ticks (250 ms election timeout): on two loaded cores the harness's
     # 10 ms made Raft change leaders for nothing, and a new leader may catch
     # the follower up, which this test must not depend on.
-    c = Cluster(tmp_path, tick_ms=25)
-    net = FaultNetwork({n.node_id: n.peer_port for n in c.nodes})
-    c.peers_of = lambda node: net.peers_for(node.node_id, node.peer_port)
-    try:
-        c.start_all()
+    with partitionable(tmp_path, tick_ms=25) as (c, net):
         yield c, net
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
-        net.close()
 
 
 def _health(node: Sidecar, status: int) -> bool | None:
