@@ -23,20 +23,29 @@ last check (every ``interval_s``, 50 ms by default):
   not take the next pod down before this one counts again, and
 * its applied index is at most ``max_apply_lag`` entries (default 64)
   behind its commit index, so its local reads (Leader, ListGrants, Observe)
-  reflect what it knows to be committed.
+  reflect what it knows to be committed, and
+* its applied index has not stayed more than ``max_apply_lag`` entries
+  behind the *cluster's* commit index (``RaftCore.cluster_commit``, which
+  leaders announce in every append and heartbeat) for ``behind_grace_s``
+  (default 2 s). A replica whose acknowledgements never reach the leader (a
+  one-way link) keeps hearing heartbeats, so it keeps its leader and never
+  campaigns, but commits nothing more: its own commit and applied indices
+  agree and only the leader's announcement shows it serves stale state. The
+  grace keeps a replica that trails by a burst from flapping.
 
 Otherwise both are NOT_SERVING, e.g. during a Raft election, on a node whose
 apply loop is lagging, or from ``stop()`` on (graceful shutdown: the status
 then stays NOT_SERVING). Before the first check both are NOT_SERVING.
-SERVING says nothing about whether the leader it knows is still reachable:
-a follower cut off from the leader keeps reporting SERVING until its election
-timeout makes it campaign.
+A follower that hears nothing from the leader keeps SERVING until its election
+timeout makes it campaign (it then knows no leader).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -59,6 +68,7 @@ REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 DEFAULT_MAX_APPLY_LAG = 64
 DEFAULT_INTERVAL_S = 0.05
+DEFAULT_BEHIND_GRACE_S = 2.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,6 +97,28 @@ class _SidecarHealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
         )
 
 
+class BehindWatch:
+    """Whether a lag has stayed above ``max_lag`` for ``grace_s`` or longer.
+
+    Pure: the caller passes the time. A lag at or below ``max_lag`` resets it,
+    so only a replica that stays behind is reported, not one that trails by a
+    burst for a moment.
+    """
+
+    def __init__(self, max_lag: int, grace_s: float) -> None:
+        self._max_lag = max_lag
+        self._grace_s = grace_s
+        self._behind_since: float | None = None
+
+    def behind(self, lag: int, now: float) -> bool:
+        if lag <= self._max_lag:
+            self._behind_since = None
+            return False
+        if self._behind_since is None:
+            self._behind_since = now
+        return now - self._behind_since >= self._grace_s
+
+
 class HealthUpdater:
     """Sets the health status of ``""`` and the ElectionService from the node's
     Raft state, on a timer; see the module docstring for what SERVING means."""
@@ -98,6 +130,8 @@ class HealthUpdater:
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
         max_apply_lag: int = DEFAULT_MAX_APPLY_LAG,
+        behind_grace_s: float = DEFAULT_BEHIND_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._servicer = servicer
         self.servicer = servicer
@@ -105,6 +139,8 @@ class HealthUpdater:
         self._node = node
         self._interval = interval_s
         self._max_apply_lag = max_apply_lag
+        self._behind_cluster = BehindWatch(max_apply_lag, behind_grace_s)
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._serving: bool | None = None
@@ -119,10 +155,15 @@ class HealthUpdater:
         if self._stopped or self._node.failure is not None:
             return False
         raft = self._node.raft
+        behind_cluster = self._behind_cluster.behind(
+            raft.cluster_commit - raft.applied_index, self._clock()
+        )
         if raft.leader_id is None:
             return False
         if raft.id not in raft.membership.voters:
             return False  # a learner, or a new incarnation not yet admitted
+        if behind_cluster:
+            return False  # hears a leader, yet stays behind what it announces
         return raft.commit_index - raft.applied_index <= self._max_apply_lag
 
     async def check(self) -> None:

@@ -135,6 +135,7 @@ class Raft:
         self._term_start_index = 0
         self._pending_conf_index = 0
         self.lead_transferee: NodeId | None = None
+        self._announced_commit = 0
 
         self._read_seq = 0
         self._read_round_seq = 0
@@ -367,6 +368,19 @@ class Raft:
     def applied_index(self) -> int:
         return self.log.applied
 
+    @property
+    def cluster_commit(self) -> int:
+        """The highest commit index this node knows the cluster reached: its
+        own, or one a leader announced (uncapped, in appends and heartbeats).
+
+        A follower whose acknowledgements never reach the leader commits no
+        further than its last acknowledged match, yet keeps hearing
+        heartbeats; comparing this with ``applied_index`` tells it (and its
+        health) that it serves stale state. Never decreases: a committed
+        index stays committed across terms.
+        """
+        return max(self._announced_commit, self.log.commit)
+
     def promotable(self) -> bool:
         """Whether this node may campaign: only voters do."""
         return self.id in self.membership.voters
@@ -594,6 +608,7 @@ class Raft:
             self._campaign(_Campaign.TRANSFER)
 
     def _handle_append(self, m: AppendRequest) -> None:
+        self._announced_commit = max(self._announced_commit, m.leader_commit)
         if m.prev_log_index < self.log.commit:
             # Everything up to our commit index matches any current leader:
             # check what the message says of it rather than assume it.
@@ -627,6 +642,7 @@ class Raft:
 
     def _handle_heartbeat(self, m: HeartbeatRequest) -> None:
         # The leader sends min(match, commit), which our log is known to hold.
+        self._announced_commit = max(self._announced_commit, m.cluster_commit)
         if m.leader_commit > self.log.commit:
             self.log.commit_to(min(m.leader_commit, self.log.last_index))
         self._send(
@@ -860,6 +876,7 @@ class Raft:
                     recipient=node,
                     leader_commit=min(pr.match, self.log.commit),
                     read_seq=self._read_seq,
+                    cluster_commit=self.log.commit,
                 )
             )
 

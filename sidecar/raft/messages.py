@@ -73,10 +73,17 @@ class AppendResponse(_Envelope):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatRequest(_Envelope):
-    """Keeps followers quiet and confirms leadership for ReadIndex (``read_seq``)."""
+    """Keeps followers quiet and confirms leadership for ReadIndex (``read_seq``).
+
+    ``leader_commit`` is capped by the follower's match index, so the follower
+    may commit it; ``cluster_commit`` is the leader's own commit index, which
+    the follower only *learns*: it tells a replica how far behind the cluster
+    it is even when its acknowledgements never reach the leader (health).
+    """
 
     leader_commit: int
     read_seq: int
+    cluster_commit: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

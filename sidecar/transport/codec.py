@@ -111,7 +111,10 @@ def to_wire(msg: Message) -> peer_pb2.RaftMessage:
         case HeartbeatRequest():
             return peer_pb2.RaftMessage(
                 heartbeat=peer_pb2.Heartbeat(
-                    term=msg.term, leader_commit=msg.leader_commit, read_seq=msg.read_seq
+                    term=msg.term,
+                    leader_commit=msg.leader_commit,
+                    read_seq=msg.read_seq,
+                    cluster_commit=msg.cluster_commit,
                 )
             )
         case HeartbeatResponse():
@@ -219,6 +222,7 @@ def from_wire(pb: peer_pb2.RaftMessage, sender: NodeId, recipient: NodeId) -> Me
             recipient=recipient,
             leader_commit=hb.leader_commit,
             read_seq=hb.read_seq,
+            cluster_commit=hb.cluster_commit,
         )
     if kind == "heartbeat_response":
         hbr = pb.heartbeat_response

@@ -8,9 +8,15 @@ A cut link closes its open connections and drops new ones at once.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.integration.cluster import Cluster
 
 
 class LinkProxy:
@@ -108,6 +114,11 @@ class FaultNetwork:
         parts += [f"{b}=127.0.0.1:{p.port}" for (a, b), p in self.links.items() if a == node]
         return ",".join(sorted(parts))
 
+    def cut_one_way(self, sender: str, receiver: str, cut: bool = True) -> None:
+        """Cut only what ``sender`` sends to ``receiver`` (its dialled link):
+        ``receiver`` still reaches ``sender``, whose answers are lost."""
+        self.links[(sender, receiver)].set_cut(cut)
+
     def isolate(self, node: str, cut: bool = True) -> None:
         for (a, b), proxy in self.links.items():
             if node in (a, b):
@@ -136,3 +147,21 @@ class FaultNetwork:
         self._thread.join(timeout=2)
         for proxy in self.links.values():
             proxy.close()
+
+
+@contextlib.contextmanager
+def partitionable(root: Path, **cluster_options: Any) -> Iterator[tuple[Cluster, FaultNetwork]]:
+    """A started ``Cluster`` whose every peer link goes through a ``LinkProxy``;
+    the nodes' logs are printed when the body fails, and everything is closed."""
+    c = Cluster(root, **cluster_options)
+    net = FaultNetwork({n.node_id: n.peer_port for n in c.nodes})
+    c.peers_of = lambda node: net.peers_for(node.node_id, node.peer_port)
+    try:
+        c.start_all()
+        yield c, net
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+        net.close()

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration import worker_api
-from tests.integration.cluster import Cluster, eventually
+from tests.integration.cluster import Cluster, Sidecar, eventually
 from tests.integration.worker_api import Granted, error_info, resign
 
 ELECTION = "settlement-eur"
@@ -223,11 +223,18 @@ def test_any_sidecar_serves_any_call(cluster: Cluster) -> None:
 
 
 def test_status_lists_the_other_members(cluster: Cluster) -> None:
-    leader = cluster.leader()
-    status = leader.status()
+    def replicated() -> tuple[Sidecar, Any] | None:
+        """A leader that has heard a match from every follower (just after an
+        election it may not yet: match 0 until the first answer)."""
+        leader = cluster.leader()
+        status = leader.status()
+        if status.role != worker_pb2.RAFT_ROLE_LEADER:
+            return None  # lost the lead in between (a loaded machine)
+        return (leader, status) if all(p.match_index > 0 for p in status.peers) else None
+
+    leader, status = eventually(replicated, "the leader's match index for every follower")
     others = sorted(n.node_id for n in cluster.nodes if n is not leader)
     assert [p.id for p in status.peers] == others
-    assert all(p.match_index > 0 for p in status.peers)
     # Incarnations as the data directories record them; everyone a voter.
     by_name = {n.node_id: n for n in cluster.nodes}
     assert status.incarnation == leader.incarnation()

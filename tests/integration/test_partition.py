@@ -19,7 +19,7 @@ import pytest
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration import worker_api
 from tests.integration.cluster import Cluster, eventually
-from tests.integration.faultproxy import FaultNetwork
+from tests.integration.faultproxy import FaultNetwork, partitionable
 
 TTL_MS = 2000
 MARGIN_S = 0.2  # what a client subtracts (the library's default for 2 s)
@@ -27,18 +27,8 @@ MARGIN_S = 0.2  # what a client subtracts (the library's default for 2 s)
 
 @pytest.fixture
 def partitioned(tmp_path: Path) -> Iterator[tuple[Cluster, FaultNetwork]]:
-    c = Cluster(tmp_path)
-    net = FaultNetwork({n.node_id: n.peer_port for n in c.nodes})
-    c.peers_of = lambda node: net.peers_for(node.node_id, node.peer_port)
-    try:
-        c.start_all()
+    with partitionable(tmp_path) as (c, net):
         yield c, net
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_all()
-        net.close()
 
 
 def test_isolated_leader_grants_nothing_and_majority_waits_out_the_lease(

@@ -63,8 +63,8 @@ EXAMPLES: list[Message] = [
     AppendRequest(term=4, prev_log_index=0, prev_log_term=0, entries=(), leader_commit=0, **ENV),
     AppendResponse(term=4, success=True, index=12, **ENV),
     AppendResponse(term=4, success=False, index=12, reject_hint_index=8, reject_hint_term=2, **ENV),
-    HeartbeatRequest(term=4, leader_commit=11, read_seq=0, **ENV),
-    HeartbeatRequest(term=U64, leader_commit=U64, read_seq=U64, **ENV),
+    HeartbeatRequest(term=4, leader_commit=11, read_seq=0, cluster_commit=12, **ENV),
+    HeartbeatRequest(term=U64, leader_commit=U64, read_seq=U64, cluster_commit=U64, **ENV),
     HeartbeatResponse(term=4, read_seq=17, **ENV),
     TimeoutNowRequest(term=4, **ENV),
 ]
@@ -161,7 +161,9 @@ def messages(draw: st.DrawFn) -> Message:
             **env,
         )
     if kind == 4:
-        return HeartbeatRequest(leader_commit=draw(u64), read_seq=draw(u64), **env)
+        return HeartbeatRequest(
+            leader_commit=draw(u64), read_seq=draw(u64), cluster_commit=draw(u64), **env
+        )
     if kind == 5:
         return HeartbeatResponse(read_seq=draw(u64), **env)
     return TimeoutNowRequest(**env)

@@ -718,6 +718,7 @@ class Heartbeat(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     LEADER_COMMIT_FIELD_NUMBER: _builtins.int
     READ_SEQ_FIELD_NUMBER: _builtins.int
+    CLUSTER_COMMIT_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     """term is the leader's term."""
     leader_commit: _builtins.int
@@ -728,16 +729,23 @@ class Heartbeat(_message.Message):
     """read_seq identifies the ReadIndex round this heartbeat confirms; 0 when
     no read is pending.
     """
+    cluster_commit: _builtins.int
+    """cluster_commit is the leader's own commit index, uncapped. A follower
+    never commits from it; it learns how far behind the cluster it is, also
+    when its answers do not reach the leader (a one-way link), so that its
+    health can say so.
+    """
     def __init__(
         self,
         *,
         term: _builtins.int = ...,
         leader_commit: _builtins.int = ...,
         read_seq: _builtins.int = ...,
+        cluster_commit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_commit", b"leader_commit", "read_seq", b"read_seq", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_commit", b"cluster_commit", "leader_commit", b"leader_commit", "read_seq", b"read_seq", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
