@@ -308,7 +308,22 @@ class Scenario:
         return True if audit.open_batches == 0 and audit.running_batches == 0 else None
 
     def _collect(self) -> None:
-        records = self.cluster.grants()
+        """The timeline from the sidecars' audit trail, once it shows every
+        token the failovers saw: a sidecar restarted just before answers from
+        what it has applied so far, which may still be nothing."""
+        seen = {t for f in self.report.failovers for t in (f.from_token, f.to_token) if t}
+
+        def complete() -> list[worker_pb2.GrantRecord] | None:
+            records = self.cluster.grants()
+            tokens = {int(g.fencing_token) for g in records}
+            return records if records and seen <= tokens else None
+
+        try:
+            records = wait_until(complete, "the grant audit trail", timeout=20, poll=0.1)
+        except TimeoutError as exc:
+            records = self.cluster.grants()
+            if self.report.error is None:
+                self.report.error = f"the leadership timeline is incomplete: {exc}"
         for g in records:
             reason = worker_pb2.GrantEndReason.Name(g.end_reason).removeprefix("GRANT_END_REASON_")
             self.report.timeline.append(

@@ -65,6 +65,12 @@ def test_with_fencing_every_batch_and_payout_is_settled_exactly_once(tmp_path: P
     # Tokens in the sidecars' audit trail increase, and the ends match the faults.
     tokens = [g["fencing_token"] for g in report["timeline"]]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+    # Every holder a failover saw has its row (the trail is read once a
+    # restarted sidecar has caught up, never empty), in the text report too.
+    for f in report["failovers"]:
+        assert {f["from_token"], f["to_token"]} <= set(tokens), (f, tokens)
+    for g in report["timeline"]:
+        assert f"{g['fencing_token']:>6}  {g['holder']:<6}" in result.stdout
     reasons = {g["end_reason"] for g in report["timeline"]}
     assert {"revoked", "expired"} <= reasons
     # The SIGTERMed holder resigns, unless the Raft leader killed just before
