@@ -224,15 +224,28 @@ def promql_metric_names(expr: str) -> set[str]:
     return names
 
 
+_MADE_LABEL = re.compile(
+    r'count_values\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*"(\w+)"'
+    r'|label_replace\(.*?,\s*"(\w+)"\s*,\s*"[^"]*"\s*,\s*"\w+"',
+    re.S,
+)
+
+
+def promql_made_labels(expr: str) -> set[str]:
+    """Labels an expression makes itself: count_values' and label_replace's."""
+    return {a or b for a, b in _MADE_LABEL.findall(expr)}
+
+
 def promql_label_names(expr: str) -> set[str]:
-    """Label names an expression matches on or groups by."""
+    """Label names an expression matches on or groups by, except those it
+    makes itself (``promql_made_labels``)."""
     text = _strip_strings(expr)
     labels = set()
     for body in _MATCHERS.findall(text):
         labels.update(m.group(1) for m in _MATCHER_LABEL.finditer(body))
     for _, body in _GROUPING.findall(text):
         labels.update(part.strip() for part in body.split(",") if part.strip())
-    return labels
+    return labels - promql_made_labels(expr)
 
 
 def label_values_query(query: str) -> tuple[str, str | None]:
