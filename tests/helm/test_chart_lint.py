@@ -69,9 +69,23 @@ REFUSED = {
     ),
     "a worker TTL the sidecar would refuse": (
         ["worker.ttlMs=120000"],
-        "worker.ttlMs=120000 is outside sidecar.lease [1000, 60000]",
+        "worker.ttlMs=120000 is outside sidecar.lease [2000, 60000]",
     ),
     "no ledger URL at all": (["ledger.url="], "set ledger.existingSecret"),
+    "an election timeout under 5 heartbeats (etcd's rule)": (
+        ["sidecar.raft.heartbeatTicks=3"],
+        "sidecar.raft.electionTimeoutTicks=10 is under 5 heartbeats (5 x heartbeatTicks=3)",
+    ),
+    "an election timeout real pods cannot keep": (
+        ["sidecar.raft.tickMs=15", "sidecar.lease.ttlMinMs=1000"],
+        "the election timeout (sidecar.raft.tickMs x electionTimeoutTicks = 150 ms) "
+        "is under 500 ms",
+    ),
+    "a tick below the schema's floor": (["sidecar.raft.tickMs=5"], "/sidecar/raft/tickMs"),
+    "a sidecar without a memory limit": (
+        ["sidecar.resources.limits.memory=null"],
+        "missing property 'memory'",
+    ),
     "a grace period shorter than the handover": (
         ["terminationGracePeriodSeconds=5"],
         "leaves no time for the handover",

@@ -142,8 +142,11 @@ the fix in the message.
 {{- if lt (int $lease.ttlMinMs) (mul 2 $electionMs) -}}
 {{- fail (printf "sidecar.lease.ttlMinMs=%d is below two election timeouts (2 x %d ms): a Raft leader change alone could outlast a lease" (int $lease.ttlMinMs) $electionMs) -}}
 {{- end -}}
-{{- if ge (int $raft.heartbeatTicks) (int $raft.electionTimeoutTicks) -}}
-{{- fail "sidecar.raft.heartbeatTicks must be smaller than sidecar.raft.electionTimeoutTicks" -}}
+{{- if lt (int $raft.electionTimeoutTicks) (mul 5 (int $raft.heartbeatTicks)) -}}
+{{- fail (printf "sidecar.raft.electionTimeoutTicks=%d is under 5 heartbeats (5 x heartbeatTicks=%d): a few late or lost heartbeats would start an election (etcd refuses the same)" (int $raft.electionTimeoutTicks) (int $raft.heartbeatTicks)) -}}
+{{- end -}}
+{{- if lt $electionMs 500 -}}
+{{- fail (printf "the election timeout (sidecar.raft.tickMs x electionTimeoutTicks = %d ms) is under 500 ms: CPU throttling and pauses of real pods would make the Raft leader flap (docs/kubernetes.md, \"CPU and timing\")" $electionMs) -}}
 {{- end -}}
 {{- if gt (int $lease.ttlMinMs) (int $lease.ttlMaxMs) -}}
 {{- fail "sidecar.lease.ttlMinMs must not exceed sidecar.lease.ttlMaxMs" -}}
