@@ -82,6 +82,11 @@ REFUSED = {
         "is under 500 ms",
     ),
     "a tick below the schema's floor": (["sidecar.raft.tickMs=5"], "/sidecar/raft/tickMs"),
+    "an update partition above the replica count": (
+        ["updateStrategy.partition=4"],
+        "updateStrategy.partition=4 is above replicaCount=3",
+    ),
+    "an unknown update strategy": (["updateStrategy.type=Recreate"], "/updateStrategy/type"),
     "a sidecar without a memory limit": (
         ["sidecar.resources.limits.memory=null"],
         "missing property 'memory'",
@@ -125,3 +130,6 @@ def test_notes_render(helm: str, helm_home: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING: peer mTLS is off" in result.stdout.split("NOTES:", 1)[1]
     assert "WARNING: the ledger URL comes from values" in notes
+    # helm 4's client-side dry run assumes Kubernetes 1.35, which honours
+    # maxUnavailable of a StatefulSet: no warning about it.
+    assert "MaxUnavailableStatefulSet" not in notes

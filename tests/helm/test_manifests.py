@@ -22,6 +22,7 @@ from tests.helm.chart import (
     CHART,
     KUBE_VERSION,
     NAMESPACE,
+    RELEASE,
     Manifests,
     command_line,
     env_list,
@@ -31,6 +32,7 @@ from tests.helm.chart import (
     parse_peers,
     render,
     resolve_env,
+    run_helm,
 )
 
 ALL_CASES = sorted(CASES)
@@ -256,6 +258,45 @@ def test_pdb_never_allows_breaking_quorum(rendered: Rendered, case: str) -> None
     assert max_unavailable == 1  # the chart's default: one pod at a time
     assert pdb["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
     assert selects(pdb["selector"]["matchLabels"], pod_labels(m))
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_rolling_updates_take_one_voter_at_a_time(rendered: Rendered, case: str) -> None:
+    """Pods start in parallel (a lone pod can never be Ready), yet an update
+    replaces one pod at a time and none while another is unavailable:
+    maxUnavailable counts every pod of the set, and each replaced pod must
+    be Ready for minReadySeconds before the next."""
+    spec = rendered(case).statefulset["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "partition": 0},
+    }
+    assert spec["minReadySeconds"] >= 5
+
+
+def test_updates_can_be_staged_or_left_to_the_operator(helm: str, helm_home: Path) -> None:
+    staged = Manifests(render(helm, helm_home, set_values=["updateStrategy.partition=3"]))
+    assert staged.statefulset["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 3
+    manual = Manifests(render(helm, helm_home, set_values=["updateStrategy.type=OnDelete"]))
+    assert manual.statefulset["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"), [("1.27.0", True), ("1.34.2", True), ("1.35.0", False)]
+)
+def test_kubernetes_versions_that_may_ignore_max_unavailable_are_warned_about(
+    helm: str, helm_home: Path, version: str, warned: bool
+) -> None:
+    """The chart claims 1.27+; the MaxUnavailableStatefulSet gate is on by
+    default only from 1.35, so older versions get a warning (in the
+    manifest here, and in NOTES at install) and every version validates."""
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", version]
+    result = run_helm(helm, helm_home, *args)
+    assert result.returncode == 0, result.stderr
+    assert ("ignores maxUnavailable unless" in result.stdout) is warned
+    statefulset = Manifests(render(helm, helm_home)).statefulset
+    kubernetes_validate.validate(statefulset, version, strict=True)
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

@@ -127,6 +127,14 @@ Peer TLS of pod i: its Secret, and the identity name its certificate carries
 {{- end -}}
 
 {{/*
+"true" when this Kubernetes version may ignore rollingUpdate.maxUnavailable of
+a StatefulSet (the MaxUnavailableStatefulSet gate is off by default before 1.35).
+*/}}
+{{- define "raft-sidecar.updateGateMayBeOff" -}}
+{{- and (eq .Values.updateStrategy.type "RollingUpdate") (semverCompare "<1.35.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+
+{{/*
 Cross-field checks the schema cannot express; each fails the render with
 the fix in the message.
 */}}
@@ -159,6 +167,9 @@ the fix in the message.
 {{- end -}}
 {{- if and .Values.tls.enabled .Values.tls.insecurePlaintextPeers -}}
 {{- fail "tls.insecurePlaintextPeers=true goes only with tls.enabled=false" -}}
+{{- end -}}
+{{- if gt (int .Values.updateStrategy.partition) $n -}}
+{{- fail (printf "updateStrategy.partition=%d is above replicaCount=%d: use replicaCount to stage an update with no pod changed" (int .Values.updateStrategy.partition) $n) -}}
 {{- end -}}
 {{- if and (not .Values.ledger.existingSecret) (not .Values.ledger.url) -}}
 {{- fail "set ledger.existingSecret (a Secret with the PostgreSQL URL) or ledger.url" -}}
