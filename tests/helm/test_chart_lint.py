@@ -87,6 +87,8 @@ REFUSED = {
         "updateStrategy.partition=4 is above replicaCount=3",
     ),
     "an unknown update strategy": (["updateStrategy.type=Recreate"], "/updateStrategy/type"),
+    "a digest that is not sha256:<64 hex>": (["image.digest=sha256:abc"], "/image/digest"),
+    "a digest in the tag": (["image.tag=0.1.0@sha256:" + "a" * 64], "/image/tag"),
     "a sidecar without a memory limit": (
         ["sidecar.resources.limits.memory=null"],
         "missing property 'memory'",

@@ -613,6 +613,44 @@ def test_worker_image_and_command_are_overridable(
     assert env["SETTLEMENT_DEMO_WORKER_ID"] == "rs-0"
 
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_an_image_digest_pins_both_containers(helm: str, helm_home: Path) -> None:
+    """image.digest pulls <repository>@<digest> (a tag can move; a digest
+    cannot), for the worker too unless it names an image of its own."""
+    repository = "registry.example.com/payments/raft-sidecar"
+    pinned = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                f"image.repository={repository}",
+                "image.tag=0.1.0",
+                f"image.digest={DIGEST}",
+            ],
+        )
+    )
+    for name in ("sidecar", "worker"):
+        assert pinned.container(name)["image"] == f"{repository}@{DIGEST}", name
+    own = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                f"image.digest={DIGEST}",
+                "worker.image.repository=registry.example.com/payments/worker",
+                "worker.image.tag=2.0",
+            ],
+        )
+    )
+    assert own.container("worker")["image"] == "registry.example.com/payments/worker:2.0"
+    worker_digest = "sha256:" + "f" * 64
+    both = Manifests(render(helm, helm_home, set_values=[f"worker.image.digest={worker_digest}"]))
+    assert both.container("worker")["image"] == f"raft-sidecar@{worker_digest}"
+    assert both.container("sidecar")["image"] == "raft-sidecar:0.1.0"
+
+
 def test_env_expansion_follows_kubernetes() -> None:
     """$(VAR) is replaced when VAR is defined before, kept when unknown; $$ escapes."""
     container = {

@@ -76,13 +76,29 @@ url
 The sidecar image; the worker's defaults to it field by field.
 */}}
 {{- define "raft-sidecar.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+{{- end -}}
 
+{{/*
+A worker with no repository of its own runs the sidecar's image (digest
+included) unless it names a tag or digest; one with its own repository uses
+only its own tag or digest.
+*/}}
 {{- define "raft-sidecar.workerImage" -}}
-{{- $repository := default .Values.image.repository .Values.worker.image.repository -}}
-{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.worker.image.tag -}}
-{{- printf "%s:%s" $repository $tag -}}
+{{- $w := .Values.worker.image -}}
+{{- if $w.digest -}}
+{{- printf "%s@%s" (default .Values.image.repository $w.repository) $w.digest -}}
+{{- else if $w.repository -}}
+{{- printf "%s:%s" $w.repository (default (default .Chart.AppVersion .Values.image.tag) $w.tag) -}}
+{{- else if $w.tag -}}
+{{- printf "%s:%s" .Values.image.repository $w.tag -}}
+{{- else -}}
+{{- include "raft-sidecar.image" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
