@@ -173,6 +173,17 @@ def command_line(container: Mapping[str, Any], env: Mapping[str, str]) -> list[s
     return [expand(str(a), env) for a in argv]
 
 
+def pre_stop_sleep_s(container: Mapping[str, Any]) -> int:
+    """Seconds of a container's preStop sleep: the kubelet's own sleep
+    action (Kubernetes 1.30+) or ``exec sleep N`` before it."""
+    hook = container["lifecycle"]["preStop"]
+    if "sleep" in hook:
+        return int(hook["sleep"]["seconds"])
+    command = hook["exec"]["command"]
+    assert command[0] == "sleep", command
+    return int(command[1])
+
+
 def secret_value(manifests: Manifests, name: str, key: str) -> str | None:
     """A key of a Secret the chart itself renders (None for an external one)."""
     for doc in manifests.of_kind("Secret"):

@@ -89,6 +89,27 @@ REFUSED = {
     "an unknown update strategy": (["updateStrategy.type=Recreate"], "/updateStrategy/type"),
     "a digest that is not sha256:<64 hex>": (["image.digest=sha256:abc"], "/image/digest"),
     "a digest in the tag": (["image.tag=0.1.0@sha256:" + "a" * 64], "/image/tag"),
+    "PVCs deleted with the StatefulSet, unacknowledged": (
+        ["persistence.retentionPolicy.whenDeleted=Delete"],
+        "persistence.retentionPolicy whenDeleted=Delete whenScaled=Retain deletes Raft data "
+        "volumes",
+    ),
+    "PVCs deleted on scale-down, unacknowledged": (
+        ["persistence.retentionPolicy.whenScaled=Delete"],
+        "set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant",
+    ),
+    "plaintext peers without the NetworkPolicy": (
+        ["tls.enabled=false", "tls.insecurePlaintextPeers=true", "networkPolicy.enabled=false"],
+        "tls.enabled=false with networkPolicy.enabled=false leaves the peer port open",
+    ),
+    "a zone constraint twice": (
+        [
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+        ],
+        "topologySpreadConstraints repeats topology.kubernetes.io/zone",
+    ),
     "a sidecar without a memory limit": (
         ["sidecar.resources.limits.memory=null"],
         "missing property 'memory'",
@@ -106,6 +127,24 @@ def test_bad_values_are_refused_with_a_clear_message(helm: str, helm_home: Path,
     with pytest.raises(HelmError) as refused:
         render(helm, helm_home, set_values=set_values)
     assert message in refused.value.output, refused.value.output
+
+
+def test_acknowledged_data_loss_and_tls_off_behind_the_network_policy_render(
+    helm: str, helm_home: Path
+) -> None:
+    docs = render(
+        helm,
+        helm_home,
+        set_values=[
+            "persistence.retentionPolicy.whenDeleted=Delete",
+            "persistence.retentionPolicy.acknowledgeDataLoss=true",
+            "tls.enabled=false",
+            "tls.insecurePlaintextPeers=true",
+        ],
+    )
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    assert [d for d in docs if d["kind"] == "NetworkPolicy"]
 
 
 def test_pdb_of_two_is_fine_for_five_replicas(helm: str, helm_home: Path) -> None:

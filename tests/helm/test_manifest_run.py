@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tests.helm.chart import (
     Manifests,
     command_line,
     literal_env,
+    pre_stop_sleep_s,
     render,
     resolve_env,
     secret_value,
@@ -243,8 +245,9 @@ def run_pods(helm: str, helm_home: Path, tmp_path: Path) -> Iterator[Callable[..
 
 
 def rendered_grace(m: Manifests) -> tuple[int, int]:
-    pre_stop = int(m.container("sidecar")["lifecycle"]["preStop"]["exec"]["command"][1])
-    return pre_stop, int(m.pod_spec["terminationGracePeriodSeconds"])
+    return pre_stop_sleep_s(m.container("sidecar")), int(
+        m.pod_spec["terminationGracePeriodSeconds"]
+    )
 
 
 def health(address: str, service: str = "") -> int | None:
@@ -356,6 +359,45 @@ def test_a_sidecar_restarted_during_an_outage_passes_startup_but_is_not_ready(
 
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def test_helm_test_pod_passes_on_a_healthy_cluster_and_names_a_missing_pod(
+    run_pods: Callable[..., RunningPods], helm: str, helm_home: Path
+) -> None:
+    """`helm test`'s pod, its rendered command run as a local process with
+    the pods' DNS names pointing at their local addresses: exit 0 while every
+    sidecar is SERVING, exit 1 naming the pod whose sidecar is gone."""
+    m = Manifests(render(helm, helm_home, THREE))
+    (test_pod,) = m.of_kind("Pod")
+    (container,) = test_pod["spec"]["containers"]
+    pods = run_pods(THREE)
+    pods.start_sidecars()
+    pods.leader()
+    domain = f"{m.headless_service()['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    local = {f"{pod.name}.{domain}": pod.ip for pod in pods.pods}
+
+    def run_test_pod() -> subprocess.CompletedProcess[str]:
+        argv = [*container["command"], *container["args"]]
+        argv[0] = sys.executable  # the image's python
+        for host, ip in local.items():
+            argv = [a.replace(host, ip) for a in argv]
+        env = {k: v for k, v in os.environ.items() if k in {"PATH", "PYTHONPATH", "HOME"}}
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+
+    def passes() -> subprocess.CompletedProcess[str] | None:
+        result = run_test_pod()
+        return result if result.returncode == 0 else None
+
+    result = eventually(passes, "helm test to pass on the running cluster", seconds=30)
+    assert result.stdout.count("SERVING") == len(pods.pods), result.stdout
+    gone = pods.pods[-1]
+    pods.processes.stop(f"{gone.name}-sidecar", signal.SIGKILL)
+    result = run_test_pod()
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if not x.endswith(" SERVING")]
+    assert line.startswith(f"{gone.ip}:") and line.endswith(" UNAVAILABLE"), line
 
 
 def openssl(directory: Path, *args: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from sidecar import config as sidecar_config
 from sidecar.api.health import LIVENESS_SERVICE
@@ -30,6 +31,7 @@ from tests.helm.chart import (
     literal_env,
     load_yaml,
     parse_peers,
+    pre_stop_sleep_s,
     render,
     resolve_env,
     run_helm,
@@ -290,12 +292,14 @@ def test_kubernetes_versions_that_may_ignore_max_unavailable_are_warned_about(
 ) -> None:
     """The chart claims 1.27+; the MaxUnavailableStatefulSet gate is on by
     default only from 1.35, so older versions get a warning (in the
-    manifest here, and in NOTES at install) and every version validates."""
+    manifest here, and in NOTES at install), and the StatefulSet rendered
+    for each version validates against it (the preStop sleep action exists
+    only from 1.30)."""
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", version]
     result = run_helm(helm, helm_home, *args)
     assert result.returncode == 0, result.stderr
     assert ("ignores maxUnavailable unless" in result.stdout) is warned
-    statefulset = Manifests(render(helm, helm_home)).statefulset
+    statefulset = Manifests([d for d in yaml.safe_load_all(result.stdout) if d]).statefulset
     kubernetes_validate.validate(statefulset, version, strict=True)
 
 
@@ -407,13 +411,82 @@ def test_sidecar_probes_are_native_grpc_on_the_health_port(rendered: Rendered, c
 def test_shutdown_leaves_time_to_hand_leadership_over(rendered: Rendered, case: str) -> None:
     m = rendered(case)
     sidecar = m.container("sidecar")
-    command = sidecar["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    pre_stop_s = int(command[1])
+    # The kubelet's own sleep on every version that has it (KUBE_VERSION is 1.33).
+    assert set(sidecar["lifecycle"]["preStop"]) == {"sleep"}
+    pre_stop_s = pre_stop_sleep_s(sidecar)
     grace_s = m.pod_spec["terminationGracePeriodSeconds"]
     handover_s = 2  # SIGTERM -> revoke, transfer Raft leadership, exit (docs/sidecar.md)
     assert grace_s >= pre_stop_s + handover_s + 5, "keep a margin for a slow node"
     assert "lifecycle" not in m.container("worker"), "the worker resigns at SIGTERM, at once"
+
+
+def test_pre_stop_sleeps_with_exec_before_kubernetes_1_30(helm: str, helm_home: Path) -> None:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.29.0"]
+    result = run_helm(helm, helm_home, *args)
+    assert result.returncode == 0, result.stderr
+    sidecar = Manifests([d for d in yaml.safe_load_all(result.stdout) if d]).container("sidecar")
+    assert sidecar["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "3"]}}
+    assert pre_stop_sleep_s(sidecar) == 3
+
+
+def test_diagnostic_mode_sleeps_instead_of_serving(helm: str, helm_home: Path) -> None:
+    """A crash-looping sidecar's pod stays up, volume mounted, for
+    `raft-sidecar storage inspect`: both containers sleep, nothing probes
+    them, and the sidecar keeps its volume and its image."""
+    normal = Manifests(render(helm, helm_home))
+    m = Manifests(render(helm, helm_home, set_values=["diagnosticMode.enabled=true"]))
+    for name in ("sidecar", "worker"):
+        container = m.container(name)
+        assert container["command"] == ["sleep"] and container["args"] == ["infinity"], name
+        for key in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
+            assert key not in container, (name, key)
+        assert container["volumeMounts"] == normal.container(name)["volumeMounts"]
+        assert container["image"] == normal.container(name)["image"]
+    assert "readinessProbe" in normal.container("worker")
+    kubernetes_validate.validate(m.statefulset, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_pods_spread_over_zones(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    (zone,) = [
+        c
+        for c in m.pod_spec["topologySpreadConstraints"]
+        if c["topologyKey"] == "topology.kubernetes.io/zone"
+    ]
+    assert zone["labelSelector"]["matchLabels"] == m.statefulset["spec"]["selector"]["matchLabels"]
+    assert zone["maxSkew"] == 1
+    # 5 voters over 3 zones: at most 2 per zone keeps a majority through a zone outage.
+    expected = "DoNotSchedule" if case == "replicas-5" else "ScheduleAnyway"
+    assert zone["whenUnsatisfiable"] == expected
+
+
+# ---- helm test ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_helm_test_pod_checks_every_pod_and_is_not_one_of_them(
+    rendered: Rendered, case: str
+) -> None:
+    m = rendered(case)
+    (pod,) = m.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    labels = pod["metadata"]["labels"]
+    assert not selects(m.statefulset["spec"]["selector"]["matchLabels"], labels)
+    assert not selects(m.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    for service in m.of_kind("Service"):
+        assert not selects(service["spec"]["selector"], labels)
+    assert not selects(m.one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"], labels)
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    sidecar = m.container("sidecar")
+    assert container["image"] == sidecar["image"]
+    assert container["securityContext"] == sidecar["securityContext"]
+    headless = m.headless_service()["metadata"]["name"]
+    name, health = m.statefulset["metadata"]["name"], container_port(sidecar, "health")
+    domain = f"{headless}.{NAMESPACE}.svc.cluster.local"
+    assert container["args"][1:] == [f"{name}-{i}.{domain}:{health}" for i in range(replicas(m))]
 
 
 # ---- the worker API never leaves the pod ---------------------------------------------

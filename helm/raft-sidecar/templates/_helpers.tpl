@@ -184,6 +184,20 @@ the fix in the message.
 {{- if and .Values.tls.enabled .Values.tls.insecurePlaintextPeers -}}
 {{- fail "tls.insecurePlaintextPeers=true goes only with tls.enabled=false" -}}
 {{- end -}}
+{{- $retention := .Values.persistence.retentionPolicy -}}
+{{- if and (or (eq $retention.whenDeleted "Delete") (eq $retention.whenScaled "Delete")) (not $retention.acknowledgeDataLoss) -}}
+{{- fail (printf "persistence.retentionPolicy whenDeleted=%s whenScaled=%s deletes Raft data volumes: committed grants are lost, and a re-created cluster starts its fencing tokens at 1 again, below the ledger's fences; set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant" $retention.whenDeleted $retention.whenScaled) -}}
+{{- end -}}
+{{- if and (not .Values.tls.enabled) (not .Values.networkPolicy.enabled) -}}
+{{- fail "tls.enabled=false with networkPolicy.enabled=false leaves the peer port open and unauthenticated to every pod of the cluster: anyone could speak Raft; keep the NetworkPolicy (networkPolicy.enabled=true) or peer mTLS" -}}
+{{- end -}}
+{{- if .Values.zoneSpread.enabled -}}
+{{- range .Values.topologySpreadConstraints -}}
+{{- if eq (toString .topologyKey) "topology.kubernetes.io/zone" -}}
+{{- fail "topologySpreadConstraints repeats topology.kubernetes.io/zone, which zoneSpread.enabled already spreads over: set zoneSpread.* instead, or zoneSpread.enabled=false" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if gt (int .Values.updateStrategy.partition) $n -}}
 {{- fail (printf "updateStrategy.partition=%d is above replicaCount=%d: use replicaCount to stage an update with no pod changed" (int .Values.updateStrategy.partition) $n) -}}
 {{- end -}}
