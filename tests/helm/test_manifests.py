@@ -632,7 +632,9 @@ def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
     if case == "external-postgresql":
         assert ref == {"name": "settlement-ledger-credentials", "key": "postgresql-url"}
         assert not secrets, "an existing Secret is used, none is created"
+        # helm template reads no cluster (lookup is empty): only the revision.
         assert "checksum/ledger-secret" not in annotations
+        assert "raft-sidecar/ledger-secret-revision" not in annotations
     else:
         secret = secrets[ref["name"]]
         assert secret["stringData"][ref["key"]].startswith("postgresql://")
@@ -640,6 +642,24 @@ def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
     for container in m.pod_spec["containers"]:
         for value in literal_env(container).values():
             assert "postgresql://" not in value, "a credential in plain env"
+
+
+def test_rotating_an_existing_ledger_secret_rolls_the_pods(helm: str, helm_home: Path) -> None:
+    """The operator's revision of an existing Secret goes into the pod
+    template: changing it after a rotation makes a new revision, which the
+    StatefulSet rolls out."""
+    base = ["ledger.existingSecret=settlement-ledger"]
+
+    def template(*extra: str) -> dict[str, Any]:
+        sts = Manifests(render(helm, helm_home, set_values=[*base, *extra])).statefulset
+        return dict(sts["spec"]["template"])
+
+    before = template("ledger.existingSecretRevision=2026-01")
+    after = template("ledger.existingSecretRevision=2026-02")
+    annotations = after["metadata"]["annotations"]
+    assert annotations["raft-sidecar/ledger-secret-revision"] == "2026-02"
+    assert before != after
+    assert template() == template(), "rendering is deterministic"
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
