@@ -62,10 +62,11 @@ def render(
     *,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    kube_version: str = KUBE_VERSION,
 ) -> list[dict[str, Any]]:
     """``helm template`` the chart; raises HelmError with helm's output on failure."""
     args = ["template", release, str(CHART), "--namespace", namespace]
-    args += ["--kube-version", KUBE_VERSION]
+    args += ["--kube-version", kube_version]
     for path in values:
         args += ["--values", str(path)]
     for item in set_values:
