@@ -162,6 +162,7 @@ def test_notes_render(helm: str, helm_home: Path) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "rs-raft-sidecar-2  rs-raft-sidecar-2.rs-raft-sidecar-headless.payments.svc" in notes
     assert "tolerates 1 lost pod(s)" in notes
+    assert "helm test rs -n payments" in notes
     assert (
         "Peer mTLS: on. Each pod's certificate comes from its Secret <pod name>-peer-tls" in notes
     )
