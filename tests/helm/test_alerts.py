@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "SettlementFenceHolderConflict",  # one token, two workers
     "RaftSidecarDown",
     "RaftSidecarClusterDown",  # every sidecar gone: absent series, not a sum of nothing
+    "RaftSidecarNoSidecarTargets",  # the rules would be blind
     "RaftSidecarQuorumLost",  # kube-state-metrics replicas against sidecars with a leader
     "RaftSidecarTwoLeadersInOneTerm",  # Raft's Election Safety
     "RaftSidecarFencingTokenWentBackwards",
