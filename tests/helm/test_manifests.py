@@ -547,14 +547,36 @@ def test_network_policy(rendered: Rendered, case: str) -> None:
     (metrics_from,) = by_port[container_port(sidecar, "metrics")]
     (peer,) = metrics_from
     assert "namespaceSelector" in peer
-    # Health: from anywhere (kubelet probes).
-    assert by_port[container_port(sidecar, "health")] == [None]
+    # Health: the release's pods and its helm test pod; the kubelet's probes
+    # need no rule (traffic from a pod's own node is always allowed).
+    (test_pod,) = m.of_kind("Pod")
+    assert by_port[container_port(sidecar, "health")] == [
+        [
+            {"podSelector": {"matchLabels": own_pods}},
+            {"podSelector": {"matchLabels": _selector_of(test_pod)}},
+        ]
+    ]
     assert set(by_port) == {
         container_port(sidecar, "peer"),
         container_port(sidecar, "metrics"),
         container_port(sidecar, "health"),
         container_port(m.container("worker"), "http"),
     }
+
+
+def _selector_of(pod: dict[str, Any]) -> dict[str, str]:
+    labels = pod["metadata"]["labels"]
+    return {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+
+
+def test_health_port_can_be_opened_to_all(helm: str, helm_home: Path) -> None:
+    """For a network plugin that also filters traffic from the pod's node."""
+    m = Manifests(render(helm, helm_home, set_values=["networkPolicy.health.fromAnywhere=true"]))
+    health = container_port(m.container("sidecar"), "health")
+    (rule,) = [
+        r for r in m.one("NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == health
+    ]
+    assert "from" not in rule
 
 
 # ---- TLS and Secrets ---------------------------------------------------------------

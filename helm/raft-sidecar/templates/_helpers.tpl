@@ -28,6 +28,15 @@ app.kubernetes.io/name: {{ include "raft-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The `helm test` pod's labels: not the release's pod labels, which the
+StatefulSet, the PDB, the Services and the NetworkPolicy select.
+*/}}
+{{- define "raft-sidecar.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "raft-sidecar.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "raft-sidecar.labels" -}}
 helm.sh/chart: {{ include "raft-sidecar.chart" . }}
 {{ include "raft-sidecar.selectorLabels" . }}
