@@ -569,6 +569,35 @@ def _selector_of(pod: dict[str, Any]) -> dict[str, str]:
     return {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
 
 
+def test_egress_can_be_restricted_to_peers_dns_and_the_ledger(helm: str, helm_home: Path) -> None:
+    default = Manifests(render(helm, helm_home)).one("NetworkPolicy")["spec"]
+    assert "egress" not in default, "off by default: a custom worker may call more"
+    ledger = {"ipBlock": {"cidr": "10.1.2.0/24"}}
+    m = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                "networkPolicy.egress.enabled=true",
+                "networkPolicy.egress.ledger.to[0].ipBlock.cidr=10.1.2.0/24",
+            ],
+        )
+    )
+    policy = m.one("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    own_pods = m.statefulset["spec"]["selector"]["matchLabels"]
+    peers, dns, to_ledger = spec["egress"]
+    assert peers == {
+        "to": [{"podSelector": {"matchLabels": own_pods}}],
+        "ports": [{"port": container_port(m.container("sidecar"), "peer"), "protocol": "TCP"}],
+    }
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert to_ledger == {"to": [ledger], "ports": [{"port": 5432, "protocol": "TCP"}]}
+    kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+
+
 def test_health_port_can_be_opened_to_all(helm: str, helm_home: Path) -> None:
     """For a network plugin that also filters traffic from the pod's node."""
     m = Manifests(render(helm, helm_home, set_values=["networkPolicy.health.fromAnywhere=true"]))
