@@ -1,33 +1,60 @@
 # raft-sidecar and settlement-demo in one image (the Helm chart runs both
 # containers of a pod from it). Build from the repository root:
 #
-#   docker build -t raft-sidecar:0.1.0 .
+#   docker build -t raft-sidecar:0.1.0 \
+#     --build-arg REVISION=$(git rev-parse HEAD) \
+#     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 #
-# Stage 1 builds the project and its dependencies with pip; stage 2 copies
-# the installed tree onto a clean python:3.11-slim, with no compilers, no
+# Reproducible inputs: the base image is pinned by digest, and every Python
+# package comes from a hash-locked file (requirements/*.lock, installed with
+# --require-hashes; docs/kubernetes.md, "The image", says how to refresh
+# them). Stage 1 installs the locked dependencies in a layer of their own
+# (rebuilt only when a lock changes), then the project without dependencies;
+# stage 2 copies the installed tree onto a clean base, with no compilers, no
 # pip cache and a non-root user whose uid (10001) is the chart's runAsUser.
 
-FROM python:3.11-slim AS builder
+# python:3.11-slim, the multi-architecture index (amd64, arm64, ...).
+ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Only what the build needs (see .dockerignore): the package metadata first,
-# then the sources.
-COPY pyproject.toml README.md ./
+# Dependencies first, from the locks only: a change to the sources reuses
+# this layer instead of downloading every wheel again. Every dependency ships
+# manylinux wheels for CPython 3.11 (grpcio, google-crc32c, psycopg-binary,
+# cryptography), so --only-binary makes a missing wheel fail the build
+# instead of compiling. --no-deps: the lock is the complete set.
+COPY requirements/runtime.lock requirements/build.lock requirements/
+RUN pip install --require-hashes --no-deps --only-binary=:all: --compile \
+        --prefix=/install -r requirements/runtime.lock \
+ && pip install --require-hashes --no-deps --only-binary=:all: -r requirements/build.lock
+
+# Then the project: no dependencies (installed above) and no build isolation
+# (which would fetch setuptools unpinned; the locked one is installed above).
+COPY pyproject.toml README.md LICENSE ./
 COPY sidecar/ sidecar/
 COPY settlement_demo/ settlement_demo/
-
-# Every dependency ships manylinux wheels for CPython 3.11 (grpcio,
-# google-crc32c, psycopg[binary]), so no compiler is needed even here;
-# --only-binary makes a missing wheel fail the build instead of compiling.
-RUN pip wheel --wheel-dir /wheels --only-binary=:all: . \
- && pip install --prefix=/install --no-index --find-links=/wheels --compile raft-sidecar
+RUN pip install --no-deps --no-build-isolation --compile --prefix=/install .
 
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG BASE_IMAGE
+# OCI image annotations (github.com/opencontainers/image-spec, annotations.md).
+LABEL org.opencontainers.image.title="raft-sidecar" \
+      org.opencontainers.image.description="A Raft leader-election sidecar that grants fenced leadership tokens to settlement workers, with the settlement-demo worker" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -49,6 +49,8 @@ async def serve(config: SidecarConfig) -> int:
     machine = ElectionsMachine(ttl_min_ms=config.ttl_min_ms, ttl_max_ms=config.ttl_max_ms)
     metrics = SidecarMetrics(peer_tls=config.tls is not None)
     machine.listeners.append(metrics.on_apply)
+    # machine.state, read at each call: a snapshot install replaces it.
+    machine.listeners.append(lambda result: metrics.on_applied(result.index, machine.state))
     machine.skip_listeners.append(metrics.on_skip)
     tls: PeerTls | None = None
     if config.tls is not None:

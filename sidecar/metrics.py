@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,6 +30,10 @@ from sidecar.node import RaftNode
 from sidecar.raft import Entry, HardState, PersistentState, Role, Snapshot, SoftState, needs_sync
 from sidecar.storage.interface import RaftStorage
 from sidecar.transport.tls import TlsEvent, TlsLoaded
+
+STATE_DIGEST_EVERY_ENTRIES = 64
+"""A replica publishes its state digest after the first command it applies in
+each new block of this many log indices (see ``SidecarMetrics.on_applied``)."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -132,6 +137,17 @@ class SidecarMetrics:
             "Committed log entries skipped because they are not a valid command",
             registry=r,
         )
+        self.state_digest = Gauge(
+            "raft_sidecar_state_digest",
+            "52-bit digest of who holds and who waits for each election, "
+            "after applying index raft_sidecar_state_digest_index",
+            registry=r,
+        )
+        self.state_digest_index = Gauge(
+            "raft_sidecar_state_digest_index",
+            "Log index the published state digest was taken at (0: none yet)",
+            registry=r,
+        )
         self.rpc_requests = Counter(
             "raft_sidecar_rpc_requests", "Worker API calls", ["method", "code"], registry=r
         )
@@ -162,6 +178,7 @@ class SidecarMetrics:
                 registry=r,
             )
         self._leader: str | None = None
+        self._last_applied_index = 0
         self._holders: dict[str, str] = {}
         self._counted: set[str] = set()
         """Elections whose per-election counters exist (created at 0 on first sight)."""
@@ -172,6 +189,11 @@ class SidecarMetrics:
     # ---- event hooks -------------------------------------------------------------
 
     def on_soft_state(self, soft: SoftState) -> None:
+        # The term first, with the role: a scrape must never pair a new
+        # leader's role with its previous term (the sampler would fix the
+        # term up to a second later), or two leaders would seem to share a
+        # term (the RaftSidecarTwoLeadersInOneTerm alert).
+        self.raft_term.set(soft.term)
         for role in Role:
             self.raft_role.labels(role.value).set(1 if role is soft.role else 0)
         if soft.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
@@ -214,6 +236,24 @@ class SidecarMetrics:
             counter.labels(election).inc()
         if result.granted is not None:
             self.grants.labels(election).inc()
+
+    def on_applied(self, index: int, state: ElectionsState) -> None:
+        """Publish ``state_digest(state)`` at ``index`` when ``index`` is the
+        first applied command of a new block of ``STATE_DIGEST_EVERY_ENTRIES``
+        indices (or the first after a restart or a snapshot).
+
+        Replicas that applied the same log are identical at every index, so
+        any two digests published for one index must be equal; which indices
+        get one does not matter, only that replicas often publish for the
+        same one (an idle cluster settles on the same one everywhere). The
+        RaftSidecarReplicasDisagree alert compares them. Both gauges are set
+        together in the apply path, never in between two commands.
+        """
+        block = index // STATE_DIGEST_EVERY_ENTRIES
+        if block != self._last_applied_index // STATE_DIGEST_EVERY_ENTRIES:
+            self.state_digest.set(state_digest(state))
+            self.state_digest_index.set(index)
+        self._last_applied_index = index
 
     def on_skip(self, skipped: SkippedEntry) -> None:
         self.undecodable_entries.inc()
@@ -296,6 +336,21 @@ class SidecarMetrics:
         """Expose /metrics over HTTP from a daemon thread, with bounded connections
         (``sidecar.metrics_http``). Raises OSError when ``listen`` cannot be bound."""
         serve_metrics(listen, self.registry)
+
+
+def state_digest(state: ElectionsState) -> int:
+    """A 52-bit digest of each kept election's holder (candidate, token) and
+    queue (candidates in order): what replicas must agree on for one worker
+    to hold each token. 52 bits, so that Prometheus' float64 carries it
+    exactly. No secret goes in (lease keys are already digests, and left out).
+    """
+    h = hashlib.sha256()
+    for election in state.elections():
+        grant = state.holder(election)
+        holder = "" if grant is None else f"{grant.holder}\x1f{grant.token}"
+        queue = "\x1f".join(q.candidate for q in state.queue(election))
+        h.update(f"{election}\x1e{holder}\x1e{queue}\x1d".encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 12
 
 
 class TimedStorage:

@@ -62,10 +62,11 @@ def render(
     *,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    kube_version: str = KUBE_VERSION,
 ) -> list[dict[str, Any]]:
     """``helm template`` the chart; raises HelmError with helm's output on failure."""
     args = ["template", release, str(CHART), "--namespace", namespace]
-    args += ["--kube-version", KUBE_VERSION]
+    args += ["--kube-version", kube_version]
     for path in values:
         args += ["--values", str(path)]
     for item in set_values:
@@ -173,6 +174,17 @@ def command_line(container: Mapping[str, Any], env: Mapping[str, str]) -> list[s
     return [expand(str(a), env) for a in argv]
 
 
+def pre_stop_sleep_s(container: Mapping[str, Any]) -> int:
+    """Seconds of a container's preStop sleep: the kubelet's own sleep
+    action (Kubernetes 1.30+) or ``exec sleep N`` before it."""
+    hook = container["lifecycle"]["preStop"]
+    if "sleep" in hook:
+        return int(hook["sleep"]["seconds"])
+    command = hook["exec"]["command"]
+    assert command[0] == "sleep", command
+    return int(command[1])
+
+
 def secret_value(manifests: Manifests, name: str, key: str) -> str | None:
     """A key of a Secret the chart itself renders (None for an external one)."""
     for doc in manifests.of_kind("Secret"):
@@ -224,15 +236,28 @@ def promql_metric_names(expr: str) -> set[str]:
     return names
 
 
+_MADE_LABEL = re.compile(
+    r'count_values\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*"(\w+)"'
+    r'|label_replace\(.*?,\s*"(\w+)"\s*,\s*"[^"]*"\s*,\s*"\w+"',
+    re.S,
+)
+
+
+def promql_made_labels(expr: str) -> set[str]:
+    """Labels an expression makes itself: count_values' and label_replace's."""
+    return {a or b for a, b in _MADE_LABEL.findall(expr)}
+
+
 def promql_label_names(expr: str) -> set[str]:
-    """Label names an expression matches on or groups by."""
+    """Label names an expression matches on or groups by, except those it
+    makes itself (``promql_made_labels``)."""
     text = _strip_strings(expr)
     labels = set()
     for body in _MATCHERS.findall(text):
         labels.update(m.group(1) for m in _MATCHER_LABEL.finditer(body))
     for _, body in _GROUPING.findall(text):
         labels.update(part.strip() for part in body.split(",") if part.strip())
-    return labels
+    return labels - promql_made_labels(expr)
 
 
 def label_values_query(query: str) -> tuple[str, str | None]:

@@ -29,6 +29,15 @@ REQUIRED_ALERTS = {
     "SettlementStaleTokenRejections",  # at the ledger
     "SettlementFenceHolderConflict",  # one token, two workers
     "RaftSidecarDown",
+    "RaftSidecarClusterDown",  # every sidecar gone: absent series, not a sum of nothing
+    "RaftSidecarNoSidecarTargets",  # the rules would be blind
+    "RaftSidecarQuorumLost",  # kube-state-metrics replicas against sidecars with a leader
+    "RaftSidecarTwoLeadersInOneTerm",  # Raft's Election Safety
+    "RaftSidecarFencingTokenWentBackwards",
+    "RaftSidecarReplicasDisagree",  # state digests at the same applied index
+    "RaftSidecarSlowFsync",
+    "RaftSidecarVolumeFillingUp",
+    "RaftSidecarApplyLag",
     "RaftSidecarQuorumAtRisk",
     "RaftSidecarPeerCertificateExpiringSoon",  # peer mTLS
     "RaftSidecarPeerCertificateReloadRefused",

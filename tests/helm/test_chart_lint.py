@@ -69,9 +69,51 @@ REFUSED = {
     ),
     "a worker TTL the sidecar would refuse": (
         ["worker.ttlMs=120000"],
-        "worker.ttlMs=120000 is outside sidecar.lease [1000, 60000]",
+        "worker.ttlMs=120000 is outside sidecar.lease [2000, 60000]",
     ),
     "no ledger URL at all": (["ledger.url="], "set ledger.existingSecret"),
+    "an election timeout under 5 heartbeats (etcd's rule)": (
+        ["sidecar.raft.heartbeatTicks=3"],
+        "sidecar.raft.electionTimeoutTicks=10 is under 5 heartbeats (5 x heartbeatTicks=3)",
+    ),
+    "an election timeout real pods cannot keep": (
+        ["sidecar.raft.tickMs=15", "sidecar.lease.ttlMinMs=1000"],
+        "the election timeout (sidecar.raft.tickMs x electionTimeoutTicks = 150 ms) "
+        "is under 500 ms",
+    ),
+    "a tick below the schema's floor": (["sidecar.raft.tickMs=5"], "/sidecar/raft/tickMs"),
+    "an update partition above the replica count": (
+        ["updateStrategy.partition=4"],
+        "updateStrategy.partition=4 is above replicaCount=3",
+    ),
+    "an unknown update strategy": (["updateStrategy.type=Recreate"], "/updateStrategy/type"),
+    "a digest that is not sha256:<64 hex>": (["image.digest=sha256:abc"], "/image/digest"),
+    "a digest in the tag": (["image.tag=0.1.0@sha256:" + "a" * 64], "/image/tag"),
+    "PVCs deleted with the StatefulSet, unacknowledged": (
+        ["persistence.retentionPolicy.whenDeleted=Delete"],
+        "persistence.retentionPolicy whenDeleted=Delete whenScaled=Retain deletes Raft data "
+        "volumes",
+    ),
+    "PVCs deleted on scale-down, unacknowledged": (
+        ["persistence.retentionPolicy.whenScaled=Delete"],
+        "set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant",
+    ),
+    "plaintext peers without the NetworkPolicy": (
+        ["tls.enabled=false", "tls.insecurePlaintextPeers=true", "networkPolicy.enabled=false"],
+        "tls.enabled=false with networkPolicy.enabled=false leaves the peer port open",
+    ),
+    "a zone constraint twice": (
+        [
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+        ],
+        "topologySpreadConstraints repeats topology.kubernetes.io/zone",
+    ),
+    "a sidecar without a memory limit": (
+        ["sidecar.resources.limits.memory=null"],
+        "missing property 'memory'",
+    ),
     "a grace period shorter than the handover": (
         ["terminationGracePeriodSeconds=5"],
         "leaves no time for the handover",
@@ -85,6 +127,24 @@ def test_bad_values_are_refused_with_a_clear_message(helm: str, helm_home: Path,
     with pytest.raises(HelmError) as refused:
         render(helm, helm_home, set_values=set_values)
     assert message in refused.value.output, refused.value.output
+
+
+def test_acknowledged_data_loss_and_tls_off_behind_the_network_policy_render(
+    helm: str, helm_home: Path
+) -> None:
+    docs = render(
+        helm,
+        helm_home,
+        set_values=[
+            "persistence.retentionPolicy.whenDeleted=Delete",
+            "persistence.retentionPolicy.acknowledgeDataLoss=true",
+            "tls.enabled=false",
+            "tls.insecurePlaintextPeers=true",
+        ],
+    )
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    assert [d for d in docs if d["kind"] == "NetworkPolicy"]
 
 
 def test_pdb_of_two_is_fine_for_five_replicas(helm: str, helm_home: Path) -> None:
@@ -102,6 +162,7 @@ def test_notes_render(helm: str, helm_home: Path) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "rs-raft-sidecar-2  rs-raft-sidecar-2.rs-raft-sidecar-headless.payments.svc" in notes
     assert "tolerates 1 lost pod(s)" in notes
+    assert "helm test rs -n payments" in notes
     assert (
         "Peer mTLS: on. Each pod's certificate comes from its Secret <pod name>-peer-tls" in notes
     )
@@ -111,3 +172,6 @@ def test_notes_render(helm: str, helm_home: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING: peer mTLS is off" in result.stdout.split("NOTES:", 1)[1]
     assert "WARNING: the ledger URL comes from values" in notes
+    # helm 4's client-side dry run assumes Kubernetes 1.35, which honours
+    # maxUnavailable of a StatefulSet: no warning about it.
+    assert "MaxUnavailableStatefulSet" not in notes

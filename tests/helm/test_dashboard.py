@@ -88,6 +88,11 @@ def test_dashboard_shows_what_operators_need() -> None:
         # peer health
         "raft_sidecar_peer_rtt_seconds",
         "raft_sidecar_peer_reachable",
+        # the pods: volume usage, restarts, CPU throttling and use
+        "kubelet_volume_stats_available_bytes",
+        "kube_pod_container_status_restarts_total",
+        "container_cpu_cfs_throttled_periods_total",
+        "container_cpu_usage_seconds_total",
     }
     assert needed <= shown, needed - shown
     timelines = [p for p in panels() if p["type"] == "state-timeline"]

@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tests.helm.chart import (
     Manifests,
     command_line,
     literal_env,
+    pre_stop_sleep_s,
     render,
     resolve_env,
     secret_value,
@@ -243,15 +245,16 @@ def run_pods(helm: str, helm_home: Path, tmp_path: Path) -> Iterator[Callable[..
 
 
 def rendered_grace(m: Manifests) -> tuple[int, int]:
-    pre_stop = int(m.container("sidecar")["lifecycle"]["preStop"]["exec"]["command"][1])
-    return pre_stop, int(m.pod_spec["terminationGracePeriodSeconds"])
+    return pre_stop_sleep_s(m.container("sidecar")), int(
+        m.pod_spec["terminationGracePeriodSeconds"]
+    )
 
 
-def health(address: str) -> int | None:
+def health(address: str, service: str = "") -> int | None:
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=2
+                health_pb2.HealthCheckRequest(service=service), timeout=2
             )
         except grpc.RpcError:
             return None
@@ -306,6 +309,95 @@ def test_rendered_pods_elect_a_leader_serve_probes_and_hand_over(
     new_leader, new_status = pods.leader(rest)
     assert new_leader is not leader
     assert new_status.term > status.term
+
+
+def test_a_sidecar_restarted_during_an_outage_passes_startup_but_is_not_ready(
+    run_pods: Callable[..., RunningPods], helm: str, helm_home: Path
+) -> None:
+    """A pod that restarts while its peers are down must wait for them, not
+    be restarted again: the rendered startup and liveness probes succeed on a
+    lone sidecar once its API serves, while its readiness probe fails (it
+    knows no leader). When the peers come back it becomes ready."""
+    m = Manifests(render(helm, helm_home, THREE))
+    sidecar = m.container("sidecar")
+    probes = {name: sidecar[name]["grpc"].get("service", "") for name in PROBES}
+    pods = run_pods(THREE)
+    pods.start_sidecars()
+    pods.leader()
+    # The whole cluster goes down (a zone outage); one pod comes back alone.
+    for pod in pods.pods:
+        pods.processes.stop(f"{pod.name}-sidecar", signal.SIGKILL)
+    lone, *peers = pods.pods
+    pods.processes.start(f"{lone.name}-sidecar", lone.sidecar.argv, lone.sidecar.env)
+    address = lone.sidecar.env["RAFT_SIDECAR_HEALTH_LISTEN"]
+    serving = health_pb2.HealthCheckResponse.SERVING
+
+    def started() -> bool | None:
+        pods.check_alive()
+        return health(address, probes["startupProbe"]) == serving or None
+
+    eventually(started, "the lone sidecar's startup probe to succeed", seconds=30)
+    # Several election timeouts (1 s each, randomized up to 2 s) without a
+    # quorum: started and alive all along, never ready.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pods.check_alive()
+        assert health(address, probes["startupProbe"]) == serving
+        assert health(address, probes["livenessProbe"]) == serving
+        assert health(address, probes["readinessProbe"]) != serving
+        time.sleep(0.5)
+    status = lone.status()
+    assert status is not None and status.leader_id == ""
+    for pod in peers:
+        pods.processes.start(f"{pod.name}-sidecar", pod.sidecar.argv, pod.sidecar.env)
+    pods.leader()
+    eventually(
+        lambda: health(address, probes["readinessProbe"]) == serving or None,
+        "the sidecar to become ready once a quorum is back",
+        seconds=30,
+    )
+
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def test_helm_test_pod_passes_on_a_healthy_cluster_and_names_a_missing_pod(
+    run_pods: Callable[..., RunningPods], helm: str, helm_home: Path
+) -> None:
+    """`helm test`'s pod, its rendered command run as a local process with
+    the pods' DNS names pointing at their local addresses: exit 0 while every
+    sidecar is SERVING, exit 1 naming the pod whose sidecar is gone."""
+    m = Manifests(render(helm, helm_home, THREE))
+    (test_pod,) = m.of_kind("Pod")
+    (container,) = test_pod["spec"]["containers"]
+    pods = run_pods(THREE)
+    pods.start_sidecars()
+    pods.leader()
+    domain = f"{m.headless_service()['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    local = {f"{pod.name}.{domain}": pod.ip for pod in pods.pods}
+
+    def run_test_pod() -> subprocess.CompletedProcess[str]:
+        argv = [*container["command"], *container["args"]]
+        argv[0] = sys.executable  # the image's python
+        for host, ip in local.items():
+            argv = [a.replace(host, ip) for a in argv]
+        env = {k: v for k, v in os.environ.items() if k in {"PATH", "PYTHONPATH", "HOME"}}
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+
+    def passes() -> subprocess.CompletedProcess[str] | None:
+        result = run_test_pod()
+        return result if result.returncode == 0 else None
+
+    result = eventually(passes, "helm test to pass on the running cluster", seconds=30)
+    assert result.stdout.count("SERVING") == len(pods.pods), result.stdout
+    gone = pods.pods[-1]
+    pods.processes.stop(f"{gone.name}-sidecar", signal.SIGKILL)
+    result = run_test_pod()
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if not x.endswith(" SERVING")]
+    assert line.startswith(f"{gone.ip}:") and line.endswith(" UNAVAILABLE"), line
 
 
 def openssl(directory: Path, *args: str) -> None:

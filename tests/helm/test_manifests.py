@@ -22,6 +22,7 @@ from tests.helm.chart import (
     CHART,
     KUBE_VERSION,
     NAMESPACE,
+    RELEASE,
     Manifests,
     command_line,
     env_list,
@@ -29,8 +30,10 @@ from tests.helm.chart import (
     literal_env,
     load_yaml,
     parse_peers,
+    pre_stop_sleep_s,
     render,
     resolve_env,
+    run_helm,
 )
 
 ALL_CASES = sorted(CASES)
@@ -66,18 +69,42 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # ---- schema validation --------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ALL_CASES)
-def test_every_manifest_is_valid_for_kubernetes(rendered: Rendered, case: str) -> None:
-    """kubernetes-validate, strict (unknown fields are errors), against KUBE_VERSION."""
+def invalid_objects(docs: list[dict[str, Any]], version: str) -> list[str]:
+    """What kubernetes-validate (strict: unknown fields are errors) finds
+    wrong in the rendered objects for Kubernetes ``version``; CRD kinds have
+    no schema there and are checked by structure below."""
     problems = []
-    for doc in rendered(case).docs:
+    for doc in docs:
         if doc["kind"] in CRD_KINDS:
-            continue  # no schema in kubernetes-validate: checked below
+            continue
         try:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = "/".join(str(p) for p in exc.path)
             problems.append(f"{doc['kind']}/{doc['metadata']['name']} at {path}: {exc.message}")
+    return problems
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_every_manifest_is_valid_for_kubernetes(rendered: Rendered, case: str) -> None:
+    problems = invalid_objects(rendered(case).docs, KUBE_VERSION)
+    assert not problems, "\n".join(problems)
+
+
+CLAIMED_VERSIONS = ("1.27.0", "1.29.0", "1.30.0", "1.34.0", "1.35.0", "1.37.0")
+"""Chart.yaml claims >=1.27: its floor, both sides of each version switch
+in the templates (preStop sleep at 1.30, maxUnavailable at 1.35), and the
+newest kubernetes-validate knows."""
+
+
+@pytest.mark.parametrize("version", CLAIMED_VERSIONS)
+def test_every_case_is_valid_for_every_claimed_kubernetes_version(
+    helm: str, helm_home: Path, version: str
+) -> None:
+    problems = []
+    for case, values in sorted(CASES.items()):
+        docs = render(helm, helm_home, values, kube_version=version)
+        problems += [f"{case}: {p}" for p in invalid_objects(docs, version)]
     assert not problems, "\n".join(problems)
 
 
@@ -259,6 +286,43 @@ def test_pdb_never_allows_breaking_quorum(rendered: Rendered, case: str) -> None
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
+def test_rolling_updates_take_one_voter_at_a_time(rendered: Rendered, case: str) -> None:
+    """Pods start in parallel (a lone pod can never be Ready), yet an update
+    replaces one pod at a time and none while another is unavailable:
+    maxUnavailable counts every pod of the set, and each replaced pod must
+    be Ready for minReadySeconds before the next."""
+    spec = rendered(case).statefulset["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "partition": 0},
+    }
+    assert spec["minReadySeconds"] >= 5
+
+
+def test_updates_can_be_staged_or_left_to_the_operator(helm: str, helm_home: Path) -> None:
+    staged = Manifests(render(helm, helm_home, set_values=["updateStrategy.partition=3"]))
+    assert staged.statefulset["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 3
+    manual = Manifests(render(helm, helm_home, set_values=["updateStrategy.type=OnDelete"]))
+    assert manual.statefulset["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"), [("1.27.0", True), ("1.34.2", True), ("1.35.0", False)]
+)
+def test_kubernetes_versions_that_may_ignore_max_unavailable_are_warned_about(
+    helm: str, helm_home: Path, version: str, warned: bool
+) -> None:
+    """The chart claims 1.27+; the MaxUnavailableStatefulSet gate is on by
+    default only from 1.35, so older versions get a warning (in the
+    manifest here, and in NOTES at install)."""
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", version]
+    result = run_helm(helm, helm_home, *args)
+    assert result.returncode == 0, result.stderr
+    assert ("ignores maxUnavailable unless" in result.stdout) is warned
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_anti_affinity_spreads_peers(rendered: Rendered, case: str) -> None:
     m = rendered(case)
     anti = m.pod_spec["affinity"]["podAntiAffinity"]
@@ -304,7 +368,10 @@ def test_pods_are_restricted(rendered: Rendered, case: str) -> None:
         assert tmp["name"] in tmp_volumes
         resources = container["resources"]
         assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
-        assert {"cpu", "memory"} <= set(resources["limits"]), container["name"]
+        assert "memory" in resources["limits"], container["name"]
+    # No CFS quota on the sidecar: a used-up quota stalls it for the rest of
+    # a 100 ms period, late heartbeats (docs/kubernetes.md, "CPU and timing").
+    assert "cpu" not in m.container("sidecar")["resources"]["limits"]
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -320,7 +387,20 @@ def test_raft_data_is_on_a_persistent_volume(rendered: Rendered, case: str) -> N
     assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
 
 
-# ---- probes and shutdown ----------------------------------------------------------
+# ---- timing, probes and shutdown -------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_raft_timing_survives_real_pods(rendered: Rendered, case: str) -> None:
+    """etcd's defaults (100 ms heartbeat, 1000 ms election timeout), at least
+    5 heartbeats per election timeout, and lease floors to match."""
+    env = literal_env(rendered(case).container("sidecar"))
+    tick_ms = int(env["RAFT_SIDECAR_TICK_MS"])
+    election_ms = tick_ms * int(env["RAFT_SIDECAR_ELECTION_TIMEOUT_TICKS"])
+    heartbeat_ms = tick_ms * int(env["RAFT_SIDECAR_HEARTBEAT_TICKS"])
+    assert (heartbeat_ms, election_ms) == (100, 1000)
+    assert election_ms >= 5 * heartbeat_ms
+    assert int(env["RAFT_SIDECAR_TTL_MIN_MS"]) >= 2 * election_ms
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -337,9 +417,12 @@ def test_sidecar_probes_are_native_grpc_on_the_health_port(rendered: Rendered, c
     liveness = sidecar["livenessProbe"]
     # A Raft election (NOT_SERVING for under a second) never kills a sidecar.
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
-    # Liveness asks the service that ignores leadership (the sidecar's own
-    # name for it), readiness the overall status.
+    # Startup and liveness ask the service that ignores leadership (the
+    # sidecar's own name for it): a sidecar that cannot reach a quorum is not
+    # restarted (test_manifest_run.py runs one). Readiness asks the overall
+    # status, the Raft truth.
     assert liveness["grpc"]["service"] == LIVENESS_SERVICE
+    assert startup["grpc"]["service"] == LIVENESS_SERVICE
     assert sidecar["readinessProbe"]["grpc"].get("service", "") == ""
 
 
@@ -347,13 +430,79 @@ def test_sidecar_probes_are_native_grpc_on_the_health_port(rendered: Rendered, c
 def test_shutdown_leaves_time_to_hand_leadership_over(rendered: Rendered, case: str) -> None:
     m = rendered(case)
     sidecar = m.container("sidecar")
-    command = sidecar["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    pre_stop_s = int(command[1])
+    # The kubelet's own sleep on every version that has it (KUBE_VERSION is 1.33).
+    assert set(sidecar["lifecycle"]["preStop"]) == {"sleep"}
+    pre_stop_s = pre_stop_sleep_s(sidecar)
     grace_s = m.pod_spec["terminationGracePeriodSeconds"]
     handover_s = 2  # SIGTERM -> revoke, transfer Raft leadership, exit (docs/sidecar.md)
     assert grace_s >= pre_stop_s + handover_s + 5, "keep a margin for a slow node"
     assert "lifecycle" not in m.container("worker"), "the worker resigns at SIGTERM, at once"
+
+
+def test_pre_stop_sleeps_with_exec_before_kubernetes_1_30(helm: str, helm_home: Path) -> None:
+    sidecar = Manifests(render(helm, helm_home, kube_version="1.29.0")).container("sidecar")
+    assert sidecar["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "3"]}}
+    assert pre_stop_sleep_s(sidecar) == 3
+
+
+def test_diagnostic_mode_sleeps_instead_of_serving(helm: str, helm_home: Path) -> None:
+    """A crash-looping sidecar's pod stays up, volume mounted, for
+    `raft-sidecar storage inspect`: both containers sleep, nothing probes
+    them, and the sidecar keeps its volume and its image."""
+    normal = Manifests(render(helm, helm_home))
+    m = Manifests(render(helm, helm_home, set_values=["diagnosticMode.enabled=true"]))
+    for name in ("sidecar", "worker"):
+        container = m.container(name)
+        assert container["command"] == ["sleep"] and container["args"] == ["infinity"], name
+        for key in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
+            assert key not in container, (name, key)
+        assert container["volumeMounts"] == normal.container(name)["volumeMounts"]
+        assert container["image"] == normal.container(name)["image"]
+    assert "readinessProbe" in normal.container("worker")
+    kubernetes_validate.validate(m.statefulset, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_pods_spread_over_zones(rendered: Rendered, case: str) -> None:
+    m = rendered(case)
+    (zone,) = [
+        c
+        for c in m.pod_spec["topologySpreadConstraints"]
+        if c["topologyKey"] == "topology.kubernetes.io/zone"
+    ]
+    assert zone["labelSelector"]["matchLabels"] == m.statefulset["spec"]["selector"]["matchLabels"]
+    assert zone["maxSkew"] == 1
+    # 5 voters over 3 zones: at most 2 per zone keeps a majority through a zone outage.
+    expected = "DoNotSchedule" if case == "replicas-5" else "ScheduleAnyway"
+    assert zone["whenUnsatisfiable"] == expected
+
+
+# ---- helm test ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_helm_test_pod_checks_every_pod_and_is_not_one_of_them(
+    rendered: Rendered, case: str
+) -> None:
+    m = rendered(case)
+    (pod,) = m.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    labels = pod["metadata"]["labels"]
+    assert not selects(m.statefulset["spec"]["selector"]["matchLabels"], labels)
+    assert not selects(m.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    for service in m.of_kind("Service"):
+        assert not selects(service["spec"]["selector"], labels)
+    assert not selects(m.one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"], labels)
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    sidecar = m.container("sidecar")
+    assert container["image"] == sidecar["image"]
+    assert container["securityContext"] == sidecar["securityContext"]
+    headless = m.headless_service()["metadata"]["name"]
+    name, health = m.statefulset["metadata"]["name"], container_port(sidecar, "health")
+    domain = f"{headless}.{NAMESPACE}.svc.cluster.local"
+    assert container["args"][1:] == [f"{name}-{i}.{domain}:{health}" for i in range(replicas(m))]
 
 
 # ---- the worker API never leaves the pod ---------------------------------------------
@@ -398,14 +547,65 @@ def test_network_policy(rendered: Rendered, case: str) -> None:
     (metrics_from,) = by_port[container_port(sidecar, "metrics")]
     (peer,) = metrics_from
     assert "namespaceSelector" in peer
-    # Health: from anywhere (kubelet probes).
-    assert by_port[container_port(sidecar, "health")] == [None]
+    # Health: the release's pods and its helm test pod; the kubelet's probes
+    # need no rule (traffic from a pod's own node is always allowed).
+    (test_pod,) = m.of_kind("Pod")
+    assert by_port[container_port(sidecar, "health")] == [
+        [
+            {"podSelector": {"matchLabels": own_pods}},
+            {"podSelector": {"matchLabels": _selector_of(test_pod)}},
+        ]
+    ]
     assert set(by_port) == {
         container_port(sidecar, "peer"),
         container_port(sidecar, "metrics"),
         container_port(sidecar, "health"),
         container_port(m.container("worker"), "http"),
     }
+
+
+def _selector_of(pod: dict[str, Any]) -> dict[str, str]:
+    labels = pod["metadata"]["labels"]
+    return {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+
+
+def test_egress_can_be_restricted_to_peers_dns_and_the_ledger(helm: str, helm_home: Path) -> None:
+    default = Manifests(render(helm, helm_home)).one("NetworkPolicy")["spec"]
+    assert "egress" not in default, "off by default: a custom worker may call more"
+    ledger = {"ipBlock": {"cidr": "10.1.2.0/24"}}
+    m = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                "networkPolicy.egress.enabled=true",
+                "networkPolicy.egress.ledger.to[0].ipBlock.cidr=10.1.2.0/24",
+            ],
+        )
+    )
+    policy = m.one("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    own_pods = m.statefulset["spec"]["selector"]["matchLabels"]
+    peers, dns, to_ledger = spec["egress"]
+    assert peers == {
+        "to": [{"podSelector": {"matchLabels": own_pods}}],
+        "ports": [{"port": container_port(m.container("sidecar"), "peer"), "protocol": "TCP"}],
+    }
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert to_ledger == {"to": [ledger], "ports": [{"port": 5432, "protocol": "TCP"}]}
+    kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+
+
+def test_health_port_can_be_opened_to_all(helm: str, helm_home: Path) -> None:
+    """For a network plugin that also filters traffic from the pod's node."""
+    m = Manifests(render(helm, helm_home, set_values=["networkPolicy.health.fromAnywhere=true"]))
+    health = container_port(m.container("sidecar"), "health")
+    (rule,) = [
+        r for r in m.one("NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == health
+    ]
+    assert "from" not in rule
 
 
 # ---- TLS and Secrets ---------------------------------------------------------------
@@ -499,7 +699,9 @@ def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
     if case == "external-postgresql":
         assert ref == {"name": "settlement-ledger-credentials", "key": "postgresql-url"}
         assert not secrets, "an existing Secret is used, none is created"
+        # helm template reads no cluster (lookup is empty): only the revision.
         assert "checksum/ledger-secret" not in annotations
+        assert "raft-sidecar/ledger-secret-revision" not in annotations
     else:
         secret = secrets[ref["name"]]
         assert secret["stringData"][ref["key"]].startswith("postgresql://")
@@ -507,6 +709,24 @@ def test_ledger_url_comes_from_a_secret(rendered: Rendered, case: str) -> None:
     for container in m.pod_spec["containers"]:
         for value in literal_env(container).values():
             assert "postgresql://" not in value, "a credential in plain env"
+
+
+def test_rotating_an_existing_ledger_secret_rolls_the_pods(helm: str, helm_home: Path) -> None:
+    """The operator's revision of an existing Secret goes into the pod
+    template: changing it after a rotation makes a new revision, which the
+    StatefulSet rolls out."""
+    base = ["ledger.existingSecret=settlement-ledger"]
+
+    def template(*extra: str) -> dict[str, Any]:
+        sts = Manifests(render(helm, helm_home, set_values=[*base, *extra])).statefulset
+        return dict(sts["spec"]["template"])
+
+    before = template("ledger.existingSecretRevision=2026-01")
+    after = template("ledger.existingSecretRevision=2026-02")
+    annotations = after["metadata"]["annotations"]
+    assert annotations["raft-sidecar/ledger-secret-revision"] == "2026-02"
+    assert before != after
+    assert template() == template(), "rendering is deterministic"
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -551,6 +771,44 @@ def test_worker_image_and_command_are_overridable(
     # Another worker still learns its pod name as its id.
     env = resolve_env(worker, field={"metadata.name": "rs-0"}.__getitem__, secret=_any_secret)
     assert env["SETTLEMENT_DEMO_WORKER_ID"] == "rs-0"
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_an_image_digest_pins_both_containers(helm: str, helm_home: Path) -> None:
+    """image.digest pulls <repository>@<digest> (a tag can move; a digest
+    cannot), for the worker too unless it names an image of its own."""
+    repository = "registry.example.com/payments/raft-sidecar"
+    pinned = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                f"image.repository={repository}",
+                "image.tag=0.1.0",
+                f"image.digest={DIGEST}",
+            ],
+        )
+    )
+    for name in ("sidecar", "worker"):
+        assert pinned.container(name)["image"] == f"{repository}@{DIGEST}", name
+    own = Manifests(
+        render(
+            helm,
+            helm_home,
+            set_values=[
+                f"image.digest={DIGEST}",
+                "worker.image.repository=registry.example.com/payments/worker",
+                "worker.image.tag=2.0",
+            ],
+        )
+    )
+    assert own.container("worker")["image"] == "registry.example.com/payments/worker:2.0"
+    worker_digest = "sha256:" + "f" * 64
+    both = Manifests(render(helm, helm_home, set_values=[f"worker.image.digest={worker_digest}"]))
+    assert both.container("worker")["image"] == f"raft-sidecar@{worker_digest}"
+    assert both.container("sidecar")["image"] == "raft-sidecar:0.1.0"
 
 
 def test_env_expansion_follows_kubernetes() -> None:

@@ -28,6 +28,15 @@ app.kubernetes.io/name: {{ include "raft-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The `helm test` pod's labels: not the release's pod labels, which the
+StatefulSet, the PDB, the Services and the NetworkPolicy select.
+*/}}
+{{- define "raft-sidecar.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "raft-sidecar.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "raft-sidecar.labels" -}}
 helm.sh/chart: {{ include "raft-sidecar.chart" . }}
 {{ include "raft-sidecar.selectorLabels" . }}
@@ -76,13 +85,29 @@ url
 The sidecar image; the worker's defaults to it field by field.
 */}}
 {{- define "raft-sidecar.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+{{- end -}}
 
+{{/*
+A worker with no repository of its own runs the sidecar's image (digest
+included) unless it names a tag or digest; one with its own repository uses
+only its own tag or digest.
+*/}}
 {{- define "raft-sidecar.workerImage" -}}
-{{- $repository := default .Values.image.repository .Values.worker.image.repository -}}
-{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.worker.image.tag -}}
-{{- printf "%s:%s" $repository $tag -}}
+{{- $w := .Values.worker.image -}}
+{{- if $w.digest -}}
+{{- printf "%s@%s" (default .Values.image.repository $w.repository) $w.digest -}}
+{{- else if $w.repository -}}
+{{- printf "%s:%s" $w.repository (default (default .Chart.AppVersion .Values.image.tag) $w.tag) -}}
+{{- else if $w.tag -}}
+{{- printf "%s:%s" .Values.image.repository $w.tag -}}
+{{- else -}}
+{{- include "raft-sidecar.image" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -127,6 +152,14 @@ Peer TLS of pod i: its Secret, and the identity name its certificate carries
 {{- end -}}
 
 {{/*
+"true" when this Kubernetes version may ignore rollingUpdate.maxUnavailable of
+a StatefulSet (the MaxUnavailableStatefulSet gate is off by default before 1.35).
+*/}}
+{{- define "raft-sidecar.updateGateMayBeOff" -}}
+{{- and (eq .Values.updateStrategy.type "RollingUpdate") (semverCompare "<1.35.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+
+{{/*
 Cross-field checks the schema cannot express; each fails the render with
 the fix in the message.
 */}}
@@ -142,8 +175,11 @@ the fix in the message.
 {{- if lt (int $lease.ttlMinMs) (mul 2 $electionMs) -}}
 {{- fail (printf "sidecar.lease.ttlMinMs=%d is below two election timeouts (2 x %d ms): a Raft leader change alone could outlast a lease" (int $lease.ttlMinMs) $electionMs) -}}
 {{- end -}}
-{{- if ge (int $raft.heartbeatTicks) (int $raft.electionTimeoutTicks) -}}
-{{- fail "sidecar.raft.heartbeatTicks must be smaller than sidecar.raft.electionTimeoutTicks" -}}
+{{- if lt (int $raft.electionTimeoutTicks) (mul 5 (int $raft.heartbeatTicks)) -}}
+{{- fail (printf "sidecar.raft.electionTimeoutTicks=%d is under 5 heartbeats (5 x heartbeatTicks=%d): a few late or lost heartbeats would start an election (etcd refuses the same)" (int $raft.electionTimeoutTicks) (int $raft.heartbeatTicks)) -}}
+{{- end -}}
+{{- if lt $electionMs 500 -}}
+{{- fail (printf "the election timeout (sidecar.raft.tickMs x electionTimeoutTicks = %d ms) is under 500 ms: CPU throttling and pauses of real pods would make the Raft leader flap (docs/kubernetes.md, \"CPU and timing\")" $electionMs) -}}
 {{- end -}}
 {{- if gt (int $lease.ttlMinMs) (int $lease.ttlMaxMs) -}}
 {{- fail "sidecar.lease.ttlMinMs must not exceed sidecar.lease.ttlMaxMs" -}}
@@ -156,6 +192,23 @@ the fix in the message.
 {{- end -}}
 {{- if and .Values.tls.enabled .Values.tls.insecurePlaintextPeers -}}
 {{- fail "tls.insecurePlaintextPeers=true goes only with tls.enabled=false" -}}
+{{- end -}}
+{{- $retention := .Values.persistence.retentionPolicy -}}
+{{- if and (or (eq $retention.whenDeleted "Delete") (eq $retention.whenScaled "Delete")) (not $retention.acknowledgeDataLoss) -}}
+{{- fail (printf "persistence.retentionPolicy whenDeleted=%s whenScaled=%s deletes Raft data volumes: committed grants are lost, and a re-created cluster starts its fencing tokens at 1 again, below the ledger's fences; set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant" $retention.whenDeleted $retention.whenScaled) -}}
+{{- end -}}
+{{- if and (not .Values.tls.enabled) (not .Values.networkPolicy.enabled) -}}
+{{- fail "tls.enabled=false with networkPolicy.enabled=false leaves the peer port open and unauthenticated to every pod of the cluster: anyone could speak Raft; keep the NetworkPolicy (networkPolicy.enabled=true) or peer mTLS" -}}
+{{- end -}}
+{{- if .Values.zoneSpread.enabled -}}
+{{- range .Values.topologySpreadConstraints -}}
+{{- if eq (toString .topologyKey) "topology.kubernetes.io/zone" -}}
+{{- fail "topologySpreadConstraints repeats topology.kubernetes.io/zone, which zoneSpread.enabled already spreads over: set zoneSpread.* instead, or zoneSpread.enabled=false" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if gt (int .Values.updateStrategy.partition) $n -}}
+{{- fail (printf "updateStrategy.partition=%d is above replicaCount=%d: use replicaCount to stage an update with no pod changed" (int .Values.updateStrategy.partition) $n) -}}
 {{- end -}}
 {{- if and (not .Values.ledger.existingSecret) (not .Values.ledger.url) -}}
 {{- fail "set ledger.existingSecret (a Secret with the PostgreSQL URL) or ledger.url" -}}
