@@ -6,7 +6,7 @@
 #     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 #
 # Reproducible inputs: the base image is pinned by digest, and every Python
-# package comes from a hash-locked file (requirements/*.lock, installed with
+# package comes from a hash-locked file (scripts/image/*.lock, installed with
 # --require-hashes; docs/kubernetes.md, "The image", says how to refresh
 # them). Stage 1 installs the locked dependencies in a layer of their own
 # (rebuilt only when a lock changes), then the project without dependencies;
@@ -28,10 +28,10 @@ WORKDIR /src
 # manylinux wheels for CPython 3.11 (grpcio, google-crc32c, psycopg-binary,
 # cryptography), so --only-binary makes a missing wheel fail the build
 # instead of compiling. --no-deps: the lock is the complete set.
-COPY requirements/runtime.lock requirements/build.lock requirements/
+COPY scripts/image/runtime.lock scripts/image/build.lock scripts/image/
 RUN pip install --require-hashes --no-deps --only-binary=:all: --compile \
-        --prefix=/install -r requirements/runtime.lock \
- && pip install --require-hashes --no-deps --only-binary=:all: -r requirements/build.lock
+        --prefix=/install -r scripts/image/runtime.lock \
+ && pip install --require-hashes --no-deps --only-binary=:all: -r scripts/image/build.lock
 
 # Then the project: no dependencies (installed above) and no build isolation
 # (which would fetch setuptools unpinned; the locked one is installed above).

@@ -28,8 +28,8 @@ from tests.helm.tools import REPO_ROOT
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 PYPROJECT = REPO_ROOT / "pyproject.toml"
-RUNTIME_LOCK = REPO_ROOT / "requirements" / "runtime.lock"
-BUILD_LOCK = REPO_ROOT / "requirements" / "build.lock"
+RUNTIME_LOCK = REPO_ROOT / "scripts" / "image" / "runtime.lock"
+BUILD_LOCK = REPO_ROOT / "scripts" / "image" / "build.lock"
 DIGEST = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 
 
@@ -97,7 +97,7 @@ def test_dependencies_are_installed_from_the_locks_before_the_sources_are_copied
     lock_runs = [r for k, r in steps[lock_copy:first_source] if k == "RUN"]
     assert lock_copy < first_source and lock_runs, kinds
     install = " ".join(lock_runs)
-    for lock in ("requirements/runtime.lock", "requirements/build.lock"):
+    for lock in ("scripts/image/runtime.lock", "scripts/image/build.lock"):
         assert f"-r {lock}" in install
     assert install.count("--require-hashes") == 2
     assert "--only-binary=:all:" in install and "--prefix=/install" in install
@@ -152,7 +152,7 @@ def runtime_closure() -> set[str]:
 def test_runtime_lock_pins_every_runtime_dependency_with_hashes() -> None:
     lock = locked(RUNTIME_LOCK)
     missing = runtime_closure() - set(lock)
-    assert not missing, f"not in requirements/runtime.lock: {sorted(missing)}"
+    assert not missing, f"not in scripts/image/runtime.lock: {sorted(missing)}"
     with PYPROJECT.open("rb") as f:
         for text in tomllib.load(f)["project"]["dependencies"]:
             requirement = Requirement(text)
@@ -269,7 +269,7 @@ def test_build_context_excludes_local_state() -> None:
     assert lines[0] == "*", "everything is excluded unless listed"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert allowed == {
-        "pyproject.toml", "README.md", "LICENSE", "requirements", "sidecar", "settlement_demo"
+        "pyproject.toml", "README.md", "LICENSE", "scripts/image", "sidecar", "settlement_demo"
     }  # fmt: skip
     copied = " ".join(rest for keyword, rest in stages()[0] if keyword == "COPY")
     for path in allowed:
