@@ -20,7 +20,12 @@ from typing import Any
 import structlog
 
 from sidecar import logging as sidecar_logging
-from sidecar.api.health import HealthUpdater, register_health_and_reflection, serve_health_only
+from sidecar.api.health import (
+    entering,
+    health_servicer,
+    register_health_and_reflection,
+    serve_health_only,
+)
 from sidecar.api.servers import api_server, probe_server
 from sidecar.api.service import ElectionService
 from sidecar.config import SidecarConfig
@@ -131,6 +136,21 @@ async def serve(config: SidecarConfig) -> int:
         print(f"raft-sidecar: {exc} (is another process using the peer port?)", file=sys.stderr)
         await forwarder.close()
         return 1
+    # The probe port answers from here on: alive while we wait for our peers
+    # to decide how to enter the cluster (a new cluster waits for every
+    # initial voter), not ready until the Raft node runs.
+    servicer = health_servicer()
+    try:
+        probes = _health_server(config.health_listen, servicer)
+    except OSError as exc:
+        print(f"raft-sidecar: {exc}", file=sys.stderr)
+        await transport.stop()
+        await forwarder.close()
+        return 1
+    if probes is not None:
+        await probes.start()
+    await entering(servicer)
+
     # Peers ask who we are while we decide how to enter the cluster.
     deciding = asyncio.create_task(decide_entry(store, identity, forwarder, config.peers))
     stopping = asyncio.create_task(stop.wait())
@@ -138,6 +158,7 @@ async def serve(config: SidecarConfig) -> int:
     stopping.cancel()
     if not deciding.done():
         deciding.cancel()
+        await _stop_probes(probes)
         await transport.stop()
         await forwarder.close()
         return 0
@@ -145,6 +166,7 @@ async def serve(config: SidecarConfig) -> int:
         identity = handlers.identity = deciding.result()
     except StorageError as exc:
         print(f"raft-sidecar: cannot record the bootstrap decision: {exc}", file=sys.stderr)
+        await _stop_probes(probes)
         await transport.stop()
         await forwarder.close()
         return 1
@@ -167,6 +189,7 @@ async def serve(config: SidecarConfig) -> int:
     except StorageError as exc:
         _log.critical("storage_unusable", error=str(exc))
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
+        await _stop_probes(probes)
         await transport.stop()
         await forwarder.close()
         return 1
@@ -187,24 +210,20 @@ async def serve(config: SidecarConfig) -> int:
         print(
             f"raft-sidecar: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr
         )
+        await _stop_probes(probes)
         await _abandon_start(node, transport, forwarder)
         return 1
     api = api_server(interceptors=[RpcMetricsInterceptor(metrics)])  # bounds: servers.py
     service = ElectionService(config, node, machine, leases)
     worker_pb2_grpc.add_ElectionServiceServicer_to_server(service, api)
-    health_updater = register_health_and_reflection(api, node)
+    health_updater = register_health_and_reflection(api, node, servicer)
     try:
         bound = api.add_insecure_port(config.api_listen)
     except RuntimeError:
         bound = 0
     if bound == 0:
         print(f"raft-sidecar: cannot listen on {config.api_listen} (in use?)", file=sys.stderr)
-        await _abandon_start(node, transport, forwarder)
-        return 1
-    try:
-        probes = _health_server(config.health_listen, health_updater)
-    except OSError as exc:
-        print(f"raft-sidecar: {exc}", file=sys.stderr)
+        await _stop_probes(probes)
         await _abandon_start(node, transport, forwarder)
         return 1
 
@@ -219,8 +238,6 @@ async def serve(config: SidecarConfig) -> int:
         asyncio.create_task(tls.run(), name="peer-tls-reloader") if tls is not None else None
     )
     await api.start()
-    if probes is not None:
-        await probes.start()
     _log.info(
         "sidecar_started",
         peers=sorted(config.peers),
@@ -245,8 +262,7 @@ async def serve(config: SidecarConfig) -> int:
     stop_requested.cancel()
     node_ended.cancel()
     await api.stop(grace=0.5)
-    if probes is not None:
-        await probes.stop(grace=0)
+    await _stop_probes(probes)
     await leases.stop()
     await membership.stop()
     await cancel_quietly(sampler)
@@ -258,13 +274,13 @@ async def serve(config: SidecarConfig) -> int:
     return status
 
 
-def _health_server(address: str, updater: HealthUpdater) -> Any:
+def _health_server(address: str, servicer: Any) -> Any:
     """The probe-only server on ``address`` (not started); None when disabled.
     Raises OSError when the address cannot be bound."""
     if not address:
         return None
     server = probe_server()
-    serve_health_only(server, updater)
+    serve_health_only(server, servicer)
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError:
@@ -342,6 +358,11 @@ class _PeerHandlers:
             raise ForwardRefused(str(exc), exc.leader_hint) from exc
         except NodeError as exc:
             raise ForwardRefused(f"{node.id} cannot confirm its leadership: {exc}") from exc
+
+
+async def _stop_probes(probes: Any) -> None:
+    if probes is not None:
+        await probes.stop(grace=0)
 
 
 async def _abandon_start(node: RaftNode, transport: Transport, forwarder: Forwarder) -> None:

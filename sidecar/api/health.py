@@ -1,10 +1,11 @@
 """Standard gRPC health checking and server reflection on the worker API port.
 
-``register_health_and_reflection(server, node)`` adds ``grpc.health.v1.Health``
+``register_health_and_reflection(server, node, servicer)`` adds ``grpc.health.v1.Health``
 and server reflection (v1 and v1alpha, ``reflection.py``) to a ``grpc.aio`` server and
 returns the ``HealthUpdater`` that keeps the health status current::
 
-    updater = register_health_and_reflection(api, node)   # before api.start()
+    servicer = health_servicer()              # the probe port serves it from the start
+    updater = register_health_and_reflection(api, node, servicer)   # before api.start()
     updater.start()                                        # in the event loop
     ...
     await updater.stop()                                   # on shutdown
@@ -202,23 +203,38 @@ class HealthUpdater:
             await asyncio.sleep(self._interval)
 
 
-def register_health_and_reflection(server: Any, node: RaftNode) -> HealthUpdater:
-    """Add grpc.health.v1 and server reflection to the ``grpc.aio`` ``server``
-    (before it starts) and return the updater that keeps health current.
+def health_servicer() -> Any:
+    """A health servicer that says NOT_SERVING for everything until a
+    ``HealthUpdater`` (or ``entering``) sets it: one per process, shared by
+    the worker API port and the probe port."""
+    return _SidecarHealthServicer()
+
+
+async def entering(servicer: Any) -> None:
+    """The process runs but has no Raft node yet: it is asking its peers how
+    to enter the cluster (``decide_entry``), which may take as long as they
+    take to start. Alive (a liveness or startup probe must not restart it:
+    a restart asks again), not ready."""
+    await servicer.set(LIVENESS_SERVICE, _SERVING)
+
+
+def register_health_and_reflection(server: Any, node: RaftNode, servicer: Any) -> HealthUpdater:
+    """Add grpc.health.v1 (``servicer``, from ``health_servicer()``) and server
+    reflection to the ``grpc.aio`` ``server`` (before it starts) and return the
+    updater that keeps health current.
 
     Reflection lists the ElectionService, the Health service and the
     reflection service itself. The caller then runs ``updater.start()`` and,
     on shutdown, ``await updater.stop()``.
     """
-    servicer = _SidecarHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     enable_reflection((ELECTION_SERVICE, HEALTH_SERVICE), server)  # v1 and v1alpha
     return HealthUpdater(servicer, node)
 
 
-def serve_health_only(server: Any, updater: HealthUpdater) -> None:
+def serve_health_only(server: Any, servicer: Any) -> None:
     """Add the same health status to a second ``grpc.aio`` server (before it
     starts): the probe port, reachable from the kubelet, while the worker API
     stays on loopback inside the pod. No reflection there: it would list the
     worker API on a port that does not serve it."""
-    health_pb2_grpc.add_HealthServicer_to_server(updater.servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

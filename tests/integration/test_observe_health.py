@@ -309,3 +309,41 @@ def test_slow_observer_is_cut_off_and_listeners_are_removed() -> None:
         assert len(machine.listeners) == baseline
 
     asyncio.run(scenario())
+
+
+def test_a_new_node_waiting_for_its_peers_is_alive_but_not_ready(tmp_path: Any) -> None:
+    """A new cluster forms only when every initial voter answers
+    (docs/membership.md), so the first pod of a new StatefulSet may wait
+    minutes for the others: its startup and liveness probes (the
+    ``raftsidecar.liveness`` service) must say SERVING meanwhile, or the
+    kubelet restarts it into the same wait; readiness says NOT_SERVING."""
+    c = Cluster(tmp_path)
+    first, *rest = c.nodes
+    try:
+        c.start(first)
+        eventually(
+            lambda: True if _probe(first, "raftsidecar.liveness") == _SERVING else None,
+            "the waiting node alive on its probe port",
+            seconds=60,
+        )
+        assert _probe(first, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert "waiting_for_peers_to_decide_bootstrap" in first.log_path.read_text()
+        for node in rest:
+            c.start(node)
+        eventually(lambda: serving_everywhere(c.nodes), "SERVING once the peers are up", 60)
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_all()
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _probe(node: Sidecar, service: str) -> int | None:
+    """The probe port's answer, or None while it does not listen yet."""
+    try:
+        return node.health(service)
+    except grpc.RpcError:
+        return None
