@@ -45,12 +45,17 @@ class LeaseKeeper:
         machine: ElectionsMachine,
         *,
         check_interval_s: float = 0.02,
+        idle_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._machine = machine
         self._interval = check_interval_s
+        self._idle_interval = idle_interval_s
         self._clock = clock
+        self._applied = asyncio.Event()
+        """Set by every applied entry: a new grant needs its deadline."""
+        machine.listeners.append(lambda _result: self._applied.set())
         self._deadlines: dict[tuple[str, int], float] = {}
         self._expiring: set[tuple[str, int]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -105,28 +110,52 @@ class LeaseKeeper:
                     await task
 
     async def _run(self) -> None:
+        """Check when there is something to do, at most every ``check_interval_s``:
+        at the earliest deadline, after an applied entry (a new grant), and
+        every ``idle_interval_s`` otherwise (a follower, which has no deadlines,
+        notices it became leader). Polling every 20 ms woke an idle sidecar 50
+        times a second for nothing."""
         while True:
+            due_in = self.check()
+            self._applied.clear()
             await asyncio.sleep(self._interval)
-            self.check()
+            wait_s = min(due_in, self._idle_interval) - self._interval
+            if wait_s > 0 and not self._applied.is_set():
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a
+                # cancellation racing with the event, and stop() would hang.
+                alarm = asyncio.get_running_loop().call_later(wait_s, self._applied.set)
+                try:
+                    await self._applied.wait()
+                finally:
+                    alarm.cancel()
 
-    def check(self) -> None:
-        """One pass: extend unknown leases, expire overdue ones (leader only)."""
+    def check(self) -> float:
+        """One pass: extend unknown leases, expire overdue ones (leader only).
+
+        Returns the seconds until the earliest deadline still to act on
+        (infinity when there is none, or on a follower)."""
         if self._node.raft.role is not Role.LEADER:
             self._deadlines.clear()
-            return
+            return float("inf")
         now = self._clock()
         live: set[tuple[str, int]] = set()
+        due_in = float("inf")
         for lease in self._machine.state.leases():
             key = (lease.election, lease.token)
             live.add(key)
             deadline = self._deadlines.setdefault(key, now + lease.ttl_ms / 1000)
-            if now >= deadline and key not in self._expiring:
+            if key in self._expiring:
+                continue
+            if now >= deadline:
                 self._expiring.add(key)
                 task = asyncio.create_task(self._expire(lease.election, lease.token))
                 self._expiries.add(task)
                 task.add_done_callback(self._expiries.discard)
+            else:
+                due_in = min(due_in, deadline - now)
         for key in set(self._deadlines) - live:
             del self._deadlines[key]
+        return due_in
 
     async def _expire(self, election: str, token: int) -> None:
         key = (election, token)
