@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
 
+from sidecar.admin.cli import add_members_parser
 from sidecar.config import add_arguments
 
 DISTRIBUTION = "raft-sidecar"
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("directory", help="the sidecar's data directory")
     inspect.set_defaults(handler=_cmd_storage_inspect)
+    add_members_parser(subcommands)
     return parser
 
 
