@@ -117,6 +117,9 @@ async def serve(config: SidecarConfig) -> int:
     )
 
     handlers.forwarder = forwarder
+    # Before the transport answers any hello: a server removed while it was
+    # down must say at once that it was a member, or the leader may re-add it.
+    forwarder.admitted_index = identity.admitted_index
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
