@@ -144,10 +144,11 @@ class Localizer:
                 return re.sub(r"(?<![\d.])(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)", ip + r":\1", value)
 
             env = {k: local(v) for k, v in env.items()}
-            if container_name == "sidecar" and "RAFT_SIDECAR_ADMIN_SOCKET" not in env:
-                # In the pod DATA_DIR/admin.sock is short; its copy below pytest's
-                # tmp_path can exceed the 107 bytes of a Unix socket path, which the
-                # sidecar refuses at start. The socket is removed when it stops.
+            admin = env.get("RAFT_SIDECAR_ADMIN_SOCKET", "")
+            if container_name == "sidecar" and len(os.fsencode(admin)) > 100:
+                # In the pod the admin socket's path is short; its copy below
+                # pytest's tmp_path can exceed the 107 bytes of a Unix socket path,
+                # which the sidecar refuses at start. Removed when the sidecar stops.
                 admin_socket = Path(tempfile.gettempdir()) / f"rs-{os.getpid()}-{name}.sock"
                 env["RAFT_SIDECAR_ADMIN_SOCKET"] = str(admin_socket)
             argv = [local(a) for a in command_line(spec, env)]
