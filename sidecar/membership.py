@@ -228,9 +228,9 @@ class MembershipManager:
     ) -> None:
         self._node = node
         self._identity = identity
+        """Where this server records its admission and removal (None: nowhere)."""
         if identity is not None:
             forwarder.admitted_index = identity[1].admitted_index
-        """Where this server records its admission and removal (None: nowhere)."""
         self._on_removed = on_removed
         self.removed = ""
         """Why this server learned it was removed; empty while it was not."""
