@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sidecar
 	$(BIN)/python -m bench.membership
 	$(BIN)/python -m bench.disaster
+	$(BIN)/python -m bench.members
 
 # helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
 .PHONY: tools

@@ -20,6 +20,8 @@ from typing import Any
 import structlog
 
 from sidecar import logging as sidecar_logging
+from sidecar.admin.operator import MembershipAdmin
+from sidecar.admin.server import AdminSocketError, admin_server, remove_stale_socket
 from sidecar.api.health import (
     entering,
     health_servicer,
@@ -34,6 +36,7 @@ from sidecar.machine import ElectionsMachine
 from sidecar.membership import MembershipManager, decide_entry
 from sidecar.metrics import RpcMetricsInterceptor, SidecarMetrics, TimedStorage, cancel_quietly
 from sidecar.node import InvalidProposal, NodeError, NodeSettings, RaftNode
+from sidecar.pb.raftsidecar.peer.v1 import peer_pb2
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2_grpc
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.serverid import node_name
@@ -120,6 +123,10 @@ async def serve(config: SidecarConfig) -> int:
         advertise_address=config.peers[config.node_id],
     )
 
+    handlers.forwarder = forwarder
+    # Before the transport answers any hello: a server removed while it was
+    # down must say at once that it was a member, or the leader may re-add it.
+    forwarder.admitted_index = identity.admitted_index
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -201,8 +208,29 @@ async def serve(config: SidecarConfig) -> int:
         forwarder.add_peer(name, address)
         await transport.add_peer(name, address)
 
-    membership = MembershipManager(node, forwarder, config.peers, add_peer=add_peer)
+    removed: list[str] = []
+
+    def on_removed(why: str) -> None:
+        removed.append(why)
+        stop.set()
+
+    membership = MembershipManager(
+        node,
+        forwarder,
+        config.peers,
+        add_peer=add_peer,
+        identity=(store, identity),
+        on_removed=on_removed,
+        auto=config.auto_membership,
+    )
     handlers.node, handlers.leases, handlers.membership = node, leases, membership
+    try:
+        admin = start_admin(config, node, membership, forwarder, transport)
+    except AdminSocketError as exc:
+        print(f"raft-sidecar: {exc}", file=sys.stderr)
+        await _stop_probes(probes)
+        await _abandon_start(node, transport, forwarder)
+        return 1
 
     try:
         metrics.serve(config.metrics_listen)
@@ -238,6 +266,7 @@ async def serve(config: SidecarConfig) -> int:
         asyncio.create_task(tls.run(), name="peer-tls-reloader") if tls is not None else None
     )
     await api.start()
+    await admin.start()
     _log.info(
         "sidecar_started",
         peers=sorted(config.peers),
@@ -254,6 +283,9 @@ async def serve(config: SidecarConfig) -> int:
         await service.release_local_grants()
 
     status = 0
+    if removed:
+        status = 1
+        print(f"raft-sidecar: stopped: this server was removed: {removed[0]}", file=sys.stderr)
     if node_ended.done():
         status = 1
         print(f"raft-sidecar: stopped: {node.failure}", file=sys.stderr)
@@ -262,6 +294,7 @@ async def serve(config: SidecarConfig) -> int:
     stop_requested.cancel()
     node_ended.cancel()
     await api.stop(grace=0.5)
+    await stop_admin(admin, config.admin_socket)
     await _stop_probes(probes)
     await leases.stop()
     await membership.stop()
@@ -272,6 +305,40 @@ async def serve(config: SidecarConfig) -> int:
     await forwarder.close()
     _log.info("sidecar_stopped", status=status)
     return status
+
+
+def start_admin(
+    config: SidecarConfig,
+    node: RaftNode,
+    membership: MembershipManager,
+    forwarder: Forwarder,
+    transport: Transport,
+) -> Any:
+    """The operators' admin server on its Unix socket (not started), and the
+    peer transport's ForwardAdmin wired to the same requests. Raises
+    AdminSocketError."""
+    operator = MembershipAdmin(node, membership, forwarder, config.peers)
+
+    async def serve_local(
+        request: peer_pb2.ForwardAdminRequest,
+    ) -> peer_pb2.ForwardAdminResponse:
+        return await operator.serve(request, forwarded=False)
+
+    async def serve_forwarded(
+        request: peer_pb2.ForwardAdminRequest,
+    ) -> peer_pb2.ForwardAdminResponse:
+        return await operator.serve(request, forwarded=True)
+
+    server = admin_server(config.admin_socket, serve_local)
+    transport.servicer.admin = serve_forwarded
+    return server
+
+
+async def stop_admin(server: Any, path: str) -> None:
+    """Stop the admin server and remove its socket file."""
+    await server.stop(grace=0.5)
+    with contextlib.suppress(OSError):
+        remove_stale_socket(path)
 
 
 def _health_server(address: str, servicer: Any) -> Any:
@@ -299,6 +366,7 @@ class _PeerHandlers:
         self.node: RaftNode | None = None
         self.leases: LeaseKeeper | None = None
         self.membership: MembershipManager | None = None
+        self.forwarder: Forwarder | None = None
 
     async def deliver(self, messages: list[Message]) -> None:
         if self.node is not None:
@@ -316,16 +384,23 @@ class _PeerHandlers:
         if leader is not None and node_name(leader) == peer:
             self.node.peer_unreachable(leader)
 
-    def hello(self, caller: str, address: str) -> HelloAnswer:
+    def hello(self, caller: str, address: str, admitted_index: int = 0) -> HelloAnswer:
+        removed = False
         if self.membership is not None:
-            self.membership.on_hello(caller, address)
+            self.membership.on_hello(caller, address, admitted_index)
+            removed = self.membership.caller_removed(caller, admitted_index)
         leader = self.node.raft.leader_id if self.node is not None else None
         return HelloAnswer(
             server_id=self.identity.server_id,
             decided=self.identity.initial_voters is not None,
             initial_voters=self.identity.initial_voters or (),
             leader_id=leader,
+            admitted_index=self._forwarder_admitted(),
+            caller_removed=removed,
         )
+
+    def _forwarder_admitted(self) -> int:
+        return self.forwarder.admitted_index if self.forwarder is not None else 0
 
     def _require(self) -> tuple[RaftNode, LeaseKeeper]:
         if self.node is None or self.leases is None:

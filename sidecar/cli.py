@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
 from typing import Any
 
+from sidecar.admin.cli import add_members_parser
 from sidecar.config import add_arguments
 
 DISTRIBUTION = "raft-sidecar"
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory", help="the sidecar's data directory")
     inspect.set_defaults(handler=_cmd_storage_inspect)
     _add_disaster_commands(subcommands)
+    add_members_parser(subcommands)
     return parser
 
 

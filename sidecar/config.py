@@ -56,6 +56,12 @@ class SidecarConfig:
     """Re-attach grace after a KeepAlive stream *breaks*: its leases are revoked
     after min(ttl/4, this) unless a new stream presents their keys (0: at once,
     as DESIGN.md asks; a deliberate end always waits a quarter TTL)."""
+    admin_socket: str = ""
+    """Unix socket path of the operators' AdminService (``--admin-socket``;
+    default DATA_DIR/admin.sock)."""
+    auto_membership: bool = True
+    """The Raft leader admits, promotes and removes on its own (docs/membership.md);
+    False: only operators change the membership (``raft-sidecar members``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,20 @@ SETTINGS: tuple[_Setting, ...] = (
         _int,
     ),
     _Setting("log-level", "debug, info, warning or error", "info", str),
+    _Setting(
+        "admin-socket",
+        "Unix socket path of the operators' admin service (raft-sidecar members); "
+        "empty for DATA_DIR/admin.sock",
+        "",
+        str,
+    ),
+    _Setting(
+        "auto-membership",
+        "the Raft leader admits new incarnations, promotes caught-up learners and removes "
+        "scaled-away members on its own; false: only operators do (raft-sidecar members)",
+        "true",
+        _bool,
+    ),
     _Setting("tls-cert-file", "PEM certificate chain for peer mTLS (with key and CA)", "", str),
     _Setting("tls-key-file", "PEM private key for peer mTLS", "", str),
     _Setting("tls-ca-file", "PEM CA bundle that peers' certificates must chain to", "", str),
@@ -236,7 +256,33 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         else None,
         insecure_plaintext_peers=values["insecure-plaintext-peers"],
         insecure_api_listen=values["insecure-api-listen"],
+        admin_socket=admin_socket_path(values["admin-socket"], values["data-dir"]),
+        auto_membership=values["auto-membership"],
     )
+
+
+MAX_UNIX_SOCKET_PATH_BYTES = 107
+"""sun_path holds 108 bytes on Linux, the last one a NUL."""
+ADMIN_SOCKET_NAME = "admin.sock"
+
+
+def admin_socket_path(given: str, data_dir: str) -> str:
+    """The admin socket's path: ``given``, or DATA_DIR/admin.sock."""
+    return given or os.path.join(data_dir, ADMIN_SOCKET_NAME)
+
+
+def _check_admin_socket(v: Mapping[str, Any]) -> Sequence[str]:
+    if "data-dir" not in v or "admin-socket" not in v:
+        return []
+    path = admin_socket_path(v["admin-socket"], v["data-dir"])
+    size = len(os.fsencode(path))
+    if size <= MAX_UNIX_SOCKET_PATH_BYTES:
+        return []
+    source = "--admin-socket" if v["admin-socket"] else "the admin socket (DATA_DIR/admin.sock)"
+    return [
+        f"{source}={path!r} is {size} bytes long; a Unix socket path holds at most "
+        f"{MAX_UNIX_SOCKET_PATH_BYTES}: pass a shorter --admin-socket"
+    ]
 
 
 def _check_tls(v: Mapping[str, Any]) -> Sequence[str]:
@@ -320,6 +366,7 @@ def _check(v: Mapping[str, Any]) -> Sequence[str]:
     if health and not _valid_address(health):
         problems.append(f"--health-listen={health!r} is not host:port (or empty for none)")
     problems.extend(_check_tls(v))
+    problems.extend(_check_admin_socket(v))
     api = v.get("api-listen")
     if (
         api is not None

@@ -29,7 +29,19 @@ while the voters that remain and answer still form a quorum of the new
 configuration; then the new server is added as a learner; once it has
 caught up with the commit index it is promoted to voter. Every change goes
 through the log (``RaftNode.change_membership``), is logged, and is shown
-by ``raft-sidecar status``.
+by ``raft-sidecar status``. With ``--auto-membership=false`` the leader plans
+nothing: only operators change the membership (``raft-sidecar members``).
+
+**A removed member stays removed.** A server that once saw itself a member
+in its committed log records that commit index in its identity file
+(``admitted_index``) and says it in every hello. A server that says so and
+is not a member was removed (by an operator, or as scaled away): the leader
+never admits it again, and every node that has committed past that index
+and no longer holds it in its committed membership answers its hello with
+``caller_removed`` (``was_removed``, pure). A server that learns it was
+removed, from such an answer or from its own committed log, records it in
+its identity file and stops; it refuses to start on that directory again,
+so only a wiped directory (a new incarnation) comes back.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ import structlog
 from sidecar.node import NodeError, RaftNode
 from sidecar.raft import ConfChange, ConfChangeKind, Membership, RaftError, Role
 from sidecar.serverid import node_name
+from sidecar.storage.errors import StorageError
 from sidecar.storage.identity import Identity, IdentityStore
 from sidecar.transport.errors import TransportError
 from sidecar.transport.forward import Forwarder
@@ -71,6 +84,21 @@ class Planned:
     reason: str
 
 
+def was_removed(
+    caller: str, admitted_index: int, *, commit_index: int, committed_members: frozenset[str]
+) -> bool:
+    """Whether ``caller``, which saw itself a member at ``admitted_index``
+    (0: never), has since been removed, judged by a node whose committed
+    membership at ``commit_index`` is ``committed_members``.
+
+    Committed prefixes agree (Log Matching), so a node that has committed
+    ``admitted_index`` holds the caller's admission too; if its committed
+    membership lacks the caller now, a removal committed after it. A node
+    that has not committed that far cannot tell. Pure.
+    """
+    return 0 < admitted_index <= commit_index and caller not in committed_members
+
+
 def plan_change(
     *,
     me: str,
@@ -82,6 +110,7 @@ def plan_change(
     commit_index: int,
     contacts: frozenset[str] = frozenset(),
     gone: frozenset[str] = frozenset(),
+    once_admitted: frozenset[str] = frozenset(),
 ) -> Planned | None:
     """The next membership change the leader ``me`` should propose, or None.
 
@@ -91,13 +120,15 @@ def plan_change(
     servers the leader heard from recently (itself included); ``match`` is
     each follower's match index. ``contacts`` is the leader's ``--peers``
     and ``gone`` the members it has not heard from for a long while: a gone
-    member whose name is not a contact was scaled away and is removed. Pure:
-    no clock, no I/O.
+    member whose name is not a contact was scaled away and is removed.
+    ``once_admitted`` are servers that say they were members before: one
+    that is not a member now was removed and is never added again. Pure: no
+    clock, no I/O.
     """
     members = membership.members
     for name in sorted(set(names)):
         new = current.get(name)
-        if new is None or new in members or node_name(new) != name:
+        if new is None or new in members or node_name(new) != name or new in once_admitted:
             continue
         stale = sorted(m for m in members if node_name(m) == name and m != me)
         if stale:
@@ -191,8 +222,22 @@ class MembershipManager:
         *,
         add_peer: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identity: tuple[IdentityStore, Identity] | None = None,
+        on_removed: Callable[[str], None] | None = None,
+        auto: bool = True,
     ) -> None:
         self._node = node
+        self._identity = identity
+        """Where this server records its admission and removal (None: nowhere)."""
+        if identity is not None:
+            forwarder.admitted_index = identity[1].admitted_index
+        self._on_removed = on_removed
+        self.removed = ""
+        """Why this server learned it was removed; empty while it was not."""
+        self.auto = auto
+        """The leader plans changes itself; False: only operators change membership."""
+        self.addresses: dict[str, str] = {}
+        """Peer addresses told in hellos, by name."""
         self._forwarder = forwarder
         self._names = frozenset(contact_names)
         self._added: set[str] = set()
@@ -200,14 +245,17 @@ class MembershipManager:
         self._add_peer = add_peer
         self._clock = clock
         self._started_at = clock()
-        self._seen: dict[str, tuple[str, float]] = {}
+        self._seen: dict[str, tuple[str, float, int]] = {}
+        """name -> (server id, when heard, its admitted index)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._adding: set[asyncio.Task[None]] = set()
         self.changes_proposed = 0
 
-    def on_hello(self, server: str, address: str = "") -> None:
+    def on_hello(self, server: str, address: str = "", admitted_index: int = 0) -> None:
         name = node_name(server)
-        self._seen[name] = (server, self._clock())
+        self._seen[name] = (server, self._clock(), admitted_index)
+        if address and len(self.addresses) < MAX_ADDED_PEERS + len(self._names):
+            self.addresses[name] = address
         if (
             address
             and self._add_peer is not None
@@ -239,9 +287,68 @@ class MembershipManager:
         now = self._clock()
         return {
             name: server
-            for name, (server, at) in sorted(self._seen.items())
+            for name, (server, at, _) in sorted(self._seen.items())
             if now - at <= SEEN_FRESH_S
         }
+
+    def once_admitted(self) -> frozenset[str]:
+        """Servers saying hello now that say they were members before."""
+        now = self._clock()
+        return frozenset(
+            server
+            for server, at, admitted in self._seen.values()
+            if admitted and now - at <= SEEN_FRESH_S
+        )
+
+    def caller_removed(self, caller: str, admitted_index: int) -> bool:
+        """This node's verdict on a hello from ``caller`` (``was_removed``)."""
+        raft = self._node.raft
+        commit = raft.commit_index
+        return was_removed(
+            caller,
+            admitted_index,
+            commit_index=commit,
+            committed_members=raft.log.membership_at(commit).members,
+        )
+
+    def _watch_self(self) -> None:
+        """Record this server's first admission; notice its removal in its own log."""
+        if self._identity is None or self.removed:
+            return
+        store, identity = self._identity
+        raft = self._node.raft
+        commit = raft.commit_index
+        members = raft.log.membership_at(commit).members
+        if identity.admitted_index == 0:
+            if raft.id in members:
+                identity = store.record_admitted(identity, commit)
+                self._identity = (store, identity)
+                self._forwarder.admitted_index = identity.admitted_index
+                _log.info("server_admitted", server_id=raft.id, commit_index=commit)
+        elif was_removed(
+            raft.id, identity.admitted_index, commit_index=commit, committed_members=members
+        ):
+            self.learned_removed(f"its committed log at index {commit} no longer holds it")
+
+    def learned_removed(self, why: str) -> None:
+        """This server was removed: record it durably (it never starts again on
+        this directory) and tell the runtime, which stops."""
+        if self.removed or self._identity is None:
+            return
+        self.removed = why
+        store, identity = self._identity
+        _log.critical(
+            "server_removed",
+            server_id=identity.server_id,
+            why=why,
+            hint="a removed server never rejoins: wipe its data directory to rejoin as a "
+            "new incarnation (docs/runbooks.md)",
+        )
+        try:
+            self._identity = (store, store.record_removed(identity, why))
+        finally:
+            if self._on_removed is not None:
+                self._on_removed(why)
 
     def start(self) -> None:
         self._tasks = [
@@ -264,14 +371,20 @@ class MembershipManager:
             )
             for answer in answers:
                 if isinstance(answer, HelloAnswer):
-                    self.on_hello(answer.server_id)
+                    self.on_hello(answer.server_id, admitted_index=answer.admitted_index)
+                    if answer.caller_removed:
+                        self.learned_removed(f"{answer.server_id} no longer holds it a member")
             await asyncio.sleep(HELLO_INTERVAL_S)
 
     async def _admit(self) -> None:
         while True:
             await asyncio.sleep(PLAN_INTERVAL_S)
+            try:
+                self._watch_self()
+            except StorageError as exc:
+                _log.critical("identity_unwritable", error=str(exc))
             raft = self._node.raft
-            if raft.role is not Role.LEADER:
+            if raft.role is not Role.LEADER or not self.auto or self.removed:
                 continue
             me = self._node.id
             current = self.current()
@@ -287,6 +400,7 @@ class MembershipManager:
                 commit_index=raft.commit_index,
                 contacts=self._names,
                 gone=self._gone(members),
+                once_admitted=self.once_admitted(),
             )
             if planned is None:
                 continue

@@ -716,12 +716,16 @@ class Raft:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
 
-    def _quorum_recently_active(self) -> bool:
+    def recently_active(self) -> frozenset[NodeId]:
+        """This node and, on a leader, every member it heard from within an
+        election timeout: what CheckQuorum counts (operators see it too)."""
         window = self.cfg.election_timeout_ticks
-        active = {self.id} | {
+        return frozenset({self.id}) | {
             node for node, pr in self.progress.items() if self._ticks - pr.last_heard_tick < window
         }
-        return has_quorum(self.membership.voters, active)
+
+    def _quorum_recently_active(self) -> bool:
+        return has_quorum(self.membership.voters, self.recently_active())
 
     def _step_leader(self, m: Message) -> None:
         if isinstance(m, AppendResponse):

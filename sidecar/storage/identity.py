@@ -47,6 +47,10 @@ class IdentityMismatch(StorageError):
     """The data directory belongs to another cluster or node, or predates identities."""
 
 
+class ServerRemoved(IdentityMismatch):
+    """The directory's server was removed from its cluster: it never serves again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     cluster: str
@@ -57,6 +61,13 @@ class Identity:
     """16 hex digits, random, made with the directory."""
     initial_voters: tuple[str, ...] | None = None
     """None: undecided; (): joined an existing cluster; else the bootstrap voters."""
+    admitted_index: int = 0
+    """0 until this server first saw itself a member in its committed log; then
+    that commit index (at least 1). A server admitted once and not a member
+    later was removed (docs/membership.md, "A removed member stays removed")."""
+    removed: str = ""
+    """Empty, or why this server learned it was removed from the cluster: it
+    never starts again on this directory."""
 
     @property
     def server_id(self) -> str:
@@ -73,6 +84,12 @@ def _encode(identity: Identity) -> bytes:
         else list(identity.initial_voters),
         "node": identity.node,
     }
+    # Written only once set, so a directory that never saw them keeps the
+    # same bytes (and an older build reads it).
+    if identity.admitted_index:
+        body["admitted_index"] = identity.admitted_index
+    if identity.removed:
+        body["removed"] = identity.removed
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return json.dumps(
         {"body": body, "crc32c": crc32c(text.encode())}, sort_keys=True, separators=(",", ":")
@@ -94,7 +111,11 @@ def _decode(path: str, data: bytes) -> Identity:
             node=str(body["node"]),
             incarnation=str(body["incarnation"]),
             initial_voters=None if voters is None else tuple(str(v) for v in voters),
+            admitted_index=int(body.get("admitted_index", 0)),
+            removed=str(body.get("removed", "")),
         )
+        if identity.admitted_index < 0:
+            raise ValueError(f"admitted_index {identity.admitted_index} is negative")
         server_id(identity.node, identity.incarnation)  # validates both
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptionError(path, 0, f"malformed identity file: {exc}") from exc
@@ -153,7 +174,27 @@ class IdentityStore:
             raise IdentityMismatch(
                 f"{self.directory} belongs to node {existing.node!r}, not {node!r} (--node-id)"
             )
+        if existing.removed:
+            raise ServerRemoved(
+                f"{self.directory}: server {existing.server_id} was removed from the cluster "
+                f"({existing.removed}); a removed server never rejoins: wipe the whole "
+                "directory to join as a new incarnation (docs/runbooks.md)"
+            )
         return existing, False
+
+    def record_admitted(self, identity: Identity, commit_index: int) -> Identity:
+        """Record, once, that this server saw itself a member at ``commit_index``.
+        Raises StorageIOError."""
+        admitted = replace(identity, admitted_index=max(1, commit_index))
+        self.write(admitted)
+        return admitted
+
+    def record_removed(self, identity: Identity, why: str) -> Identity:
+        """Record that this server was removed; ``load_or_create`` refuses it from
+        now on. Raises StorageIOError."""
+        removed = replace(identity, removed=why or "removed")
+        self.write(removed)
+        return removed
 
     def decide(self, identity: Identity, initial_voters: tuple[str, ...]) -> Identity:
         """Record how this node entered the cluster (once). Raises StorageIOError."""

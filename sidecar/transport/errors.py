@@ -36,3 +36,13 @@ class ForwardRefused(TransportError):
 class ForwardInvalid(TransportError):
     """The leader refused a forwarded command as invalid; the server answers
     INVALID_ARGUMENT and the forwarder raises this again on the follower."""
+
+
+class AdminRefused(TransportError):
+    """An operator's request was refused (``code``: a gRPC status code name such
+    as NOT_FOUND); the peer server answers with that code and the forwarder
+    raises this again on the node that forwarded it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

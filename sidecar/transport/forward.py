@@ -27,7 +27,12 @@ from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
 from sidecar.serverid import node_name
 from sidecar.transport.channels import PeerChannel
-from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportError
+from sidecar.transport.errors import (
+    AdminRefused,
+    ForwardInvalid,
+    ForwardRefused,
+    TransportError,
+)
 from sidecar.transport.peer import HelloAnswer, TransportConfig
 from sidecar.transport.tls import PeerTls
 
@@ -48,6 +53,8 @@ class Forwarder:
         advertise_address: str = "",
     ) -> None:
         self._node_id = node_id
+        self.admitted_index = 0
+        """Told to peers in ``hello`` (see HelloRequest.admitted_index)."""
         self.advertise_address = advertise_address
         """This node's own peer address, told to peers in ``hello``."""
         self._cluster_id = cluster_id
@@ -126,6 +133,7 @@ class Forwarder:
             from_node=self._node_id,
             to_node=peer,
             advertise_address=self.advertise_address,
+            admitted_index=self.admitted_index,
         )
         try:
             response = await self._stub(peer).Hello(request, timeout=timeout_s)
@@ -136,7 +144,31 @@ class Forwarder:
             decided=response.decided,
             initial_voters=tuple(response.initial_voters),
             leader_id=response.leader_id or None,
+            admitted_index=int(response.admitted_index),
+            caller_removed=response.caller_removed,
         )
+
+    async def admin(
+        self, leader: NodeId, request: peer_pb2.ForwardAdminRequest, timeout_s: float
+    ) -> peer_pb2.ForwardAdminResponse:
+        """Have ``leader`` serve an operator's request (addressing filled in here).
+
+        Raises AdminRefused with the leader's status code (UNAVAILABLE when it
+        cannot be reached).
+        """
+        request.cluster_id = self._cluster_id
+        request.from_node = self._node_id
+        request.to_node = leader
+        try:
+            response: peer_pb2.ForwardAdminResponse = await self._stub(leader).ForwardAdmin(
+                request, timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name if e.code() != grpc.StatusCode.CANCELLED else "UNAVAILABLE"
+            raise AdminRefused(code, e.details() or f"leader {node_name(leader)}: {code}") from e
+        except ForwardRefused as e:
+            raise AdminRefused("UNAVAILABLE", str(e)) from e
+        return response
 
     @staticmethod
     def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:

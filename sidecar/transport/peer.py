@@ -95,6 +95,7 @@ from sidecar.transport.codec import (
     to_wire,
 )
 from sidecar.transport.errors import (
+    AdminRefused,
     ForwardInvalid,
     ForwardRefused,
     InboxFull,
@@ -139,11 +140,19 @@ class HelloAnswer:
     decided: bool
     initial_voters: tuple[NodeId, ...] = ()
     leader_id: NodeId | None = None
+    admitted_index: int = 0
+    """Nonzero once the answering server saw itself a member (committed)."""
+    caller_removed: bool = False
+    """The caller was a member and this node's committed membership no longer
+    holds it (docs/membership.md, "A removed member stays removed")."""
 
 
-HelloCallback = Callable[[NodeId, str], HelloAnswer]
-"""Called with the caller's server id and advertised address (may be empty);
-returns this node's answer."""
+HelloCallback = Callable[[NodeId, str, int], HelloAnswer]
+"""Called with the caller's server id, advertised address (may be empty) and
+admitted index; returns this node's answer."""
+AdminCallback = Callable[[Any], Awaitable[Any]]
+"""Serve a forwarded operator request (``peer_pb2.ForwardAdminRequest``) on
+the leader; returns a ``ForwardAdminResponse``. Raises ``AdminRefused``."""
 """Hands a decoded batch to the local node; may raise ``InboxFull``."""
 
 # Failures after which the same batch is worth another try: the peer is down
@@ -330,10 +339,13 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
         renew_lease: RenewLeaseCallback | None = None,
         hello: HelloCallback | None = None,
         require_peer_identity: bool = False,
+        admin: AdminCallback | None = None,
     ) -> None:
         if not node_id or not cluster_id:
             raise TransportUsageError("node_id and cluster_id must not be empty")
         self._hello = hello
+        self.admin = admin
+        """Serves forwarded operator requests; set once the node exists."""
         self._require_peer_identity = require_peer_identity
         """Refuse calls whose client certificate does not name ``from_node`` of
         this cluster (peer mTLS; see ``identity.py``)."""
@@ -618,13 +630,34 @@ class PeerServicer(peer_pb2_grpc.RaftPeerServiceServicer):
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "from_node is empty")
         if self._hello is None:
             await self._refuse(context, grpc.StatusCode.UNIMPLEMENTED, "no hello here")
-        answer = self._hello(request.from_node, request.advertise_address)
+        answer = self._hello(
+            request.from_node, request.advertise_address, int(request.admitted_index)
+        )
         return peer_pb2.HelloResponse(
             server_id=answer.server_id,
             decided=answer.decided,
             initial_voters=list(answer.initial_voters),
             leader_id=answer.leader_id or "",
+            admitted_index=answer.admitted_index,
+            caller_removed=answer.caller_removed,
         )
+
+    async def ForwardAdmin(  # noqa: N802 - gRPC method name
+        self, request: peer_pb2.ForwardAdminRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ForwardAdminResponse:
+        """An operator's request forwarded by a peer; answered with the leader's
+        own status codes (``AdminRefused``), never forwarded again."""
+        await self._check_identity(request.from_node, context)
+        await self._check_addressing(request.cluster_id, request.to_node, context)
+        if request.WhichOneof("request") is None:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "no request in it")
+        if self.admin is None:
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "this sidecar is starting")
+        try:
+            response: peer_pb2.ForwardAdminResponse = await self.admin(request)
+        except AdminRefused as e:
+            await self._refuse(context, grpc.StatusCode[e.code], str(e))
+        return response
 
     async def _check_identity(self, from_node: str, context: grpc.aio.ServicerContext) -> None:
         """With peer mTLS, the client certificate must name ``from_node`` of this cluster."""

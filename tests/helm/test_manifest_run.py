@@ -20,6 +20,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -145,6 +146,13 @@ class Localizer:
                 return re.sub(r"(?<![\d.])(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)", ip + r":\1", value)
 
             env = {k: local(v) for k, v in env.items()}
+            admin = env.get("RAFT_SIDECAR_ADMIN_SOCKET", "")
+            if container_name == "sidecar" and len(os.fsencode(admin)) > 100:
+                # In the pod the admin socket's path is short; its copy below
+                # pytest's tmp_path can exceed the 107 bytes of a Unix socket path,
+                # which the sidecar refuses at start. Removed when the sidecar stops.
+                admin_socket = Path(tempfile.gettempdir()) / f"rs-{os.getpid()}-{name}.sock"
+                env["RAFT_SIDECAR_ADMIN_SOCKET"] = str(admin_socket)
             argv = [local(a) for a in command_line(spec, env)]
             argv = [*program(argv[0]), *argv[1:]]
             process_env = {

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.pb.raftsidecar.admin.v1 import admin_pb2, admin_pb2_grpc
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
 
 T = TypeVar("T")
@@ -125,6 +126,30 @@ class Sidecar:
     def server_id(self) -> str:
         """Its Raft server id, ``<name>~<incarnation>``, as peers address it."""
         return f"{self.node_id}~{self.incarnation()}"
+
+    @property
+    def admin_socket(self) -> Path:
+        """Its operators' admin socket (the default, DATA_DIR/admin.sock)."""
+        return self.data_dir / "admin.sock"
+
+    def members(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``raft-sidecar members ARGS`` through its admin socket, as an operator
+        runs it inside the pod."""
+        command = [sys.executable, "-m", "sidecar.cli", "members", "--data-dir", str(self.data_dir)]
+        return subprocess.run(
+            [*command, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ.copy(),
+            check=False,
+        )
+
+    def list_members(self) -> Any:
+        """AdminService.ListMembers through its admin socket; raises grpc.RpcError."""
+        with grpc.insecure_channel(f"unix:{self.admin_socket}") as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            return stub.ListMembers(admin_pb2.ListMembersRequest(), timeout=5)
 
 
 class Cluster:
@@ -267,10 +292,13 @@ def _answers(node: Sidecar, cluster: Cluster) -> bool | None:
 
 
 def running(
-    root: Path, size: int = 3, extra_args: Callable[[Sidecar], list[str]] | None = None
+    root: Path,
+    size: int = 3,
+    extra_args: Callable[[Sidecar], list[str]] | None = None,
+    tick_ms: int = 10,
 ) -> Iterator[Cluster]:
     """A started cluster for a fixture: logs printed on failure, every process stopped."""
-    c = Cluster(root, size)
+    c = Cluster(root, size, tick_ms=tick_ms)
     c.extra_args = extra_args
     c.start_all()
     try:

@@ -10,7 +10,7 @@ from sidecar.raft import Entry, HardState
 from sidecar.serverid import incarnation_of, is_server_id, node_name
 from sidecar.storage.disk import DiskStorage
 from sidecar.storage.errors import CorruptionError
-from sidecar.storage.identity import IdentityMismatch, IdentityStore
+from sidecar.storage.identity import IdentityMismatch, IdentityStore, ServerRemoved
 
 
 def test_a_new_directory_gets_a_new_incarnation_kept_across_restarts(tmp_path: Path) -> None:
@@ -76,3 +76,22 @@ def test_a_damaged_identity_file_stops_the_node(tmp_path: Path) -> None:
     path.write_bytes(b"not json")
     with pytest.raises(CorruptionError, match="malformed"):
         store.read()
+
+
+def test_a_removed_server_never_starts_on_its_directory_again(tmp_path: Path) -> None:
+    store = IdentityStore(str(tmp_path))
+    identity, _ = store.load_or_create(cluster="pay", node="s0")
+    admitted = store.record_admitted(identity, 0)
+    assert admitted.admitted_index == 1, "a bootstrap voter is a member from index 1 on"
+    assert IdentityStore(str(tmp_path)).read() == admitted
+    store.record_removed(admitted, "s1~0123456789abcdef no longer holds it a member")
+    with pytest.raises(ServerRemoved, match=r"was removed from the cluster .*wipe the whole"):
+        IdentityStore(str(tmp_path)).load_or_create(cluster="pay", node="s0")
+    assert issubclass(ServerRemoved, IdentityMismatch)
+
+
+def test_an_identity_that_never_saw_admission_keeps_its_bytes(tmp_path: Path) -> None:
+    store = IdentityStore(str(tmp_path))
+    store.load_or_create(cluster="pay", node="s0")
+    text = (tmp_path / "identity").read_text()
+    assert "admitted_index" not in text and "removed" not in text

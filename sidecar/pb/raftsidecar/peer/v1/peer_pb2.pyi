@@ -14,6 +14,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from sidecar.pb.raftsidecar.admin.v1 import admin_pb2 as _admin_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -62,6 +63,106 @@ entry of its own term (the Figure 8 commit rule).
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
 @_typing.final
+class ForwardAdminRequest(_message.Message):
+    """ForwardAdminRequest is one operator request on its way to the leader."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    LIST_MEMBERS_FIELD_NUMBER: _builtins.int
+    ADD_MEMBER_FIELD_NUMBER: _builtins.int
+    PROMOTE_MEMBER_FIELD_NUMBER: _builtins.int
+    REMOVE_MEMBER_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
+    from_node: _builtins.str
+    """from_node is the forwarding node's server id."""
+    to_node: _builtins.str
+    """to_node is the node believed to be the leader."""
+    @_builtins.property
+    def list_members(self) -> _admin_pb2.ListMembersRequest:
+        """list_members is AdminService.ListMembers."""
+
+    @_builtins.property
+    def add_member(self) -> _admin_pb2.AddMemberRequest:
+        """add_member is AdminService.AddMember."""
+
+    @_builtins.property
+    def promote_member(self) -> _admin_pb2.PromoteMemberRequest:
+        """promote_member is AdminService.PromoteMember."""
+
+    @_builtins.property
+    def remove_member(self) -> _admin_pb2.RemoveMemberRequest:
+        """remove_member is AdminService.RemoveMember."""
+
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        list_members: _admin_pb2.ListMembersRequest | None = ...,
+        add_member: _admin_pb2.AddMemberRequest | None = ...,
+        promote_member: _admin_pb2.PromoteMemberRequest | None = ...,
+        remove_member: _admin_pb2.RemoveMemberRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_member", b"add_member", "list_members", b"list_members", "promote_member", b"promote_member", "remove_member", b"remove_member", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_member", b"add_member", "cluster_id", b"cluster_id", "from_node", b"from_node", "list_members", b"list_members", "promote_member", b"promote_member", "remove_member", b"remove_member", "request", b"request", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["list_members", "add_member", "promote_member", "remove_member"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___ForwardAdminRequest: _TypeAlias = ForwardAdminRequest  # noqa: Y015
+
+@_typing.final
+class ForwardAdminResponse(_message.Message):
+    """ForwardAdminResponse is the leader's answer, of the request's kind."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIST_MEMBERS_FIELD_NUMBER: _builtins.int
+    ADD_MEMBER_FIELD_NUMBER: _builtins.int
+    PROMOTE_MEMBER_FIELD_NUMBER: _builtins.int
+    REMOVE_MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def list_members(self) -> _admin_pb2.ListMembersResponse:
+        """list_members answers list_members."""
+
+    @_builtins.property
+    def add_member(self) -> _admin_pb2.AddMemberResponse:
+        """add_member answers add_member."""
+
+    @_builtins.property
+    def promote_member(self) -> _admin_pb2.PromoteMemberResponse:
+        """promote_member answers promote_member."""
+
+    @_builtins.property
+    def remove_member(self) -> _admin_pb2.RemoveMemberResponse:
+        """remove_member answers remove_member."""
+
+    def __init__(
+        self,
+        *,
+        list_members: _admin_pb2.ListMembersResponse | None = ...,
+        add_member: _admin_pb2.AddMemberResponse | None = ...,
+        promote_member: _admin_pb2.PromoteMemberResponse | None = ...,
+        remove_member: _admin_pb2.RemoveMemberResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_member", b"add_member", "list_members", b"list_members", "promote_member", b"promote_member", "remove_member", b"remove_member", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_member", b"add_member", "list_members", b"list_members", "promote_member", b"promote_member", "remove_member", b"remove_member", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["list_members", "add_member", "promote_member", "remove_member"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___ForwardAdminResponse: _TypeAlias = ForwardAdminResponse  # noqa: Y015
+
+@_typing.final
 class HelloRequest(_message.Message):
     """HelloRequest introduces the caller."""
 
@@ -71,6 +172,7 @@ class HelloRequest(_message.Message):
     FROM_NODE_FIELD_NUMBER: _builtins.int
     TO_NODE_FIELD_NUMBER: _builtins.int
     ADVERTISE_ADDRESS_FIELD_NUMBER: _builtins.int
+    ADMITTED_INDEX_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     """cluster_id names the Raft cluster; see DeliverRequest.cluster_id."""
     from_node: _builtins.str
@@ -82,6 +184,12 @@ class HelloRequest(_message.Message):
     node its peers were not started with (a StatefulSet scaled up) can be
     reached and admitted; empty when the caller does not say.
     """
+    admitted_index: _builtins.int
+    """admitted_index is nonzero once the caller has seen itself a member in
+    its committed log: a commit index at which it was a member. A server
+    that was a member and is not one now was removed; the leader never
+    admits it again (docs/membership.md, "A removed member stays removed").
+    """
     def __init__(
         self,
         *,
@@ -89,10 +197,11 @@ class HelloRequest(_message.Message):
         from_node: _builtins.str = ...,
         to_node: _builtins.str = ...,
         advertise_address: _builtins.str = ...,
+        admitted_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_address", b"advertise_address", "cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted_index", b"admitted_index", "advertise_address", b"advertise_address", "cluster_id", b"cluster_id", "from_node", b"from_node", "to_node", b"to_node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,6 +217,8 @@ class HelloResponse(_message.Message):
     DECIDED_FIELD_NUMBER: _builtins.int
     INITIAL_VOTERS_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
+    ADMITTED_INDEX_FIELD_NUMBER: _builtins.int
+    CALLER_REMOVED_FIELD_NUMBER: _builtins.int
     server_id: _builtins.str
     """server_id is the recipient's Raft server id, <name>~<incarnation>."""
     decided: _builtins.bool
@@ -116,6 +227,13 @@ class HelloResponse(_message.Message):
     """
     leader_id: _builtins.str
     """leader_id is the Raft leader the recipient follows; empty if none."""
+    admitted_index: _builtins.int
+    """admitted_index is the recipient's own; see HelloRequest.admitted_index."""
+    caller_removed: _builtins.bool
+    """caller_removed is true when the caller's admitted_index is committed
+    here and the caller's server id is not in the recipient's committed
+    membership: it was removed. A removed server stops and never rejoins.
+    """
     @_builtins.property
     def initial_voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """initial_voters are the server ids the recipient bootstrapped with,
@@ -129,10 +247,12 @@ class HelloResponse(_message.Message):
         decided: _builtins.bool = ...,
         initial_voters: _abc.Iterable[_builtins.str] | None = ...,
         leader_id: _builtins.str = ...,
+        admitted_index: _builtins.int = ...,
+        caller_removed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided", b"decided", "initial_voters", b"initial_voters", "leader_id", b"leader_id", "server_id", b"server_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted_index", b"admitted_index", "caller_removed", b"caller_removed", "decided", b"decided", "initial_voters", b"initial_voters", "leader_id", b"leader_id", "server_id", b"server_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -71,6 +71,11 @@ class RaftPeerServiceStub:
                 request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.FromString,
                 _registered_method=True)
+        self.ForwardAdmin = channel.unary_unary(
+                '/raftsidecar.peer.v1.RaftPeerService/ForwardAdmin',
+                request_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminResponse.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServiceServicer:
@@ -162,6 +167,18 @@ class RaftPeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardAdmin(self, request, context):
+        """ForwardAdmin carries an operator's membership request (AdminService,
+        served on a node's Unix socket) from the node that received it to the
+        Raft leader, which alone decides and proposes membership changes. The
+        leader answers as AdminService would, with the same status codes; a
+        node that is not the leader refuses with UNAVAILABLE naming the leader
+        it knows, and never forwards a forwarded request again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +216,11 @@ def add_RaftPeerServiceServicer_to_server(servicer, server):
                     servicer.Hello,
                     request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.FromString,
                     response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.SerializeToString,
+            ),
+            'ForwardAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardAdmin,
+                    request_deserializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminRequest.FromString,
+                    response_serializer=raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +414,33 @@ class RaftPeerService:
             '/raftsidecar.peer.v1.RaftPeerService/Hello',
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
             raftsidecar_dot_peer_dot_v1_dot_peer__pb2.HelloResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftsidecar.peer.v1.RaftPeerService/ForwardAdmin',
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminRequest.SerializeToString,
+            raftsidecar_dot_peer_dot_v1_dot_peer__pb2.ForwardAdminResponse.FromString,
             options,
             channel_credentials,
             insecure,

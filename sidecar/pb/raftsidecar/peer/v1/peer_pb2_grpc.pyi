@@ -97,6 +97,14 @@ class RaftPeerServiceStub:
     incarnation); a request for another name or cluster is refused with
     FAILED_PRECONDITION.
     """
+    ForwardAdmin: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ForwardAdminRequest, _peer_pb2.ForwardAdminResponse]
+    """ForwardAdmin carries an operator's membership request (AdminService,
+    served on a node's Unix socket) from the node that received it to the
+    Raft leader, which alone decides and proposes membership changes. The
+    leader answers as AdminService would, with the same status codes; a
+    node that is not the leader refuses with UNAVAILABLE naming the leader
+    it knows, and never forwards a forwarded request again.
+    """
 
 @_typing.type_check_only
 class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
@@ -160,6 +168,14 @@ class RaftPeerServiceAsyncStub(RaftPeerServiceStub):
     to_node is the recipient's node name (the caller may not know its
     incarnation); a request for another name or cluster is refused with
     FAILED_PRECONDITION.
+    """
+    ForwardAdmin: _aio.UnaryUnaryMultiCallable[_peer_pb2.ForwardAdminRequest, _peer_pb2.ForwardAdminResponse]  # type: ignore[assignment]
+    """ForwardAdmin carries an operator's membership request (AdminService,
+    served on a node's Unix socket) from the node that received it to the
+    Raft leader, which alone decides and proposes membership changes. The
+    leader answers as AdminService would, with the same status codes; a
+    node that is not the leader refuses with UNAVAILABLE naming the leader
+    it knows, and never forwards a forwarded request again.
     """
 
 class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -263,6 +279,20 @@ class RaftPeerServiceServicer(metaclass=_abc_1.ABCMeta):
         to_node is the recipient's node name (the caller may not know its
         incarnation); a request for another name or cluster is refused with
         FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardAdmin(
+        self,
+        request: _peer_pb2.ForwardAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ForwardAdminResponse, _abc.Awaitable[_peer_pb2.ForwardAdminResponse]]:
+        """ForwardAdmin carries an operator's membership request (AdminService,
+        served on a node's Unix socket) from the node that received it to the
+        Raft leader, which alone decides and proposes membership changes. The
+        leader answers as AdminService would, with the same status codes; a
+        node that is not the leader refuses with UNAVAILABLE naming the leader
+        it knows, and never forwards a forwarded request again.
         """
 
 def add_RaftPeerServiceServicer_to_server(servicer: RaftPeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
