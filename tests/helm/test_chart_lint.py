@@ -91,12 +91,7 @@ REFUSED = {
     "a digest in the tag": (["image.tag=0.1.0@sha256:" + "a" * 64], "/image/tag"),
     "PVCs deleted with the StatefulSet, unacknowledged": (
         ["persistence.retentionPolicy.whenDeleted=Delete"],
-        "persistence.retentionPolicy whenDeleted=Delete whenScaled=Retain deletes Raft data "
-        "volumes",
-    ),
-    "PVCs deleted on scale-down, unacknowledged": (
-        ["persistence.retentionPolicy.whenScaled=Delete"],
-        "set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant",
+        "persistence.retentionPolicy whenDeleted=Delete deletes every Raft data volume",
     ),
     "plaintext peers without the NetworkPolicy": (
         ["tls.enabled=false", "tls.insecurePlaintextPeers=true", "networkPolicy.enabled=false"],

@@ -384,7 +384,9 @@ def test_raft_data_is_on_a_persistent_volume(rendered: Rendered, case: str) -> N
     assert data_dir.startswith(mount["mountPath"].rstrip("/") + "/")
     assert claim["spec"]["resources"]["requests"]["storage"]
     retention = m.statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]
-    assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    # Kept when the release goes; a scaled-away pod's volume goes with it
+    # (its member is removed, and a removed incarnation never rejoins).
+    assert retention == {"whenDeleted": "Retain", "whenScaled": "Delete"}
 
 
 # ---- timing, probes and shutdown -------------------------------------------------

@@ -194,8 +194,8 @@ the fix in the message.
 {{- fail "tls.insecurePlaintextPeers=true goes only with tls.enabled=false" -}}
 {{- end -}}
 {{- $retention := .Values.persistence.retentionPolicy -}}
-{{- if and (or (eq $retention.whenDeleted "Delete") (eq $retention.whenScaled "Delete")) (not $retention.acknowledgeDataLoss) -}}
-{{- fail (printf "persistence.retentionPolicy whenDeleted=%s whenScaled=%s deletes Raft data volumes: committed grants are lost, and a re-created cluster starts its fencing tokens at 1 again, below the ledger's fences; set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant" $retention.whenDeleted $retention.whenScaled) -}}
+{{- if and (eq $retention.whenDeleted "Delete") (not $retention.acknowledgeDataLoss) -}}
+{{- fail "persistence.retentionPolicy whenDeleted=Delete deletes every Raft data volume with the StatefulSet: committed grants are lost, and a re-created cluster starts its fencing tokens at 1 again, below the ledger's fences; set persistence.retentionPolicy.acknowledgeDataLoss=true if that is meant" -}}
 {{- end -}}
 {{- if and (not .Values.tls.enabled) (not .Values.networkPolicy.enabled) -}}
 {{- fail "tls.enabled=false with networkPolicy.enabled=false leaves the peer port open and unauthenticated to every pod of the cluster: anyone could speak Raft; keep the NetworkPolicy (networkPolicy.enabled=true) or peer mTLS" -}}
