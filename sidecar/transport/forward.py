@@ -27,8 +27,9 @@ from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
 from sidecar.serverid import node_name
 from sidecar.transport.channels import PeerChannel
+from sidecar.transport.config import TransportConfig
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportError
-from sidecar.transport.peer import HelloAnswer, TransportConfig
+from sidecar.transport.server import HelloAnswer
 from sidecar.transport.tls import PeerTls
 
 
