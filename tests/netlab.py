@@ -26,7 +26,7 @@ TCP stack sees the fault:
 * ``heal()`` undoes every cut: links up, routes back, neighbour entries
   deleted (so ARP resolves the real address again).
 
-Cleanup: every namespace is named ``rsnl-<pid>-s<i>`` after the test process
+Cleanup: every namespace is named ``rsnl-<pid>-<lab>-s<i>`` after the test process
 that made it; ``close()`` (also run at exit) kills what still runs inside and
 deletes the namespaces, which deletes their links (the root ends with them).
 A lab that starts first removes namespaces of processes that are gone, so a
@@ -41,6 +41,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import signal
@@ -61,7 +62,10 @@ MODES: tuple[CutMode, ...] = ("blackhole", "fastfail")
 _PREFIX = "rsnl"
 _UNUSED_MAC = "02:00:00:00:00:99"
 _LOCK = Path("/run/lock/raft-sidecar-netlab.lock")
-_NAME = re.compile(rf"^{_PREFIX}-(\d+)-s\d+$")
+_NAME = re.compile(rf"^{_PREFIX}-(\d+)-\d+-s\d+$")
+_labs = itertools.count(1)
+"""Labs made by this process: names stay unique while the kernel still tears
+down the namespaces of a closed one (that happens in the background)."""
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -124,7 +128,10 @@ class NetLab:
             raise ValueError("a lab needs at least two nodes")
         self.size = size
         self.names = [f"s{i}" for i in range(size)]
-        self._tag = f"{_PREFIX}-{os.getpid()}"
+        number = next(_labs)
+        self._tag = f"{_PREFIX}-{os.getpid()}-{number}"
+        self._root_prefix = f"rl{os.getpid() % 100000}x{number % 100}h"
+        """Root ends of the host links (interface names have at most 15 bytes)."""
         self._cuts: dict[tuple[str, str], CutMode] = {}
         self._made: list[str] = []
         _LOCK.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +192,7 @@ class NetLab:
             self._in(name, "link", "set", "lo", "up")
             self._in(name, "addr", "add", f"{self.peer_address(name)}/32", "dev", "lo")
             i = self._index(name)
-            root_end = f"{_PREFIX}{os.getpid() % 100000}h{i}"
+            root_end = f"{self._root_prefix}{i}"
             _ip("link", "add", root_end, "type", "veth", "peer", "name", "host", "netns", ns)
             _ip("addr", "add", f"10.250.{self._subnet}.{4 * i + 1}/30", "dev", root_end)
             _ip("link", "set", root_end, "up")
@@ -258,8 +265,9 @@ class NetLab:
     def close(self) -> None:
         """Delete every namespace this lab made (and with them every link)."""
         made, self._made = self._made, []
-        for ns in made:
+        for i, ns in enumerate(made):
             _delete_namespace(ns)
+            _ip("link", "del", f"{self._root_prefix}{i}", check=False)  # at once, not later
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 

@@ -17,7 +17,11 @@ Outbound (``PeerClient``, one per remote peer):
 * About once per ``ack_interval_s`` a batch (an empty one on an idle stream)
   asks for an acknowledgement: its round trip is the peer's RTT, its arrival
   marks the peer reachable, and its absence after ``rpc_timeout_s`` cancels
-  the stream as stalled.
+  the stream as stalled. So does a write that HTTP/2 flow control holds for
+  ``rpc_timeout_s`` (the peer reads nothing: without this deadline the
+  writer would wait as long as TCP keeps the connection). A stalled stream
+  marks the peer unreachable and resets the channel, so the next stream
+  dials a new connection instead of queueing behind the silent one.
 * When the stream breaks, what it carried before its first acknowledgement
   and the batch whose write failed go back to the front of the deque (they
   are the oldest) and the oldest messages beyond the bound are dropped, unless
@@ -161,7 +165,8 @@ class _Stream:
         self.probe_sent_at = 0.0
         self.next_probe_at = 0.0  # the first batch of a stream asks at once
         self.acked = False
-        self.stalled = False
+        self.stalled = ""
+        """Why the stream was cancelled as stalled ("" while it was not)."""
         self.watchdog: asyncio.TimerHandle | None = None
         self.unconfirmed: deque[_Queued] = deque()
 
@@ -306,7 +311,7 @@ class PeerClient:
             peer_id=self.peer_id,
             address=self.address,
             tls=self._tls,
-            options=self._cfg.channel_options(),
+            config=self._cfg,
             retire_grace_s=self._cfg.snapshot_timeout_s,
         )
         self._tasks = [
@@ -402,6 +407,8 @@ class PeerClient:
         if isinstance(error, _NewCredentials) and code is grpc.StatusCode.OK:
             return  # the peer read everything; reopen at once with the new files
         self.failed_rpcs += 1
+        if stream.stalled and self._link is not None:
+            self._link.reset()  # TCP may keep the silent connection for minutes
         # A stream that broke before its first acknowledgement (the peer was
         # still starting, or never took it) may have delivered nothing: what
         # it carried is tried again, like the batch whose write failed. Later
@@ -466,16 +473,22 @@ class PeerClient:
                 stream.watchdog = loop.call_later(
                     self._cfg.rpc_timeout_s, self._on_probe_timeout, stream, stream.sequence
                 )
-            await call.write(
-                peer_pb2.DeliverStreamRequest(
-                    cluster_id=cluster_id,
-                    from_node=from_node,
-                    to_node=batch[0].recipient if batch else self.target,
-                    messages=[q.pb for q in batch],
-                    sequence=stream.sequence,
-                    ack_requested=probe,
+            # A write waits while HTTP/2 flow control is closed: bounded, or a
+            # peer that reads nothing (a silent link) would hold it forever.
+            deadline = loop.call_later(self._cfg.rpc_timeout_s, self._on_write_timeout, stream)
+            try:
+                await call.write(
+                    peer_pb2.DeliverStreamRequest(
+                        cluster_id=cluster_id,
+                        from_node=from_node,
+                        to_node=batch[0].recipient if batch else self.target,
+                        messages=[q.pb for q in batch],
+                        sequence=stream.sequence,
+                        ack_requested=probe,
+                    )
                 )
-            )
+            finally:
+                deadline.cancel()
             self.sent += len(batch)
             if not stream.acked:
                 stream.unconfirmed.extend(batch)
@@ -486,8 +499,8 @@ class PeerClient:
     async def _end_for_new_credentials(self, call: Any) -> NoReturn:
         """Half-close the stream and wait (bounded) until the peer has read all of
         it; raises ``_NewCredentials`` so the next stream dials with the new files."""
-        await call.done_writing()
         with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(call.done_writing(), self._cfg.rpc_timeout_s)
             await asyncio.wait_for(call.code(), self._cfg.rpc_timeout_s)
         raise _NewCredentials
 
@@ -517,8 +530,16 @@ class PeerClient:
             self._has_work.set()
 
     def _on_probe_timeout(self, stream: _Stream, sequence: int) -> None:
-        if stream.probe_sequence == sequence and not stream.call.done():
-            stream.stalled = True
+        if stream.probe_sequence == sequence:
+            self._stall(stream, f"no acknowledgement within {self._cfg.rpc_timeout_s} s")
+
+    def _on_write_timeout(self, stream: _Stream) -> None:
+        self._stall(stream, f"a write blocked for {self._cfg.rpc_timeout_s} s (flow control)")
+
+    def _stall(self, stream: _Stream, why: str) -> None:
+        """Cancel the stream as stalled; the writer reports it and resets the link."""
+        if not stream.call.done() and not stream.stalled:
+            stream.stalled = why
             stream.call.cancel()
             self._has_work.set()
 
@@ -527,10 +548,7 @@ class PeerClient:
     ) -> tuple[Any, str]:
         """The status a broken stream ended with, as (code, details)."""
         if stream.stalled:
-            return (
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no acknowledgement within {self._cfg.rpc_timeout_s} s",
-            )
+            return grpc.StatusCode.DEADLINE_EXCEEDED, stream.stalled
         if done:
             return await stream.call.code(), await stream.call.details() or ""
         if isinstance(error, grpc.aio.AioRpcError):

@@ -39,8 +39,10 @@ class TransportConfig:
     max_concurrent_snapshots: int = 2
     """Inbound snapshot streams held in memory at once; more are refused."""
     rpc_timeout_s: float = 2.0
-    """Deadline of one unary Deliver call, and how long a stream waits for a
-    requested acknowledgement before it is declared stalled and reopened."""
+    """Deadline of one unary Deliver call, of every write to a stream, and how
+    long a stream waits for a requested acknowledgement: a stream over that
+    is declared stalled, the peer unreachable, and the next stream dials a
+    new connection."""
     ack_interval_s: float = 1.0
     """How often a stream batch asks for an acknowledgement (RTT sample and
     stall detection); an idle stream sends an empty batch to ask."""
@@ -57,6 +59,47 @@ class TransportConfig:
     comes back is reached within about this long: short enough that a
     restarted follower hears the leader before its election timeout runs out
     more than once; a down peer costs a refused connect twice a second."""
+    keepalive_time_s: float = 10.0
+    """gRPC keepalive: how often a channel pings its connection."""
+    keepalive_timeout_s: float = 5.0
+    """...and how long an unanswered ping (or, through TCP_USER_TIMEOUT, data
+    the kernel cannot deliver) lasts before the connection is closed and
+    dialled again."""
+    dns_refresh_s: float = 1.0
+    """Least time between two DNS resolutions of a peer's name (gRPC's
+    default, 30 s, would keep a pod that came back on a new IP unreachable
+    for that long)."""
+
+    @classmethod
+    def for_raft(cls, election_timeout_s: float) -> TransportConfig:
+        """The timings for a Raft election timeout of ``election_timeout_s``
+        (the lower end of its randomized range); docs/transport.md argues them.
+
+        * ``backoff_max_s``: one election timeout, within [0.1 s, 0.5 s]: a
+          link that comes back is dialled again within a few heartbeats, and
+          a down peer costs at most ten connects a second.
+        * ``rpc_timeout_s``: four of the longest election timeouts, at least
+          2 s: a stall is only declared when Raft has long given up on the
+          peer anyway, so a slow but live peer is not cut off for a hiccup.
+        * ``keepalive_time_s``: twenty of the longest election timeouts, at
+          least 10 s; ``keepalive_timeout_s`` a quarter of it, at least the
+          stall deadline. The replication stream's acknowledgements already
+          find a silent link within ``ack_interval_s + rpc_timeout_s``;
+          keepalive is the backstop for connections that carry no such stream
+          (forwarded calls, a channel between streams), and pings under the
+          election timeout would cost CPU on every connection for nothing.
+        """
+        if election_timeout_s <= 0:
+            raise TransportUsageError(f"election_timeout_s must be > 0, got {election_timeout_s}")
+        longest_s = 2 * election_timeout_s  # the range is [T, 2T)
+        rpc_timeout_s = max(2.0, 4 * longest_s)
+        keepalive_time_s = max(10.0, 20 * longest_s)
+        return cls(
+            backoff_max_s=min(0.5, max(0.1, election_timeout_s)),
+            rpc_timeout_s=rpc_timeout_s,
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=max(rpc_timeout_s, keepalive_time_s / 4),
+        )
 
     def __post_init__(self) -> None:
         for name in (
@@ -78,9 +121,14 @@ class TransportConfig:
             "unary_fallback_s",
             "snapshot_timeout_s",
             "backoff_multiplier_s",
+            "keepalive_timeout_s",
+            "dns_refresh_s",
         ):
             if getattr(self, name) <= 0:
                 raise TransportUsageError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.keepalive_time_s < 1:
+            # The peer server allows a ping per keepalive_time_s / 2 (below).
+            raise TransportUsageError(f"keepalive_time_s must be >= 1, got {self.keepalive_time_s}")
         if self.backoff_max_s < self.backoff_multiplier_s:
             raise TransportUsageError("backoff_max_s must be >= backoff_multiplier_s")
         if self.snapshot_chunk_bytes + 4096 > self.max_message_bytes:
@@ -98,21 +146,14 @@ class TransportConfig:
             max_concurrent_streams=256,
             max_concurrent_rpcs=1024,
             max_streams_per_method=64,
-            permit_keepalive_without_calls=False,
-            min_ping_interval_ms=5_000,
+            # Peers ping every keepalive_time_s, also on a connection without
+            # calls (a forwarding channel between calls): allowed, with room
+            # for timers that fire early, so the server never sends GOAWAY
+            # too_many_pings to a peer.
+            permit_keepalive_without_calls=True,
+            min_ping_interval_ms=int(self.keepalive_time_s * 1000 / 2),
             # A peer whose host died leaves its half-open replication stream
             # here: found and closed within 40 s instead of TCP's two hours.
             keepalive_time_ms=30_000,
             keepalive_timeout_ms=10_000,
         )
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            # gRPC's own reconnect backoff defaults to 1 s growing to 120 s;
-            # cap it like ours so a returning peer is found within seconds.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", max(100, int(self.backoff_max_s * 1000))),
-        ]
