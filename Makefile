@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.storage
 	$(BIN)/python -m bench.sidecar
 	$(BIN)/python -m bench.membership
+	$(BIN)/python -m bench.silent_failover
 
 # helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
 .PHONY: tools
