@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.membership
 	$(BIN)/python -m bench.disaster
 	$(BIN)/python -m bench.members
+	$(BIN)/python -m bench.silent_failover
 
 # helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
 .PHONY: tools

@@ -45,7 +45,7 @@ from sidecar.storage.errors import StorageError
 from sidecar.storage.identity import Identity, IdentityMismatch, IdentityStore
 from sidecar.transport.errors import ForwardInvalid, ForwardRefused, TransportUsageError
 from sidecar.transport.forward import Forwarder
-from sidecar.transport.peer import HelloAnswer, Transport
+from sidecar.transport.peer import HelloAnswer, Transport, TransportConfig
 from sidecar.transport.tls import PeerTls, TlsMaterialError
 
 _log = structlog.get_logger("sidecar.app")
@@ -101,6 +101,8 @@ async def serve(config: SidecarConfig) -> int:
         )
     handlers = _PeerHandlers(identity)
     others = {k: v for k, v in config.peers.items() if k != config.node_id}
+    # Reconnect backoff, stall deadline and keepalive follow the Raft timings.
+    links = TransportConfig.for_raft(config.tick_ms * config.election_timeout_ticks / 1000)
     transport = Transport(
         node_id=me,
         cluster_id=config.cluster_id,
@@ -114,6 +116,7 @@ async def serve(config: SidecarConfig) -> int:
         hello=handlers.hello,
         on_peer_unreachable=handlers.peer_unreachable,
         tls=tls,
+        config=links,
     )
     forwarder = Forwarder(
         node_id=me,
@@ -121,6 +124,7 @@ async def serve(config: SidecarConfig) -> int:
         peers=others,
         tls=tls,
         advertise_address=config.peers[config.node_id],
+        config=links,
     )
 
     handlers.forwarder = forwarder

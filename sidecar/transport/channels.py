@@ -1,4 +1,16 @@
-"""The one way this node dials a peer: ``PeerChannel``.
+"""The one way this node dials a peer: ``PeerChannel`` (replication and forwarding).
+
+Every channel to a peer gets the same options from ``channel_options``: gRPC
+keepalive pings with a timeout (a connection that went silent is closed and
+dialled again; with keepalive on, gRPC also sets TCP_USER_TIMEOUT, so the
+kernel gives up on data it cannot deliver), a capped and jittered reconnect
+backoff, and quick DNS re-resolution. The values come from ``TransportConfig``
+and are argued in docs/transport.md.
+
+A caller that finds the link silent on its own (a stream's acknowledgement or
+write overdue, a forwarded call past its deadline) calls ``reset``: the next
+call dials a new connection instead of queueing behind the silent one, which
+TCP might only give up on after its retransmissions back off for minutes.
 
 Plaintext without TLS. With TLS, the channel presents this node's
 certificate and accepts the server only if its certificate names the peer it
@@ -16,13 +28,34 @@ long-lived call (the replication stream) checks ``outdated`` and ends it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2_grpc
+from sidecar.transport.config import TransportConfig
 from sidecar.transport.tls import PeerTls
+
+
+def channel_options(config: TransportConfig) -> list[tuple[str, int]]:
+    """The gRPC options of every channel to a peer."""
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # gRPC's own reconnect backoff defaults to 1 s growing to 120 s; cap
+        # it like ours so a returning peer is found within a few heartbeats.
+        # gRPC jitters it (20 %) and uses the minimum as the connect timeout.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", max(100, int(config.backoff_max_s * 1000))),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        # Ping also when no call is open (a forwarding channel between calls)
+        # and however long no data flowed; the peer server allows both.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.dns_min_time_between_resolutions_ms", int(config.dns_refresh_s * 1000)),
+    ]
 
 
 class PeerChannel:
@@ -34,17 +67,20 @@ class PeerChannel:
         peer_id: str,
         address: str,
         tls: PeerTls | None = None,
-        options: Sequence[tuple[str, Any]] = (),
+        config: TransportConfig = TransportConfig(),
         retire_grace_s: float = 5.0,
     ) -> None:
         self.peer_id = peer_id
         self.address = address
         self._tls = tls
-        self._options = list(options)
+        self._options: list[tuple[str, Any]] = list(channel_options(config))
         self._retire_grace_s = retire_grace_s
         self._channel: Any = None
         self._stub: peer_pb2_grpc.RaftPeerServiceStub | None = None
         self._generation = 0
+        self._reset = False
+        self.resets = 0
+        """Channels dropped by ``reset`` (a link found silent)."""
         self._closing: dict[asyncio.Task[None], Any] = {}
         """Retired channels still closing, by the task that closes them."""
 
@@ -54,10 +90,19 @@ class PeerChannel:
         return self._tls is not None and self._tls.generation != self._generation
 
     def stub(self) -> peer_pb2_grpc.RaftPeerServiceStub:
-        """A stub on a channel with the credentials in use (built on first use)."""
-        if self._stub is None or self.outdated:
+        """A stub on a channel with the credentials in use (built on first use,
+        and anew after ``reset`` or a reload of the TLS files)."""
+        if self._stub is None or self.outdated or self._reset:
+            self._reset = False
             self._stub = self._open()
         return self._stub
+
+    def reset(self) -> None:
+        """The link went silent: the next ``stub()`` dials a new connection.
+        Calls still on the old channel have its retire grace to finish."""
+        if self._channel is not None and not self._reset:
+            self._reset = True
+            self.resets += 1
 
     def _open(self) -> peer_pb2_grpc.RaftPeerServiceStub:
         old = self._channel

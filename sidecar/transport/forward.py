@@ -27,13 +27,14 @@ from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.types import NodeId
 from sidecar.serverid import node_name
 from sidecar.transport.channels import PeerChannel
+from sidecar.transport.config import TransportConfig
 from sidecar.transport.errors import (
     AdminRefused,
     ForwardInvalid,
     ForwardRefused,
     TransportError,
 )
-from sidecar.transport.peer import HelloAnswer, TransportConfig
+from sidecar.transport.server import HelloAnswer
 from sidecar.transport.tls import PeerTls
 
 
@@ -51,6 +52,7 @@ class Forwarder:
         timeout_s: float = 5.0,
         tls: PeerTls | None = None,
         advertise_address: str = "",
+        config: TransportConfig = TransportConfig(),
     ) -> None:
         self._node_id = node_id
         self.admitted_index = 0
@@ -60,6 +62,7 @@ class Forwarder:
         self._cluster_id = cluster_id
         self._peers = dict(peers)
         self._timeout_s = timeout_s
+        self._config = config
         self._tls = tls
         self._links: dict[NodeId, PeerChannel] = {}
 
@@ -72,14 +75,13 @@ class Forwarder:
             address = self._peers.get(name)
             if address is None:
                 raise ForwardRefused(f"unknown leader {leader!r}")
-            # gRPC's default reconnect backoff grows to 120 s: a peer that
-            # was not listening yet (a node still starting, one that just
-            # came back) would stay unreachable for that long.
+            # The replication stream's options (channels.py): capped
+            # reconnect backoff, keepalive, quick DNS re-resolution.
             link = self._links[name] = PeerChannel(
                 peer_id=name,
                 address=address,
                 tls=self._tls,
-                options=TransportConfig().channel_options(),
+                config=self._config,
                 retire_grace_s=self._timeout_s,
             )
         return link.stub()
@@ -138,6 +140,7 @@ class Forwarder:
         try:
             response = await self._stub(peer).Hello(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
+            self._reset_if_silent(peer, e)
             raise ForwardUnavailable(f"{peer}: {e.code().name}: {e.details()}") from e
         return HelloAnswer(
             server_id=response.server_id,
@@ -164,14 +167,22 @@ class Forwarder:
                 request, timeout=timeout_s
             )
         except grpc.aio.AioRpcError as e:
+            self._reset_if_silent(leader, e)
             code = e.code().name if e.code() != grpc.StatusCode.CANCELLED else "UNAVAILABLE"
             raise AdminRefused(code, e.details() or f"leader {node_name(leader)}: {code}") from e
         except ForwardRefused as e:
             raise AdminRefused("UNAVAILABLE", str(e)) from e
         return response
 
-    @staticmethod
-    def _translate(leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:
+    def _reset_if_silent(self, node: NodeId, e: grpc.aio.AioRpcError) -> None:
+        """A call past its deadline may be stuck behind a silent connection
+        (a blackholed link TCP has not given up on): dial anew next time."""
+        link = self._links.get(node_name(node))
+        if link is not None and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            link.reset()
+
+    def _translate(self, leader: NodeId, e: grpc.aio.AioRpcError) -> TransportError:
+        self._reset_if_silent(leader, e)
         if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
             return ForwardRefused(e.details() or f"{leader} refused")
         if e.code() == grpc.StatusCode.INVALID_ARGUMENT:

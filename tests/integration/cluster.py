@@ -74,10 +74,14 @@ class Sidecar:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     channel: grpc.Channel | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    """Where its worker API, metrics and health ports listen (and tests reach them)."""
+    peer_host: str = "127.0.0.1"
+    """Where its peer port listens (and its peers reach it)."""
 
     @property
     def api(self) -> str:
-        return f"127.0.0.1:{self.api_port}"
+        return f"{self.host}:{self.api_port}"
 
     def stub(self) -> Any:
         if self.channel is None:
@@ -86,7 +90,7 @@ class Sidecar:
 
     def metrics(self) -> str:
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            f"http://{self.host}:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return str(r.read().decode())
 
@@ -103,7 +107,7 @@ class Sidecar:
 
     def health(self, service: str = "") -> int:
         """grpc.health.v1 status of ``service`` on its probe-only health port."""
-        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+        with grpc.insecure_channel(f"{self.host}:{self.health_port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=service)
             return int(stub.Check(request, timeout=3).status)
@@ -153,10 +157,20 @@ class Sidecar:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, tick_ms: int = 10) -> None:
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        tick_ms: int = 10,
+        hosts: Callable[[int], tuple[str, str]] | None = None,
+    ) -> None:
         self.root = root
         self.tick_ms = tick_ms
         self.size = size
+        self.hosts = hosts
+        """(host, peer host) of node i; loopback for both by default."""
+        self.wrap: Callable[[Sidecar], list[str]] | None = None
+        """A prefix for a node's command line (e.g. ``ip netns exec NS``)."""
         self.started_once = False
         self.peers_of: Callable[[Sidecar], str] | None = None
         """Per-node --peers (e.g. through fault proxies); by default one shared list."""
@@ -174,10 +188,12 @@ class Cluster:
                 free_port(),
                 free_port(),
                 self.root / f"s{i}.log",
+                host=self.hosts(i)[0] if self.hosts else "127.0.0.1",
+                peer_host=self.hosts(i)[1] if self.hosts else "127.0.0.1",
             )
             for i in range(self.size)
         ]
-        self.peers = ",".join(f"{n.node_id}=127.0.0.1:{n.peer_port}" for n in nodes)
+        self.peers = ",".join(f"{n.node_id}={n.peer_host}:{n.peer_port}" for n in nodes)
         return nodes
 
     def start(self, node: Sidecar) -> None:
@@ -186,15 +202,17 @@ class Cluster:
             "--node-id", node.node_id,
             "--peers", self.peers_of(node) if self.peers_of else self.peers,
             "--data-dir", str(node.data_dir),
-            "--peer-listen", f"127.0.0.1:{node.peer_port}",
+            "--peer-listen", f"{node.peer_host}:{node.peer_port}",
             "--api-listen", node.api,
-            "--metrics-listen", f"127.0.0.1:{node.metrics_port}",
-            "--health-listen", f"127.0.0.1:{node.health_port}",
+            "--metrics-listen", f"{node.host}:{node.metrics_port}",
+            "--health-listen", f"{node.host}:{node.health_port}",
             "--tick-ms", str(self.tick_ms),
             "--ttl-min-ms", "500",
         ]  # fmt: skip
         if self.extra_args is not None:
             command += self.extra_args(node)
+        if self.wrap is not None:
+            command = [*self.wrap(node), *command]
         log = node.log_path.open("ab")
         node.process = subprocess.Popen(command, stdout=log, stderr=log, env=os.environ.copy())
 

@@ -92,6 +92,23 @@ async def pair(
         await b.stop()
 
 
+def sender_to(
+    port: int,
+    config: TransportConfig = FAST,
+    on_peer_unreachable: Callable[[str], None] | None = None,
+) -> Transport:
+    """Node a, sending to a server of node b on ``port`` (not started)."""
+    return Transport(
+        node_id="a",
+        cluster_id=CLUSTER,
+        listen_address="127.0.0.1:0",
+        peers={"b": f"127.0.0.1:{port}"},
+        deliver=Inbox().deliver,
+        config=config,
+        on_peer_unreachable=on_peer_unreachable,
+    )
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
     async def wrapped() -> None:
         await main()
@@ -486,15 +503,7 @@ def test_delivery_resumes_after_the_peer_restarts() -> None:
         b = receiver_on(first)
         await b.start()
         lost: list[str] = []
-        a = Transport(
-            node_id="a",
-            cluster_id=CLUSTER,
-            listen_address="127.0.0.1:0",
-            peers={"b": f"127.0.0.1:{port}"},
-            deliver=Inbox().deliver,
-            config=FAST,
-            on_peer_unreachable=lost.append,
-        )
+        a = sender_to(port, FAST, on_peer_unreachable=lost.append)
         await a.start()
         seq = 0
 
@@ -555,14 +564,7 @@ def test_a_stalled_peer_is_detected_and_costs_only_the_queue_bound() -> None:
         servicer.release = asyncio.Event()
         server = PeerServer(servicer, "127.0.0.1:0", config=config)
         port = await server.start()
-        a = Transport(
-            node_id="a",
-            cluster_id=CLUSTER,
-            listen_address="127.0.0.1:0",
-            peers={"b": f"127.0.0.1:{port}"},
-            deliver=Inbox().deliver,
-            config=config,
-        )
+        a = sender_to(port, config)
         client = a.clients["b"]
         seq = 0
 
@@ -613,14 +615,7 @@ def test_a_peer_without_the_stream_is_served_by_unary_deliver() -> None:
         servicer = _UnaryOnlyServicer(node_id="b", cluster_id=CLUSTER, deliver=inbox.deliver)
         server = PeerServer(servicer, "127.0.0.1:0")
         port = await server.start()
-        a = Transport(
-            node_id="a",
-            cluster_id=CLUSTER,
-            listen_address="127.0.0.1:0",
-            peers={"b": f"127.0.0.1:{port}"},
-            deliver=Inbox().deliver,
-            config=FAST,
-        )
+        a = sender_to(port, FAST)
         with structlog.testing.capture_logs() as logs:
             await a.start()
             # What the refused stream carried is sent again by Deliver calls.
@@ -738,14 +733,7 @@ def test_sends_to_a_down_peer_stay_bounded_and_delivery_resumes_when_it_starts()
             backoff_multiplier_s=0.02,
             backoff_max_s=0.5,
         )
-        a = Transport(
-            node_id="a",
-            cluster_id=CLUSTER,
-            listen_address="127.0.0.1:0",
-            peers={"b": f"127.0.0.1:{port}"},
-            deliver=Inbox().deliver,
-            config=config,
-        )
+        a = sender_to(port, config)
         inbox = Inbox()
         b = Transport(
             node_id="b",
