@@ -456,7 +456,11 @@ class PeerClient:
                 # reader sets _has_work when the call ends).
                 self._has_work.clear()
                 alarm = None
-                if stream.probe_sequence == 0:
+                if stream.probe_sequence == 0 and self.target_known:
+                    # Until the core addresses this peer (a follower never
+                    # writes to another follower), there is nothing to probe:
+                    # an alarm already due would wake this loop at once, again
+                    # and again, and spin a core while the cluster is idle.
                     alarm = loop.call_later(stream.next_probe_at - now, self._has_work.set)
                 try:
                     await self._has_work.wait()

@@ -485,6 +485,50 @@ def test_an_idle_stream_keeps_measuring_the_round_trip() -> None:
     run(main)
 
 
+def test_a_stream_to_a_peer_never_addressed_waits_without_spinning() -> None:
+    """A follower never writes to the other follower, so the core never tells
+    its stream whom (which incarnation) to address: there is nothing to probe.
+    The writer then waited on a probe alarm that was already due and woke at
+    once, again and again: an idle follower burned a core (13 CPU s a minute).
+    Its thread must now use next to no CPU while the stream is open."""
+
+    async def main() -> None:
+        b = Transport(
+            node_id="b~00000000000000b2",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={},
+            deliver=Inbox().deliver,
+            config=FAST,
+        )
+        await b.start()
+        a = Transport(
+            node_id="a~00000000000000a1",
+            cluster_id=CLUSTER,
+            listen_address="127.0.0.1:0",
+            peers={"b": f"127.0.0.1:{b.port}"},
+            deliver=Inbox().deliver,
+            config=FAST,
+        )
+        await a.start()
+        try:
+            client = a.clients["b"]
+            assert not client.target_known
+            await asyncio.sleep(FAST.ack_interval_s * 1.5)  # the first probe is due
+            cpu_before, wall_before = time.thread_time(), time.monotonic()
+            await asyncio.sleep(1.0)
+            cpu = time.thread_time() - cpu_before
+            wall = time.monotonic() - wall_before
+            # A spinning loop takes whatever CPU the machine gives it (at least
+            # a tenth of the wall time even with ten busy processes per core).
+            assert cpu < 0.05 * wall, f"{cpu:.3f} s of CPU in {wall:.3f} s while idle"
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(main)
+
+
 def test_delivery_resumes_after_the_peer_restarts() -> None:
     async def main() -> None:
         port = reserve_port()
