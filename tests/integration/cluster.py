@@ -157,11 +157,17 @@ class Sidecar:
 
 
 class Cluster:
+    """Real sidecars. ``tick_ms`` 20 (election timeout 200-400 ms): with 10 ms
+    a machine loaded by other work (two cores, load average 10 and more)
+    changed Raft leaders for nothing, and tests that assume one leader for a
+    few calls failed; 25 is the most the 500 ms minimum TTL the harness uses
+    allows (two election timeouts)."""
+
     def __init__(
         self,
         root: Path,
         size: int = 3,
-        tick_ms: int = 10,
+        tick_ms: int = 20,
         hosts: Callable[[int], tuple[str, str]] | None = None,
     ) -> None:
         self.root = root
@@ -313,7 +319,7 @@ def running(
     root: Path,
     size: int = 3,
     extra_args: Callable[[Sidecar], list[str]] | None = None,
-    tick_ms: int = 10,
+    tick_ms: int = 20,
 ) -> Iterator[Cluster]:
     """A started cluster for a fixture: logs printed on failure, every process stopped."""
     c = Cluster(root, size, tick_ms=tick_ms)

@@ -105,7 +105,7 @@ def test_one_elections_error_does_not_end_another_on_the_same_stream(cluster: Cl
             break
     # Still current while its stream lives (a broken stream revokes at once).
     check = worker_pb2.ValidateTokenRequest(election="shared-a", fencing_token=good.fencing_token)
-    assert stub.ValidateToken(check, timeout=5).valid
+    assert worker_api.unary_retrying(stub.ValidateToken, check).valid
     stop.set()
     stream.cancel()
     by_election: dict[str, list[Any]] = {"shared-a": [], "shared-b": []}

@@ -86,10 +86,24 @@ def campaign(
 
 
 def resign(stub: Any, election: str, lease_key: str, token: int = 0, timeout: float = 5) -> Any:
-    return stub.Resign(
-        worker_pb2.ResignRequest(election=election, lease_key=lease_key, fencing_token=token),
-        timeout=timeout,
-    )
+    """Resign; UNAVAILABLE (a Raft election under way) is retried until
+    ``timeout``, as docs/worker-api.md tells clients: a retried Resign with
+    the same lease key answers as the first did."""
+    request = worker_pb2.ResignRequest(election=election, lease_key=lease_key, fencing_token=token)
+    return unary_retrying(stub.Resign, request, timeout)
+
+
+def unary_retrying(method: Any, request: Any, timeout: float = 10) -> Any:
+    """A unary call whose UNAVAILABLE (a Raft election under way) is retried
+    until ``timeout``, as docs/worker-api.md tells clients to."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return method(request, timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
