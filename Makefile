@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo sim-demo test check sim sim-long bench proto clean
+.PHONY: demo sim-demo test test-loop check sim sim-long bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ sim-demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_tools.sh
 	$(BIN)/python -m pytest -n 2 -q
+
+# The real-process tests N times under CPU burners (scripts/test_loop.sh):
+# before landing a change to the runtime, the transport or the harness.
+N ?= 3
+test-loop: $(STAMP)
+	bash scripts/install_tools.sh
+	bash scripts/test_loop.sh $(N)
 
 # Format, lint, strict typing, import contracts, buf lint, generated-code freshness.
 check: $(STAMP)

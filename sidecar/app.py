@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from sidecar import logging as sidecar_logging
+from sidecar.admin.backup import live_backup
 from sidecar.admin.operator import MembershipAdmin
 from sidecar.admin.server import AdminSocketError, admin_server, remove_stale_socket
 from sidecar.api.health import (
@@ -229,7 +230,9 @@ async def serve(config: SidecarConfig) -> int:
     )
     handlers.node, handlers.leases, handlers.membership = node, leases, membership
     try:
-        admin = start_admin(config, node, membership, forwarder, transport)
+        admin = start_admin(
+            config, node, machine, membership=membership, forwarder=forwarder, transport=transport
+        )
     except AdminSocketError as exc:
         print(f"raft-sidecar: {exc}", file=sys.stderr)
         await _stop_probes(probes)
@@ -314,6 +317,8 @@ async def serve(config: SidecarConfig) -> int:
 def start_admin(
     config: SidecarConfig,
     node: RaftNode,
+    machine: ElectionsMachine,
+    *,
     membership: MembershipManager,
     forwarder: Forwarder,
     transport: Transport,
@@ -333,7 +338,10 @@ def start_admin(
     ) -> peer_pb2.ForwardAdminResponse:
         return await operator.serve(request, forwarded=True)
 
-    server = admin_server(config.admin_socket, serve_local)
+    async def save_backup() -> bytes:
+        return await live_backup(node, machine, config.cluster_id)
+
+    server = admin_server(config.admin_socket, serve_local, save_backup)
     transport.servicer.admin = serve_forwarded
     return server
 

@@ -125,20 +125,38 @@ def _utc(unix_ms: int) -> str:
 
 
 def _cmd_snapshot_save(args: argparse.Namespace) -> int:
-    """Back up a stopped node's directory; exit 2 with one line when refused."""
+    """Back up a running sidecar (its admin socket) or a stopped node's
+    directory; exit 2 with one line when refused, 1 when a running sidecar
+    cannot make the backup."""
     import os  # noqa: PLC0415 - keep `version` light
     import time  # noqa: PLC0415
 
-    from sidecar.backup import highest_token  # noqa: PLC0415
+    from sidecar.backup import Backup, highest_token  # noqa: PLC0415
+    from sidecar.config import ADMIN_SOCKET_NAME  # noqa: PLC0415
     from sidecar.disaster import DisasterError  # noqa: PLC0415
     from sidecar.disaster.save import backup_directory, write_backup  # noqa: PLC0415
 
     command = "snapshot save"
-    if _missing(args, command, ["--data-dir", "FILE"]):
+    if not args.admin_socket and _missing(args, command, ["--data-dir"]):
+        return 2
+    if _missing(args, command, ["FILE"]):
         return 2
     path = os.path.abspath(args.file)
+    socket = args.admin_socket or os.path.join(args.data_dir, ADMIN_SOCKET_NAME)
+    backup: Backup | None = None
+    source = f"the running sidecar at {socket}"
+    if not args.offline:
+        fetched = _fetch_live_backup(socket, command, args.timeout)
+        if isinstance(fetched, int):
+            return fetched
+        backup = fetched
     try:
-        backup = backup_directory(args.data_dir, now_unix_ms=int(time.time() * 1000))
+        if backup is None:
+            if not args.data_dir:
+                print(f"raft-sidecar {command}: no sidecar answers on {socket}", file=sys.stderr)
+                return 1
+            source = f"the stopped directory {args.data_dir}"
+            backup = backup_directory(args.data_dir, now_unix_ms=int(time.time() * 1000))
         write_backup(path, backup)
     except DisasterError as exc:
         print(f"raft-sidecar {command}: {_one_line(exc)}", file=sys.stderr)
@@ -147,7 +165,49 @@ def _cmd_snapshot_save(args: argparse.Namespace) -> int:
         f"saved {path}: cluster {backup.cluster_id}, index {backup.index}, term {backup.term}, "
         f"highest token {highest_token(backup.state)}, made {_utc(backup.created_at_unix_ms)}"
     )
+    print(f"from {source}")
     return 0
+
+
+def _fetch_live_backup(socket: str, command: str, timeout_s: float) -> Any:
+    """The backup from the sidecar answering on ``socket``: a ``Backup``, None
+    when no sidecar listens there (read the stopped directory instead), or an
+    exit status after printing why it failed."""
+    import os  # noqa: PLC0415 - keep `version` light
+    import stat  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    from sidecar.backup import BackupError, decode_backup  # noqa: PLC0415
+    from sidecar.pb.raftsidecar.admin.v1 import admin_pb2, admin_pb2_grpc  # noqa: PLC0415
+
+    try:
+        if not stat.S_ISSOCK(os.stat(socket).st_mode):
+            return None
+    except OSError:
+        return None
+    pieces: list[bytes] = []
+    try:
+        with grpc.insecure_channel(f"unix:{socket}") as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            for piece in stub.SaveSnapshot(admin_pb2.SaveSnapshotRequest(), timeout=timeout_s):
+                pieces.append(piece.data)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not pieces and _refused(exc):
+            return None  # a socket file left by a sidecar that is gone
+        print(f"raft-sidecar {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    try:
+        return decode_backup(b"".join(pieces))
+    except BackupError as exc:
+        print(f"raft-sidecar {command}: the sidecar's backup: {exc}", file=sys.stderr)
+        return 1
+
+
+def _refused(exc: Any) -> bool:
+    """Whether a gRPC failure is a refused connection (nobody listens)."""
+    text = f"{exc.details()} {getattr(exc, 'debug_error_string', lambda: '')()}".lower()
+    return "connection refused" in text or "no such file" in text or "failed to connect" in text
 
 
 def _cmd_snapshot_restore(args: argparse.Namespace) -> int:
@@ -292,10 +352,20 @@ def _add_disaster_commands(subcommands: Any) -> None:
     )
     save = snapshot_commands.add_parser(
         "save",
-        help="write a backup FILE from a stopped node's data directory",
-        description="Reads DIR without changing it: its newest snapshot plus its committed log.",
+        help="write a backup FILE from a running sidecar, or a stopped node's data directory",
+        description="A running sidecar (its admin socket, DIR/admin.sock or --admin-socket) "
+        "makes the backup after a linearizable read: every grant acknowledged before the "
+        "call is in it. When no sidecar answers there (or with --offline), DIR is read "
+        "without being changed: its newest snapshot plus its committed log.",
     )
-    save.add_argument("--data-dir", help="the stopped sidecar's data directory")
+    save.add_argument("--data-dir", help="the sidecar's data directory")
+    save.add_argument("--admin-socket", help="a running sidecar's admin socket")
+    save.add_argument(
+        "--offline", action="store_true", help="read the stopped directory, never the socket"
+    )
+    save.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a running sidecar may take"
+    )
     save.add_argument("file", nargs="?", metavar="FILE", help="the backup file to write")
     save.set_defaults(handler=_cmd_snapshot_save)
     restore = snapshot_commands.add_parser(

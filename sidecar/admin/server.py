@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc  # type: ignore[import-untyped]
@@ -37,6 +37,10 @@ ADMIN_BOUNDS: Final = ServerBounds(
 """An operator's CLI makes one call per connection: small requests, few at once."""
 
 Serve = Callable[[peer_pb2.ForwardAdminRequest], Awaitable[peer_pb2.ForwardAdminResponse]]
+SaveBackup = Callable[[], Awaitable[bytes]]
+"""A backup file of the elections state after a linearizable read; raises
+AdminRefused."""
+BACKUP_CHUNK_BYTES: Final = 1024 * 1024
 
 
 class AdminSocketError(Exception):
@@ -47,8 +51,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Turns each RPC into the one request shape ``serve`` takes (the one a
     follower forwards to the leader), and its refusals into statuses."""
 
-    def __init__(self, serve: Serve) -> None:
+    def __init__(self, serve: Serve, save_backup: SaveBackup | None = None) -> None:
         self._serve = serve
+        self._save_backup = save_backup
 
     async def _call(self, context: Any, field: str, request: Any) -> peer_pb2.ForwardAdminResponse:
         forward = peer_pb2.ForwardAdminRequest()
@@ -81,6 +86,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RemoveMemberResponse:
         return (await self._call(context, "remove_member", request)).remove_member
 
+    async def SaveSnapshot(  # noqa: N802
+        self, request: admin_pb2.SaveSnapshotRequest, context: Any
+    ) -> AsyncIterator[admin_pb2.SaveSnapshotResponse]:
+        """The backup file in pieces of at most ``BACKUP_CHUNK_BYTES`` (the
+        client's default receive limit is 4 MiB; a state can be larger)."""
+        save_backup = self._save_backup
+        if save_backup is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no backups on this server")
+            return
+        try:
+            data = await save_backup()
+        except AdminRefused as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+        for at in range(0, len(data), BACKUP_CHUNK_BYTES):
+            yield admin_pb2.SaveSnapshotResponse(
+                data=data[at : at + BACKUP_CHUNK_BYTES], total_bytes=len(data)
+            )
+
 
 def remove_stale_socket(path: str) -> None:
     """Remove a socket file left at ``path`` by a process that died.
@@ -99,12 +122,13 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def admin_server(path: str, serve: Serve) -> Any:
+def admin_server(path: str, serve: Serve, save_backup: SaveBackup | None = None) -> Any:
     """The admin server bound to the Unix socket ``path`` with mode 0600 (not
     started). Raises AdminSocketError."""
     remove_stale_socket(path)
     server = new_server(ADMIN_BOUNDS)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(serve), server)
+    servicer = AdminServicer(serve, save_backup)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
     previous = os.umask(0o177)  # the socket is never more open than 0600, not even briefly
     try:
         bound = server.add_insecure_port(f"unix:{path}")

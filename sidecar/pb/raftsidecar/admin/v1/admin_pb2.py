@@ -24,35 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n raftsidecar/admin/v1/admin.proto\x12\x14raftsidecar.admin.v1\"\xb7\x01\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12.\n\x04role\x18\x03 \x01(\x0e\x32 .raftsidecar.admin.v1.MemberRole\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tcaught_up\x18\x06 \x01(\x08\x12\x0e\n\x06leader\x18\x07 \x01(\x08\x12\x11\n\treachable\x18\x08 \x01(\x08\"=\n\x07Visitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0f\n\x07removed\x18\x03 \x01(\x08\"\x14\n\x12ListMembersRequest\"\xa9\x01\n\x13ListMembersResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x03 \x01(\x04\x12-\n\x07members\x18\x04 \x03(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12/\n\x08visitors\x18\x05 \x03(\x0b\x32\x1d.raftsidecar.admin.v1.Visitor\" \n\x10\x41\x64\x64MemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x11\x41\x64\x64MemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12\r\n\x05index\x18\x02 \x01(\x04\"$\n\x14PromoteMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x15PromoteMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12\r\n\x05index\x18\x02 \x01(\x04\"2\n\x13RemoveMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"x\n\x14RemoveMemberResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x1e\n\x16leadership_transferred\x18\x04 \x01(\x08\x12\x0e\n\x06leader\x18\x05 \x01(\t*Y\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMBER_ROLE_VOTER\x10\x01\x12\x17\n\x13MEMBER_ROLE_LEARNER\x10\x02\x32\xa1\x03\n\x0c\x41\x64minService\x12\x62\n\x0bListMembers\x12(.raftsidecar.admin.v1.ListMembersRequest\x1a).raftsidecar.admin.v1.ListMembersResponse\x12\\\n\tAddMember\x12&.raftsidecar.admin.v1.AddMemberRequest\x1a\'.raftsidecar.admin.v1.AddMemberResponse\x12h\n\rPromoteMember\x12*.raftsidecar.admin.v1.PromoteMemberRequest\x1a+.raftsidecar.admin.v1.PromoteMemberResponse\x12\x65\n\x0cRemoveMember\x12).raftsidecar.admin.v1.RemoveMemberRequest\x1a*.raftsidecar.admin.v1.RemoveMemberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n raftsidecar/admin/v1/admin.proto\x12\x14raftsidecar.admin.v1\"\x15\n\x13SaveSnapshotRequest\"9\n\x14SaveSnapshotResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"\xb7\x01\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12.\n\x04role\x18\x03 \x01(\x0e\x32 .raftsidecar.admin.v1.MemberRole\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tcaught_up\x18\x06 \x01(\x08\x12\x0e\n\x06leader\x18\x07 \x01(\x08\x12\x11\n\treachable\x18\x08 \x01(\x08\"=\n\x07Visitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0f\n\x07removed\x18\x03 \x01(\x08\"\x14\n\x12ListMembersRequest\"\xa9\x01\n\x13ListMembersResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x03 \x01(\x04\x12-\n\x07members\x18\x04 \x03(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12/\n\x08visitors\x18\x05 \x03(\x0b\x32\x1d.raftsidecar.admin.v1.Visitor\" \n\x10\x41\x64\x64MemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x11\x41\x64\x64MemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12\r\n\x05index\x18\x02 \x01(\x04\"$\n\x14PromoteMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x15PromoteMemberResponse\x12,\n\x06member\x18\x01 \x01(\x0b\x32\x1c.raftsidecar.admin.v1.Member\x12\r\n\x05index\x18\x02 \x01(\x04\"2\n\x13RemoveMemberRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"x\n\x14RemoveMemberResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x1e\n\x16leadership_transferred\x18\x04 \x01(\x08\x12\x0e\n\x06leader\x18\x05 \x01(\t*Y\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MEMBER_ROLE_VOTER\x10\x01\x12\x17\n\x13MEMBER_ROLE_LEARNER\x10\x02\x32\x8a\x04\n\x0c\x41\x64minService\x12\x62\n\x0bListMembers\x12(.raftsidecar.admin.v1.ListMembersRequest\x1a).raftsidecar.admin.v1.ListMembersResponse\x12\\\n\tAddMember\x12&.raftsidecar.admin.v1.AddMemberRequest\x1a\'.raftsidecar.admin.v1.AddMemberResponse\x12h\n\rPromoteMember\x12*.raftsidecar.admin.v1.PromoteMemberRequest\x1a+.raftsidecar.admin.v1.PromoteMemberResponse\x12\x65\n\x0cRemoveMember\x12).raftsidecar.admin.v1.RemoveMemberRequest\x1a*.raftsidecar.admin.v1.RemoveMemberResponse\x12g\n\x0cSaveSnapshot\x12).raftsidecar.admin.v1.SaveSnapshotRequest\x1a*.raftsidecar.admin.v1.SaveSnapshotResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sidecar.pb.raftsidecar.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBERROLE']._serialized_start=915
-  _globals['_MEMBERROLE']._serialized_end=1004
-  _globals['_MEMBER']._serialized_start=59
-  _globals['_MEMBER']._serialized_end=242
-  _globals['_VISITOR']._serialized_start=244
-  _globals['_VISITOR']._serialized_end=305
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=307
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=327
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=330
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=499
-  _globals['_ADDMEMBERREQUEST']._serialized_start=501
-  _globals['_ADDMEMBERREQUEST']._serialized_end=533
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=535
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=615
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=617
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=653
-  _globals['_PROMOTEMEMBERRESPONSE']._serialized_start=655
-  _globals['_PROMOTEMEMBERRESPONSE']._serialized_end=739
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=741
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=791
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=793
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=913
-  _globals['_ADMINSERVICE']._serialized_start=1007
-  _globals['_ADMINSERVICE']._serialized_end=1424
+  _globals['_MEMBERROLE']._serialized_start=997
+  _globals['_MEMBERROLE']._serialized_end=1086
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=58
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=79
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=81
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=138
+  _globals['_MEMBER']._serialized_start=141
+  _globals['_MEMBER']._serialized_end=324
+  _globals['_VISITOR']._serialized_start=326
+  _globals['_VISITOR']._serialized_end=387
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=389
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=409
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=412
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=581
+  _globals['_ADDMEMBERREQUEST']._serialized_start=583
+  _globals['_ADDMEMBERREQUEST']._serialized_end=615
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=617
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=697
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=699
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=735
+  _globals['_PROMOTEMEMBERRESPONSE']._serialized_start=737
+  _globals['_PROMOTEMEMBERRESPONSE']._serialized_end=821
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=823
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=873
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=875
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=995
+  _globals['_ADMINSERVICE']._serialized_start=1089
+  _globals['_ADMINSERVICE']._serialized_end=1611
 # @@protoc_insertion_point(module_scope)

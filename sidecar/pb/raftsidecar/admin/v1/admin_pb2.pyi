@@ -39,8 +39,8 @@ Errors: a gRPC status with a one-line message.
   DEADLINE_EXCEEDED   the change entered the log but did not commit in
                       time; list the members to see where it stands
 
-Room is left for operator RPCs that are not about membership (a later
-SaveSnapshot): they are added to this service.
+SaveSnapshot is served by the node that receives it (no forwarding); it
+answers UNAVAILABLE when no leader confirms its read.
 """
 
 from collections import abc as _abc
@@ -82,6 +82,49 @@ MEMBER_ROLE_VOTER: MemberRole.ValueType  # 1
 MEMBER_ROLE_LEARNER: MemberRole.ValueType  # 2
 """MEMBER_ROLE_LEARNER receives the log but never votes nor counts."""
 Global___MemberRole: _TypeAlias = MemberRole  # noqa: Y015
+
+@_typing.final
+class SaveSnapshotRequest(_message.Message):
+    """SaveSnapshotRequest asks for a backup; it has no options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSnapshotRequest: _TypeAlias = SaveSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SaveSnapshotResponse(_message.Message):
+    """SaveSnapshotResponse is one piece of the backup file, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """data is the next piece of the backup file (at most 1 MiB)."""
+    total_bytes: _builtins.int
+    """total_bytes is the size of the whole file, the same in every response."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSnapshotResponse: _TypeAlias = SaveSnapshotResponse  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):

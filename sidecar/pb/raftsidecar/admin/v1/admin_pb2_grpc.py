@@ -56,6 +56,11 @@ class AdminServiceStub:
                 request_serializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
                 response_deserializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.FromString,
                 _registered_method=True)
+        self.SaveSnapshot = channel.unary_stream(
+                '/raftsidecar.admin.v1.AdminService/SaveSnapshot',
+                request_serializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotRequest.SerializeToString,
+                response_deserializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -103,6 +108,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveSnapshot(self, request, context):
+        """SaveSnapshot streams a backup of the cluster's elections state, taken
+        by the sidecar that receives the call after a linearizable read (a
+        ReadIndex round through the Raft leader): it holds every grant
+        acknowledged before the call began. The concatenated data of the
+        responses is a backup file (docs/storage.md, "Backup files"), checksummed
+        as a whole; `raft-sidecar snapshot restore` reads it. UNAVAILABLE when
+        there is no Raft leader to confirm the read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +143,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.FromString,
                     response_serializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'SaveSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveSnapshot,
+                    request_deserializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotRequest.FromString,
+                    response_serializer=raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +260,33 @@ class AdminService:
             '/raftsidecar.admin.v1.AdminService/RemoveMember',
             raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
             raftsidecar_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftsidecar.admin.v1.AdminService/SaveSnapshot',
+            raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotRequest.SerializeToString,
+            raftsidecar_dot_admin_dot_v1_dot_admin__pb2.SaveSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

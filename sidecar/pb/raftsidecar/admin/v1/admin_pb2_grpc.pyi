@@ -39,8 +39,8 @@ Errors: a gRPC status with a one-line message.
   DEADLINE_EXCEEDED   the change entered the log but did not commit in
                       time; list the members to see where it stands
 
-Room is left for operator RPCs that are not about membership (a later
-SaveSnapshot): they are added to this service.
+SaveSnapshot is served by the node that receives it (no forwarding); it
+answers UNAVAILABLE when no leader confirms its read.
 """
 
 from collections import abc as _abc
@@ -99,6 +99,15 @@ class AdminServiceStub:
     incarnation is removed for good: it stops, and refuses to start until
     its data directory is wiped (which makes a new incarnation).
     """
+    SaveSnapshot: _grpc.UnaryStreamMultiCallable[_admin_pb2.SaveSnapshotRequest, _admin_pb2.SaveSnapshotResponse]
+    """SaveSnapshot streams a backup of the cluster's elections state, taken
+    by the sidecar that receives the call after a linearizable read (a
+    ReadIndex round through the Raft leader): it holds every grant
+    acknowledged before the call began. The concatenated data of the
+    responses is a backup file (docs/storage.md, "Backup files"), checksummed
+    as a whole; `raft-sidecar snapshot restore` reads it. UNAVAILABLE when
+    there is no Raft leader to confirm the read.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -130,6 +139,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     the most caught-up voter first, and the new leader removes it. A removed
     incarnation is removed for good: it stops, and refuses to start until
     its data directory is wiped (which makes a new incarnation).
+    """
+    SaveSnapshot: _aio.UnaryStreamMultiCallable[_admin_pb2.SaveSnapshotRequest, _admin_pb2.SaveSnapshotResponse]  # type: ignore[assignment]
+    """SaveSnapshot streams a backup of the cluster's elections state, taken
+    by the sidecar that receives the call after a linearizable read (a
+    ReadIndex round through the Raft leader): it holds every grant
+    acknowledged before the call began. The concatenated data of the
+    responses is a backup file (docs/storage.md, "Backup files"), checksummed
+    as a whole; `raft-sidecar snapshot restore` reads it. UNAVAILABLE when
+    there is no Raft leader to confirm the read.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -183,6 +201,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         the most caught-up voter first, and the new leader removes it. A removed
         incarnation is removed for good: it stops, and refuses to start until
         its data directory is wiped (which makes a new incarnation).
+        """
+
+    @_abc_1.abstractmethod
+    def SaveSnapshot(
+        self,
+        request: _admin_pb2.SaveSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.SaveSnapshotResponse], _abc.AsyncIterator[_admin_pb2.SaveSnapshotResponse]]:
+        """SaveSnapshot streams a backup of the cluster's elections state, taken
+        by the sidecar that receives the call after a linearizable read (a
+        ReadIndex round through the Raft leader): it holds every grant
+        acknowledged before the call began. The concatenated data of the
+        responses is a backup file (docs/storage.md, "Backup files"), checksummed
+        as a whole; `raft-sidecar snapshot restore` reads it. UNAVAILABLE when
+        there is no Raft leader to confirm the read.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
