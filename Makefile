@@ -45,6 +45,9 @@ proto: $(STAMP)
 sim-long: $(STAMP)
 	nice -n 10 $(BIN)/python -m tests.sim --first-seed 100000 --seeds 50000 --steps 2000 --jobs 2 --progress 5000
 
+# The last step prints our figures beside etcd's (Debian's etcd-server, unpacked
+# into .tools/bin by `make bench-etcd`); without etcd it prints ours alone and
+# says how to install it. Not part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python -m bench.raft_core
 	$(BIN)/python -m bench.storage
@@ -53,6 +56,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.disaster
 	$(BIN)/python -m bench.members
 	$(BIN)/python -m bench.silent_failover
+	$(BIN)/python -m bench.etcd_baseline
+
+# etcd for bench.etcd_baseline, into .tools/bin (scripts/install_etcd.sh), then the bench.
+.PHONY: bench-etcd
+bench-etcd: $(STAMP)
+	bash scripts/install_etcd.sh
+	$(BIN)/python -m bench.etcd_baseline
 
 # helm and promtool for tests/helm/, into .tools/bin (scripts/install_tools.sh).
 .PHONY: tools

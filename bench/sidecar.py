@@ -327,23 +327,45 @@ def run_clients(
     return time.monotonic() - t0
 
 
-def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tuple[int, float]:
-    """Campaign+Resign cycles/s from ``threads`` synchronous clients, distinct elections."""
-    channel = grpc.insecure_channel(node.api)
-    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+def cycle_rate(
+    threads: int, seconds: float, cycle: Callable[[int, int], None], what: str
+) -> tuple[int, float]:
+    """(cycles, seconds) of ``cycle(k, i)`` run back to back by ``threads``
+    synchronous clients (``k`` the client, ``i`` its cycle number). A cycle
+    that fails (a Raft election under load) is counted and reported and the
+    client goes on. etcd's baseline calls this too."""
     counts = [0] * threads
+    errors = [0] * threads
 
     def client(k: int, stop: threading.Event) -> None:
         i = 0
         while not stop.is_set():
-            token = campaign(stub, f"bench-p{k}-{i}", "solo", 5000, timeout=20)
-            resign(stub, token)
-            counts[k] += 1
             i += 1
+            try:
+                cycle(k, i)
+            except grpc.RpcError:
+                errors[k] += 1
+                continue
+            counts[k] += 1
 
     elapsed = run_clients(threads, seconds, client, join_s=30)
-    channel.close()
+    if sum(errors):
+        print(f"  warning: {sum(errors)} failed cycles of {what}")
     return sum(counts), elapsed
+
+
+def campaign_cycles_parallel(node: Sidecar, threads: int, seconds: float) -> tuple[int, float]:
+    """Campaign+Resign cycles/s from ``threads`` synchronous clients, distinct elections."""
+    channel = grpc.insecure_channel(node.api)
+    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+
+    def cycle(k: int, i: int) -> None:
+        resign(stub, campaign(stub, f"bench-p{k}-{i}", "solo", 5000, timeout=20))
+
+    try:
+        return cycle_rate(threads, seconds, cycle, f"Campaign+Resign against {node.api}")
+    finally:
+        channel.close()
 
 
 # --- 7. pod crash (sidecar and worker killed together) ---------------------------
@@ -392,33 +414,36 @@ def pod_crash_failover(cluster: Cluster, trials: int, ttl_ms: int) -> list[float
 # --- 8. keep-alive throughput ------------------------------------------------------
 
 
-def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
-    """Acknowledged keep-alives/s: each client holds its own election and sends
-    the next keep-alive as soon as the previous one is answered."""
-    channel = grpc.insecure_channel(node.api)
-    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+def paced_stream_rate(
+    clients: int,
+    seconds: float,
+    prepare: Callable[[int], Callable[[int], Any]],
+    open_stream: Callable[[Iterator[Any]], Any],
+) -> float:
+    """Answers/s over ``clients`` bidirectional streams, each sending its next
+    request as soon as the previous one is answered.
+
+    ``prepare(k)`` runs on client ``k``'s thread before the clock starts (to
+    campaign or grant a lease) and returns ``request(sequence)``;
+    ``open_stream(requests)`` opens the stream. etcd's baseline calls this too,
+    so both systems are driven by the same loop."""
     counts = [0] * clients
     stop = threading.Event()
     barrier = threading.Barrier(clients + 1)
     done = threading.Barrier(clients + 1)
 
     def run(k: int) -> None:
-        token = campaign(stub, f"bench-k{clients}-{k}", "solo", 10_000, timeout=20)
+        request = prepare(k)
         answered = threading.Semaphore(0)
 
         def requests() -> Iterator[Any]:
             sequence = 0
             while not stop.is_set():
                 sequence += 1
-                yield worker_pb2.KeepAliveRequest(
-                    election=token.election,
-                    fencing_token=token.fencing_token,
-                    lease_key=token.lease_key,
-                    sequence=sequence,
-                )
+                yield request(sequence)
                 answered.acquire(timeout=5)
 
-        stream = stub.KeepAlive(requests(), timeout=120)
+        stream = open_stream(requests())
         barrier.wait()
         with contextlib.suppress(grpc.RpcError):
             for _ in stream:
@@ -440,11 +465,56 @@ def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
     elapsed = time.monotonic() - t0
     stop.set()
     done.wait(30)
-    channel.close()
     return total / elapsed
 
 
+def keepalive_throughput(node: Sidecar, clients: int, seconds: float) -> float:
+    """Acknowledged keep-alives/s: each client holds its own election and sends
+    the next keep-alive as soon as the previous one is answered."""
+    channel = grpc.insecure_channel(node.api)
+    stub = worker_pb2_grpc.ElectionServiceStub(channel)
+
+    def prepare(k: int) -> Callable[[int], Any]:
+        token = campaign(stub, f"bench-k{clients}-{k}", "solo", 10_000, timeout=20)
+        return lambda sequence: worker_pb2.KeepAliveRequest(
+            election=token.election,
+            fencing_token=token.fencing_token,
+            lease_key=token.lease_key,
+            sequence=sequence,
+        )
+
+    try:
+        return paced_stream_rate(
+            clients, seconds, prepare, lambda requests: stub.KeepAlive(requests, timeout=120)
+        )
+    finally:
+        channel.close()
+
+
 # --- 5. ValidateToken throughput ------------------------------------------------
+
+
+def unary_rate(threads: int, seconds: float, call: Callable[[], Any], what: str) -> float:
+    """Calls/s of ``call`` from ``threads`` synchronous threads (sharing the
+    caller's channel), after 20 warm-up calls; failed calls are counted and
+    reported, not retried. etcd's baseline calls this too."""
+    for _ in range(20):  # warm up the connection
+        call()
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def client(k: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                call()
+                counts[k] += 1
+            except grpc.RpcError:
+                errors[k] += 1
+
+    elapsed = run_clients(threads, seconds, client, join_s=10)
+    if sum(errors):
+        print(f"  warning: {sum(errors)} errors of {what}")
+    return sum(counts) / elapsed
 
 
 def validate_throughput(target: str, request: Any, threads: int, seconds: float) -> float:
@@ -452,23 +522,12 @@ def validate_throughput(target: str, request: Any, threads: int, seconds: float)
     channel = grpc.insecure_channel(target)
     try:
         stub = worker_pb2_grpc.ElectionServiceStub(channel)
-        for _ in range(20):  # warm up the connection
-            stub.ValidateToken(request, timeout=5)
-        counts = [0] * threads
-        errors = [0] * threads
-
-        def client(k: int, stop: threading.Event) -> None:
-            while not stop.is_set():
-                try:
-                    stub.ValidateToken(request, timeout=5)
-                    counts[k] += 1
-                except grpc.RpcError:
-                    errors[k] += 1
-
-        elapsed = run_clients(threads, seconds, client, join_s=10)
-        if sum(errors):
-            print(f"  warning: {sum(errors)} ValidateToken errors against {target}")
-        return sum(counts) / elapsed
+        return unary_rate(
+            threads,
+            seconds,
+            lambda: stub.ValidateToken(request, timeout=5),
+            f"ValidateToken against {target}",
+        )
     finally:
         channel.close()
 
@@ -497,6 +556,16 @@ def stop_process(proc: subprocess.Popen[Any] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    """Close every node's channel and stop its process (SIGTERM, then SIGKILL)."""
+    for node in cluster.nodes:
+        if node.channel is not None:
+            node.channel.close()
+            node.channel = None
+        stop_process(node.process)
+        node.process = None
 
 
 def print_latencies(title: str, samples: list[float], with_max: bool = False) -> None:
@@ -644,12 +713,7 @@ def main() -> None:
         ok = True
     finally:
         stop_process(trivial)
-        for node in cluster.nodes:
-            if node.channel is not None:
-                node.channel.close()
-                node.channel = None
-            stop_process(node.process)
-            node.process = None
+        stop_cluster(cluster)
         if not ok:
             with contextlib.suppress(Exception):
                 print(cluster.logs(), file=sys.stderr)

@@ -30,21 +30,9 @@ PROMTOOL_MIN_VERSION="2.42.0"
 
 PYTHON="$(command -v python3 || command -v python3.11 || true)"
 
-say() { echo "install_tools: $*"; }
-die() {
-    echo "install_tools: error: $*" >&2
-    exit 1
-}
-
-as_root() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "'$*' needs root and sudo is not available"
-    fi
-}
+LOG_NAME=install_tools
+# shellcheck source=scripts/deb_unpack.sh
+source "$ROOT/scripts/deb_unpack.sh"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -115,34 +103,12 @@ install_promtool() {
             return
         fi
     fi
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found: promtool comes from Debian's $PROMTOOL_DEB_PACKAGE package"
-    command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found"
-    if ! apt-cache show "$PROMTOOL_DEB_PACKAGE" >/dev/null 2>&1; then
-        say "package lists do not know $PROMTOOL_DEB_PACKAGE; running apt-get update"
-        as_root apt-get update -qq
-    fi
-    local apt_opts=()
-    # As root, apt drops to the _apt user to download, which cannot write into
-    # our private temp directory; keep root for this download instead.
-    [[ "$(id -u)" -eq 0 ]] && apt_opts=(-o APT::Sandbox::User=root)
-    say "downloading Debian's $PROMTOOL_DEB_PACKAGE package (not installing it)"
-    if ! (cd "$WORK" && apt-get "${apt_opts[@]}" download -qq "$PROMTOOL_DEB_PACKAGE"); then
-        say "download failed (stale package lists?); running apt-get update and retrying"
-        as_root apt-get update -qq
-        (cd "$WORK" && apt-get "${apt_opts[@]}" download -qq "$PROMTOOL_DEB_PACKAGE") ||
-            die "apt-get download $PROMTOOL_DEB_PACKAGE failed"
-    fi
-    local debs=("$WORK/$PROMTOOL_DEB_PACKAGE"_*.deb)
-    local deb="${debs[0]}"
-    [[ -f "$deb" ]] || die "no .deb downloaded"
-    dpkg-deb -x "$deb" "$WORK/deb"
-    [[ -x "$WORK/deb/usr/bin/promtool" ]] || die "$deb has no usr/bin/promtool"
-    install -m 0755 "$WORK/deb/usr/bin/promtool" "$BIN/promtool"
+    deb_unpack "$PROMTOOL_DEB_PACKAGE" usr/bin/promtool "$BIN/promtool" "$WORK"
     got="$(promtool_version)"
     [[ -n "$got" ]] || die "installed promtool does not run"
     version_at_least "$got" "$PROMTOOL_MIN_VERSION" ||
         die "Debian's promtool is $got, older than $PROMTOOL_MIN_VERSION"
-    say "installed promtool $got (from $(basename "$deb")) into $BIN"
+    say "installed promtool $got (from $DEB_FILE) into $BIN"
 }
 
 install_helm
