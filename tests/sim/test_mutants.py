@@ -5,7 +5,9 @@ Random-campaign mutants must be caught within a seed budget of the first
 two of the bugs need a rare interleaving); the search stops at the first
 failing seed, so a mutant costs only the seeds up to its first catch. The membership erratum needs a
 choreography too precise for random seeds and is caught by a scripted
-scenario run on the same simulator and checkers.
+scenario run on the same simulator and checkers. "amnesia guard off" (a node
+that lost its disk back under its old server id) is a random-campaign mutant;
+``test_disk_loss.py`` also plays it scripted.
 """
 
 from __future__ import annotations
