@@ -13,12 +13,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from sidecar.raft import ConfChangeKind, Raft
+from sidecar.raft import ConfChangeKind, Entry, EntryKind, Raft
 from sidecar.serverid import is_server_id, node_name
-from tests.sim.checkers import SafetyViolation
+from tests.sim.checkers import Checkers, SafetyViolation
+from tests.sim.cluster import SimNode
 from tests.sim.mutants import RejoinsWithAmnesia
 from tests.sim.scenarios import disk_loss_needed_for_majority
 
@@ -78,3 +81,16 @@ def test_a_disk_loss_seed_replays_identically_under_any_string_hashing() -> None
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_the_token_checker_names_both_holders_across_incarnations() -> None:
+    """Two servers of one name (its lives before and after a disk loss) apply
+    different grants at index 1: one fencing token, two holders."""
+    check = Checkers()
+    old = cast(SimNode, SimpleNamespace(id="n1", incarnation=3, sm_index=0))
+    new = cast(SimNode, SimpleNamespace(id="n1~00000000000000aa", incarnation=1, sm_index=0))
+    first = Entry(term=2, index=1, kind=EntryKind.NORMAL, data=b"grant-a")
+    check.committed.append(first)
+    check.on_apply(old, first)
+    with pytest.raises(SafetyViolation, match=r"fencing token 1 .*n1 \(life 3\).*n1~0+aa"):
+        check.on_apply(new, Entry(term=3, index=1, kind=EntryKind.NORMAL, data=b"grant-b"))
