@@ -11,6 +11,11 @@ history to check the Raft properties incrementally (Raft Figure 3):
 * Leader Completeness: a new leader holds every committed entry.
 * State Machine Safety: every node applies the same entry at each index,
   each index exactly once per incarnation, and only committed entries.
+* Fencing tokens: a log index is applied with one entry only, by every
+  server that ever applies it, across disk losses (servers are keyed by name
+  and incarnation): a token (the index of a committed grant) never goes to
+  two holders. Judged against what replicas applied, independently of the
+  global committed log.
 * Commit monotonic: the persisted commit index of a node never goes back.
 * Durability: no message leaves a node that depends on state not yet on its
   disk, except a leader's appends of entries it is still writing (dissertation
@@ -31,6 +36,7 @@ from sidecar.raft import (
     AppendRequest,
     AppendResponse,
     Entry,
+    EntryKind,
     HardState,
     HeartbeatRequest,
     Message,
@@ -59,13 +65,17 @@ class Checkers:
     def __init__(self) -> None:
         self.disk_of: Callable[[str], MemoryStorage] | None = None
         """Every node's durable state, for the majority-durability check at commit."""
-        self.leaders: dict[int, str] = {}
+        self.leaders: dict[int, tuple[str, int]] = {}
+        """term -> (server, life) that led it: a server that forgot its term
+        could lead the same term twice, in two lives."""
         self.votes: dict[tuple[int, str], str] = {}  # (term, voter) -> candidate granted
         self.committed: list[Entry | None] = [None]  # committed[i] is the entry at index i
         self.digests: list[int] = [0]  # state-machine digest after applying index i
         self.entry_facts: dict[
             tuple[int, int], tuple[int, bytes]
         ] = {}  # (index, term) -> (prev term, data)
+        self.applied: dict[int, tuple[Entry, str]] = {}
+        """index -> the entry first applied there, and by which server (and life)."""
 
     @property
     def commit_index(self) -> int:
@@ -117,9 +127,13 @@ class Checkers:
         raft = node.raft
         assert raft is not None
         term = raft.term
-        other = self.leaders.setdefault(term, node.id)
-        if other != node.id:
-            raise SafetyViolation(f"Election Safety: {other} and {node.id} both lead term {term}")
+        me = (node.id, node.incarnation)
+        other = self.leaders.setdefault(term, me)
+        if other != me:
+            raise SafetyViolation(
+                f"Election Safety: {other[0]} (life {other[1]}) and {node.id} "
+                f"(life {node.incarnation}) both lead term {term}"
+            )
         voters = raft.membership.voters
         granted = sorted(v for v in voters if v == node.id or self.votes.get((term, v)) == node.id)
         if len(granted) < len(voters) // 2 + 1:
@@ -190,6 +204,13 @@ class Checkers:
             )
 
     def on_apply(self, node: SimNode, e: Entry) -> None:
+        who = f"{node.id} (life {node.incarnation})"
+        first = self.applied.setdefault(e.index, (e, who))
+        if first[0] != e:
+            what = "fencing token" if e.kind is EntryKind.NORMAL else "log index"
+            raise SafetyViolation(
+                f"{what} {e.index} applied as {first[0]} by {first[1]} and as {e} by {who}"
+            )
         if e.index != node.sm_index + 1:
             raise SafetyViolation(
                 f"{node.id} applies index {e.index} after {node.sm_index}: "

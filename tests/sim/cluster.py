@@ -9,7 +9,9 @@ node's state machine, advance. Then, with probabilities drawn from the seed,
 one action may follow: a client proposal or read, a crash (clean, or torn in
 the middle of a write, losing what was not yet written), a restart from what
 is on disk only, a partition or its healing, a compaction, a membership change
-or a leadership transfer.
+or a leadership transfer, or a disk loss (``amnesia.py``): the node restarts
+with empty storage under a new server id, and the leader admits it through
+the log.
 
 After the safety phase comes the liveness phase: the network heals, every
 node restarts, faults stop, and a leader must appear and commit a proposal
@@ -21,6 +23,7 @@ seed, and every collection that could leak order is iterated sorted.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import deque
@@ -45,7 +48,9 @@ from sidecar.raft import (
     decode_conf_entry,
     split_messages,
 )
+from sidecar.serverid import server_id
 from sidecar.storage.memory import MemoryStorage
+from tests.sim.amnesia import amnesia_guard_of, may_lose_disk, plan_admission
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
 from tests.sim.swarm import TICK_UNITS, SwarmSettings
 from tests.sim.trace import TraceEvent
@@ -63,8 +68,13 @@ class LivenessViolation(AssertionError):
 @dataclass
 class SimNode:
     id: str
+    """The Raft server id: the name, or ``<name>~<incarnation>`` after a disk loss."""
     config: RaftConfig
     tick_interval: int
+    name: str = ""
+    retired: bool = False
+    """The server lost its disk: it never runs again (its disk stays as it
+    was, what it acknowledged while it lived, for the durability checker)."""
     disk: MemoryStorage = field(default_factory=MemoryStorage)
     raft: Raft | None = None
     incarnation: int = 0
@@ -73,6 +83,9 @@ class SimNode:
     sm_commit_seen: int = 0
     """The highest commit index the checkers have verified for this node."""
     role: Role = Role.FOLLOWER
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.id
 
 
 def _encode_sm(index: int, digest: int) -> bytes:
@@ -105,6 +118,11 @@ class Simulation:
         self.seed = seed
         self.settings = settings or SwarmSettings.draw(seed)
         self.raft_factory = raft_factory
+        self.amnesia_guard = amnesia_guard_of(raft_factory)
+        self.wiped_names: set[str] = set()
+        """Names that came back under a new server id; the leader admits them."""
+        self.admissions: list[tuple[ConfChangeKind, str]] = []
+        """The changes the leader-side driver proposed, in order."""
         self.rng = random.Random(f"sched:{seed}")
         self.check = Checkers()
         self.check.disk_of = lambda node_id: self.nodes[node_id].disk
@@ -131,6 +149,8 @@ class Simulation:
             "conf_changes": 0,
             "transfers": 0,
             "reads": 0,
+            "disk_losses": 0,
+            "admissions": 0,
         }
 
         s = self.settings
@@ -179,6 +199,8 @@ class Simulation:
                 return
             self._schedule(node.tick_interval, "tick", node.id, node.incarnation)
             node.raft.tick()
+            if self.wiped_names and node.raft.role is Role.LEADER:
+                self._admit(node)
             self.drain(node)
         else:
             m = ev.message
@@ -320,6 +342,7 @@ class Simulation:
     # ---- crash and restart ---------------------------------------------------------
 
     def start(self, node: SimNode) -> None:
+        assert not node.retired, node.id
         node.incarnation += 1
         node_rng = random.Random(f"node:{self.seed}:{node.id}:{node.incarnation}")
         node.raft = self.raft_factory(node.config, node_rng, node.disk.recover())
@@ -367,7 +390,7 @@ class Simulation:
         self._schedule(later, "restart", node.id, node.incarnation)
 
     def _nemesis_restart(self, node: SimNode) -> None:
-        if node.raft is None:
+        if node.raft is None and not node.retired:
             self._record(f"nemesis: restart {node.id}")
             self.start(node)
 
@@ -392,6 +415,7 @@ class Simulation:
             (s.p_compact, self._compact),
             (s.p_reconfig, self._reconfig),
             (s.p_transfer, self._transfer),
+            (s.p_disk_loss, self._disk_loss),
         ):
             if r < p:
                 action()
@@ -440,14 +464,14 @@ class Simulation:
             self.crash(node)
 
     def _random_restart(self) -> None:
-        dead = [n for _, n in sorted(self.nodes.items()) if n.raft is None]
+        dead = [n for _, n in sorted(self.nodes.items()) if n.raft is None and not n.retired]
         if dead:
             node = self.rng.choice(dead)
             self._record(f"restart {node.id}")
             self.start(node)
 
     def _partition(self) -> None:
-        ids = sorted(self.nodes)
+        ids = self.current_servers()
         kind = self.rng.choice(["split", "one-way", "bridge", "isolate"])
         self.rng.shuffle(ids)
         self.cut.clear()
@@ -503,9 +527,14 @@ class Simulation:
         raft = node.raft
         assert raft is not None
         members = raft.membership
-        others = sorted(set(self.nodes) - {node.id})
+        retired = {m for m in members.members if self.nodes[m].retired}
+        others = sorted((set(self.current_servers()) | retired) - {node.id})
         target = self.rng.choice(others)
-        if target in members.learners:
+        if target in members.voters and not self._keeps_quorum(members, target, retired):
+            return
+        if target in retired:
+            kind = ConfChangeKind.REMOVE_NODE  # the operator's half of a replacement
+        elif target in members.learners:
             kind = (
                 ConfChangeKind.PROMOTE_LEARNER
                 if self.rng.random() < 0.8
@@ -541,9 +570,73 @@ class Simulation:
             self._record(f"{node.id} transfers leadership to {target}")
             self.drain(node)
 
+    @staticmethod
+    def _keeps_quorum(members: Membership, target: str, retired: set[str]) -> bool:
+        """An operator removes a voter only while the voters that remain, less
+        those that lost their disk, are a majority of them (as ``plan_change``)."""
+        remaining = members.voters - {target}
+        return len(remaining - retired) >= len(remaining) // 2 + 1
+
+    # ---- disk loss ---------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted({n.name for n in self.nodes.values()})
+
+    def current_servers(self) -> list[str]:
+        """The server id of each name's latest life, sorted."""
+        return sorted(n.id for n in self.nodes.values() if not n.retired)
+
+    def _disk_loss(self) -> None:
+        candidates = [self.nodes[s] for s in self.current_servers()]
+        node = self.rng.choice(candidates)
+        if not may_lose_disk(self, node):
+            return
+        self.lose_disk(node)
+
+    def lose_disk(self, node: SimNode) -> SimNode:
+        """``node`` loses its disk and restarts empty; returns the node that runs."""
+        self.stats["disk_losses"] += 1
+        if node.raft is not None:
+            self.crash(node)
+        if not self.amnesia_guard:
+            self._record(f"disk loss {node.id}: restarts empty under the same id (no guard)")
+            node.disk = MemoryStorage()
+            self.start(node)
+            return node
+        incarnation = f"{self.rng.getrandbits(64):016x}"
+        new_id = server_id(node.name, incarnation)
+        config = dataclasses.replace(
+            node.config, node_id=new_id, initial_membership=Membership(frozenset())
+        )
+        node.retired = True
+        fresh = SimNode(new_id, config, node.tick_interval, name=node.name)
+        self.nodes[new_id] = fresh
+        self.wiped_names.add(node.name)
+        self._record(f"disk loss {node.id}: restarts empty as {new_id}, joining")
+        self.start(fresh)
+        return fresh
+
+    def _admit(self, node: SimNode) -> None:
+        """The runtime's leader-side admission of new incarnations (one change)."""
+        raft = node.raft
+        assert raft is not None
+        planned = plan_admission(self, node)
+        if planned is None:
+            return
+        try:
+            index = raft.propose_conf_change(planned.change)
+        except RaftError:
+            return
+        self.stats["admissions"] += 1
+        self.admissions.append((planned.change.kind, planned.change.node_id))
+        self._record(
+            f"{node.id} admits: {planned.change.kind.value} {planned.change.node_id} at {index} "
+            f"({planned.reason})"
+        )
+
     # ---- liveness ----------------------------------------------------------------------
 
-    def _committed_membership(self) -> Membership:
+    def committed_membership(self) -> Membership:
         for entry in reversed(self.check.committed):
             if entry is not None and entry.kind is EntryKind.CONF_CHANGE:
                 return decode_conf_entry(entry.data)[1]
@@ -569,10 +662,10 @@ class Simulation:
         # As an operator would, shut down servers removed from the committed
         # configuration: without PreVote or CheckQuorum a removed server that
         # never learnt of its removal disrupts elections for ever (§4.2.3).
-        members = self._committed_membership().members
-        for node_id in sorted(self.nodes):
+        members = self.committed_membership().members
+        for node_id in self.current_servers():
             node = self.nodes[node_id]
-            if node_id not in members:
+            if node_id not in members and node.name not in self.wiped_names:
                 if node.raft is not None:
                     self.crash(node)
             elif node.raft is None:
@@ -607,6 +700,7 @@ class Simulation:
                 scanned += 1
                 entry = committed[scanned]
                 if entry is not None and entry.data == marker:
+                    self._await_admissions(budget)
                     return
             self.step()
         roles = {
@@ -616,6 +710,57 @@ class Simulation:
         raise LivenessViolation(
             f"{'no leader' if commit_deadline is None else 'no commit'} within the liveness "
             f"budget after healing; (role, term, commit) by node: {roles}"
+        )
+
+    def admitted(self) -> bool:
+        """Every name that lost a disk runs its latest server as a voter that
+        a leader, whose configuration is committed, sees caught up."""
+        for node in self._leaders():
+            raft = node.raft
+            assert raft is not None
+            if raft.commit_index < raft.log.last_conf_index():
+                continue
+            voters = raft.membership.voters
+            if all(
+                server in voters
+                and (server == node.id or raft.progress[server].match >= raft.commit_index)
+                for server in self.current_servers()
+                if self.nodes[server].name in self.wiped_names
+            ):
+                return True
+        return False
+
+    def _await_admissions(self, budget: int) -> None:
+        """After the liveness commit, the latest incarnation of every name that
+        lost its disk must become a caught-up voter.
+
+        Bound: at most three changes per such name (remove the stale
+        incarnation, add the new one as learner, promote it), one at a time,
+        each proposed at the leader's next tick once the previous one
+        committed (a round trip), plus the round trips flow control needs to
+        ship the log to a learner (or one snapshot); all inside a second
+        liveness budget, which a stable leader with every member running
+        does not approach.
+        """
+        if not self.wiped_names:
+            return
+        s = self.settings
+        leaders = self._leaders()
+        backlog = max((n.raft.log.last_index for n in leaders if n.raft is not None), default=0)
+        per_round_trip = s.max_entries_per_append * s.max_inflight_appends
+        round_trips = backlog // per_round_trip + 3 * len(self.wiped_names) + 3
+        deadline = self.now + budget + round_trips * 2 * self.delay_max
+        while self.now <= deadline:
+            if self.admitted():
+                return
+            self.step()
+        members = {
+            n.id: sorted(n.raft.membership.voters) if n.raft else "down" for n in self._leaders()
+        }
+        raise LivenessViolation(
+            f"names that lost a disk {sorted(self.wiped_names)} not admitted as caught-up "
+            f"voters within the liveness budget; leaders' voters: {members}; "
+            f"servers: {self.current_servers()}"
         )
 
 

@@ -19,6 +19,7 @@ from sidecar.raft import (
     VoteResponse,
 )
 from sidecar.raft.quorum import committed_index
+from tests.sim.amnesia import AmnesiaGuardOff
 
 
 class CommitsEarlierTermByCounting(Raft):
@@ -94,6 +95,13 @@ class ServesReadsWithoutQuorum(Raft):
         self._read_states.append(ReadState(request_id, self.log.commit))
 
 
+class RejoinsWithAmnesia(AmnesiaGuardOff, Raft):
+    """Issue 11: a node that lost its disk keeps its old server id, so with
+    term 0, no vote and an empty log it votes again in terms it voted in and
+    counts toward majorities that lack committed entries. The core is
+    untouched; the marker tells the simulator to restart it that way."""
+
+
 MUTANTS: dict[str, type[Raft]] = {
     "figure-8 commit by counting": CommitsEarlierTermByCounting,
     "vote granted without persisting": GrantsVoteWithoutPersisting,
@@ -102,4 +110,5 @@ MUTANTS: dict[str, type[Raft]] = {
     "membership change before own-term commit": ChangesMembershipBeforeOwnTermCommit,
     "reads served without quorum": ServesReadsWithoutQuorum,
     "learners counted toward commit": CountsLearnersTowardCommit,
+    "amnesia guard off": RejoinsWithAmnesia,
 }

@@ -225,3 +225,65 @@ def commit_under_uncommitted_removal(
     return CommitUnderRemoval(
         x_index, leader_voters, follower_voters, leader_persisted_commit, learnt
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiskLossOutcome:
+    """What ``disk_loss_needed_for_majority`` saw happen."""
+
+    committed: int
+    """The last index the first leader committed with the follower that then lost its disk."""
+    new_server: str
+    """The server id the wiped node came back under."""
+    leader_without_the_entries: bool
+    """Whether a leader was elected while the first leader was down (only the
+    follower that lacks the entries and the wiped node were up)."""
+    admitted: bool
+    """Whether the new server ended as a caught-up voter."""
+    admissions: tuple[tuple[ConfChangeKind, str], ...]
+    """The changes the leader proposed for it (``plan_change``), in order."""
+    old_server_removed: bool
+    """Whether the final configuration no longer holds the old incarnation."""
+
+
+def disk_loss_needed_for_majority(raft_factory: RaftFactory, seed: int = 1) -> DiskLossOutcome:
+    """Issue 11: the node that lost its disk is needed for a majority.
+
+    Three voters L, A, B. B is cut off; L commits grants with A. A loses its
+    disk and L crashes; B comes back. Only B (without the grants) and A's
+    empty disk are up. With the amnesia guard A is a new server that no
+    configuration counts, so no leader can be elected until L returns; then
+    L replaces A's old incarnation by the new one through the log. Without
+    the guard A votes for B, and B leads without the committed grants
+    (Leader Completeness), so their fencing tokens would be granted again.
+    """
+    sim = Simulation(seed, raft_factory, settings=calm_settings(seed))
+    sim.faults_enabled = False
+    run_until(sim, lambda: leader(sim) is not None)
+    first = leader(sim)
+    assert first is not None and first.raft is not None
+    l_raft = first.raft
+    a, b = sorted(l_raft.membership.voters - {first.id})
+    isolate_link(sim, first.id, b)
+    isolate_link(sim, a, b)
+    last = l_raft.propose_batch([b"grant-1", b"grant-2", b"grant-3"])[-1]
+    sim.drain(first)
+    run_until(sim, lambda: l_raft.commit_index >= last)
+
+    fresh = sim.lose_disk(sim.nodes[a])
+    sim.crash(first)
+    sim.cut.clear()
+    elected = False
+    for _ in range(3_000):  # B and the wiped node alone
+        sim.step()
+        elected = elected or leader(sim) is not None
+    sim.start(first)
+    for _ in range(20_000):
+        if sim.admitted():
+            break
+        sim.step()
+    final = leader(sim)
+    removed = (
+        final is not None and final.raft is not None and a not in final.raft.membership.members
+    )
+    return DiskLossOutcome(last, fresh.id, elected, sim.admitted(), tuple(sim.admissions), removed)

@@ -52,6 +52,10 @@ class SwarmSettings:
     """Chance that a node which just became leader is killed shortly after (nemesis)."""
     p_isolate_new_leader: float
     """Chance that a node which just became leader is cut off shortly after (nemesis)."""
+    p_disk_loss: float
+    """Chance per step that a node loses its disk and restarts empty (a
+    re-created volume). Drawn last, so adding it left every other setting of
+    every seed as it was."""
 
     @classmethod
     def draw(cls, seed: int) -> SwarmSettings:
@@ -93,4 +97,5 @@ class SwarmSettings:
             p_transfer=maybe(0.5, 0.0, 0.004),
             p_kill_new_leader=maybe(0.7, 0.2, 0.9),
             p_isolate_new_leader=maybe(0.6, 0.1, 0.7),
+            p_disk_loss=maybe(0.5, 0.0005, 0.003),
         )

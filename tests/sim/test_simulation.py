@@ -52,7 +52,16 @@ def test_campaign_exercises_the_faults_it_claims() -> None:
         committed += len(sim.check.committed) - 1
         for key, value in sim.stats.items():
             totals[key] = totals.get(key, 0) + value
-    for key in ("elections", "crashes", "torn_crashes", "conf_changes", "transfers", "reads"):
+    for key in (
+        "elections",
+        "crashes",
+        "torn_crashes",
+        "conf_changes",
+        "transfers",
+        "reads",
+        "disk_losses",
+        "admissions",
+    ):
         assert totals[key] > 0, f"no {key} in 40 seeds: {totals}"
     assert totals["snapshots_sent"] > 0, totals
     assert committed > 40 * 50, committed
