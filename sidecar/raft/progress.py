@@ -121,7 +121,18 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, hint + 1), self.match + 1)
+        if hint < self.match:
+            # The follower's log no longer holds what it acknowledged (a disk
+            # that lost synced writes under the same identity). Probing at
+            # match + 1 forever would never repair it, and counting it at its
+            # old match overstates the replicas. Lowering match is always
+            # safe: the commit index never moves back, and a commit decision
+            # then counts fewer acknowledgements, not more. A stale rejection
+            # that gets here costs one re-send: the follower acknowledges again.
+            self.match = hint
+            self.next = hint + 1
+        else:
+            self.next = max(min(rejected, hint + 1), self.match + 1)
         self.probe_sent = False
         self._check()
         return True

@@ -22,6 +22,7 @@ from sidecar.raft import (
     VoteRequest,
     VoteResponse,
 )
+from sidecar.storage.memory import MemoryStorage
 from tests.unit.cluster import Cluster
 
 
@@ -355,3 +356,31 @@ def test_5_3_an_append_that_agrees_with_the_committed_prefix_is_still_acknowledg
     c.process_ready("b")
     (answer,) = c.take(AppendResponse, sender="b")
     assert answer.success and answer.index == 3
+
+
+def test_a_leader_repairs_a_follower_whose_log_is_shorter_than_its_match() -> None:
+    """A follower whose disk lost acknowledged entries under the same identity
+    rejects every probe at its old match + 1. The leader lowers its match to
+    where the follower's log really ends and sends the rest again, so that
+    follower counts toward a quorum again (with the other follower cut off,
+    nothing would commit otherwise)."""
+    c = Cluster(3)
+    a = c.elect("a")
+    for i in range(5):
+        c.propose("a", b"x%d" % i)
+        c.deliver_all()
+    assert c["c"].log.last_index == a.log.last_index
+    kept = c.disks["c"].entries()[:2]
+    lost = dataclasses.replace(c.disks["c"].hard_state, commit=kept[-1].index)
+    c.disks["c"] = MemoryStorage(PersistentState(hard_state=lost, entries=kept))
+    c.restart("c")
+    c.isolate("b")
+
+    index = c.propose("a", b"after")
+    for _ in range(10):
+        c.tick("a", c.configs["a"].heartbeat_ticks)
+        c.deliver_all()
+
+    assert a.commit_index >= index
+    assert c["c"].log.last_index == a.log.last_index
+    assert a.progress["c"].match == a.log.last_index
