@@ -128,10 +128,17 @@ def plan_change(
     members = membership.members
     for name in sorted(set(names)):
         new = current.get(name)
-        if new is None or new in members or node_name(new) != name or new in once_admitted:
+        if new is None or node_name(new) != name:
             continue
-        stale = sorted(m for m in members if node_name(m) == name and m != me)
+        stale = sorted(m for m in members if node_name(m) == name and m not in (me, new))
+        if new in members and not stale:
+            continue
+        if new not in members and new in once_admitted:
+            continue
         if stale:
+            # Also when the new incarnation is already a member (an operator
+            # added it first): an old incarnation left a voter would count
+            # toward every quorum and never answer.
             old = stale[0]
             if old in membership.voters:
                 remaining = membership.voters - {old}

@@ -54,6 +54,17 @@ def test_the_old_incarnation_stays_while_the_rest_would_lack_a_quorum() -> None:
     )
 
 
+def test_an_old_incarnation_is_removed_also_when_the_new_one_was_added_first() -> None:
+    """An operator may add the new incarnation before the old one is removed
+    (``members add``): the old one, a voter that never answers again, must
+    still go, under the same quorum guard."""
+    both = Membership(frozenset({A, B, C}), frozenset({C2}))
+    assert plan(both, {"b": B, "c": C2}, {A, B, C2}) == (ConfChangeKind.REMOVE_NODE, C)
+    assert plan(both, {"c": C2}, {A, C2}) is None, "{a, b} without b: no quorum"
+    promoted = Membership(frozenset({A, B, C, C2}))
+    assert plan(promoted, {"b": B, "c": C2}, {A, B, C2}) == (ConfChangeKind.REMOVE_NODE, C)
+
+
 def test_a_learner_is_promoted_only_once_caught_up_and_answering() -> None:
     with_learner = Membership(frozenset({A, B}), frozenset({C2}))
     assert plan(with_learner, {"b": B, "c": C2}, {A, B, C2}, {C2: 9}) is None
