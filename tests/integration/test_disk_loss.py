@@ -150,6 +150,56 @@ def test_a_wiped_node_never_makes_up_a_quorum(tmp_path: Path) -> None:
         cluster.stop_all()
 
 
+def test_two_followers_lose_their_disks_in_turn_then_the_leader_crashes(tmp_path: Path) -> None:
+    """Each follower in turn comes back empty and is replaced (old incarnation
+    out, new in, promoted); then the leader dies. The two replaced nodes are
+    now the only ones up: they must hold the grant committed before any of
+    it, elect a leader between them, and give the next worker a higher token.
+    The second disk is lost only once the first node counts again, as a
+    voter under its new incarnation that holds the log."""
+    cluster = Cluster(tmp_path)
+    cluster.start_all()
+    try:
+        leader = cluster.leader()
+        token = campaign(leader, "worker-a").fencing_token
+        first, second = [n for n in cluster.nodes if n is not leader]
+        expected = []
+        for node in (first, second):
+            old = wipe_and_restart(cluster, node)
+            new = node.incarnation()
+            expected += [
+                ("remove_node", f"{node.node_id}~{old}"),
+                ("add_learner", f"{node.node_id}~{new}"),
+                ("promote_learner", f"{node.node_id}~{new}"),
+            ]
+            # One replacement at a time: the second disk is lost only once
+            # the first node counts again.
+            eventually(
+                lambda e=list(expected): leader.membership_changes() == e or None,
+                f"the leader to replace {node.node_id}'s old incarnation",
+                seconds=60,
+            )
+            eventually(lambda n=node: holder(n) == token or None, f"{node.node_id} to hold it")
+        cluster.kill(leader, signal.SIGKILL)
+
+        survivors = [first, second]
+        new_leader = cluster.leader(survivors)
+        assert new_leader in survivors
+        for node in survivors:
+            assert holder(node) == token, "the grant survived both replacements"
+        later = eventually(
+            lambda: _try(lambda: campaign(cluster.leader(survivors), "worker-b", "usd")),
+            "a grant from the two replaced nodes",
+            seconds=30,
+        )
+        assert later.fencing_token > token, "tokens never go backwards"
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop_all()
+
+
 def _try(call: Any) -> Any:
     try:
         return call()
