@@ -79,6 +79,13 @@ class ProposalLost(NodeError):
     """The entry was overwritten by a new leader before it committed."""
 
 
+class OutcomeUnknown(NodeError):
+    """The entry reached this node inside a snapshot: it is committed or was
+    overwritten, but its result is not known here. Commands are idempotent
+    (a Campaign or Resign again with the same lease key answers as the first
+    did), so the caller asks again."""
+
+
 class NodeStopped(NodeError):
     """The node stopped (shutdown or a fatal storage error)."""
 
@@ -552,6 +559,7 @@ class RaftNode:
             meta = rd.snapshot.metadata
             self._sm.restore(meta.index, rd.snapshot.data)
             self._snapshot_index = meta.index
+            self._answer_waiters_inside(meta.index)
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
@@ -585,6 +593,20 @@ class RaftNode:
                 fut.set_exception(
                     ProposalLost(f"entry {entry.index} was overwritten by a new leader")
                 )
+
+    def _answer_waiters_inside(self, snapshot_index: int) -> None:
+        """Entries up to ``snapshot_index`` arrived inside the snapshot, never
+        one by one: a forwarded proposal or a queued Campaign waiting for one
+        of them would otherwise wait for good."""
+        for index in [i for i in self._waiting if i <= snapshot_index]:
+            for _, fut in self._waiting.pop(index):
+                if not fut.done():
+                    fut.set_exception(
+                        OutcomeUnknown(
+                            f"entry {index} reached this node inside a snapshot; "
+                            "ask again to learn its outcome"
+                        )
+                    )
 
     def _fail_proposals_on_lost_leadership(self) -> None:
         # Entries proposed in a term we no longer lead may still commit (the

@@ -308,6 +308,15 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
                 if result.outcome in (Outcome.GRANTED, Outcome.ALREADY_HOLDER) and result.holder:
                     waiting.granted = result.holder
                 while waiting.granted is None:
+                    holder = self._machine.state.holder(election)
+                    if holder is not None and (holder.holder, holder.key_digest) == (
+                        candidate,
+                        digest,
+                    ):
+                        # Granted without an apply here to say so: the grant
+                        # reached this node inside a snapshot.
+                        waiting.granted = holder
+                        break
                     now = self._position(election, candidate, digest)
                     if waiting.left is Outcome.LEFT_QUEUE or (now is None and not waiting.left):
                         raise ApiError(

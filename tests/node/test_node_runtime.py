@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.node import NodeSettings, NodeStopped, RaftNode
+from sidecar.node import NodeSettings, NodeStopped, OutcomeUnknown, RaftNode
 from sidecar.raft import Membership, Message, NotLeader, RaftConfig, Role
 from sidecar.storage.disk import DiskStorage
 
@@ -50,6 +50,8 @@ class Wiring:
 
     def __init__(self) -> None:
         self.nodes: dict[str, RaftNode] = {}
+        self.cut: set[str] = set()
+        """Nodes whose Raft messages are dropped, both ways."""
 
     def outbox(self) -> _Outbox:
         return _Outbox(self)
@@ -61,6 +63,8 @@ class _Outbox:
 
     def send(self, messages: Sequence[Message]) -> None:
         for m in messages:
+            if {m.sender, m.recipient} & self.wiring.cut:
+                continue
             node = self.wiring.nodes.get(m.recipient)
             if node is not None:
                 node.deliver([m])
@@ -279,5 +283,55 @@ def test_calls_after_stop_fail_at_once(tmp_path: Path) -> None:
         for call in (node.propose(b"x"), node.read_barrier(), node.wait_applied(10**6)):
             with pytest.raises(NodeStopped):
                 await asyncio.wait_for(call, 5)
+
+    run(main)
+
+
+class _ForwardInProcess:
+    """A follower's forwarder: the leader appends the command in-process (the
+    forwarding path stays up while the follower's Raft link is cut)."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+
+    async def propose(self, leader: str, command: bytes) -> tuple[int, int]:
+        return await self.wiring.nodes[leader].append_for_peer(command)
+
+    async def read_index(self, leader: str) -> int:
+        raise AssertionError("not used")
+
+    async def renew_lease(self, leader: str, election: str, token: int) -> tuple[bool, int]:
+        raise AssertionError("not used")
+
+
+def test_a_forwarded_proposal_that_arrives_inside_a_snapshot_is_answered(tmp_path: Path) -> None:
+    """A follower forwards a proposal, then misses the log until the leader
+    has compacted past it: the entry reaches the follower inside a snapshot,
+    never one by one. Its caller is answered (OutcomeUnknown: ask again,
+    commands are idempotent) instead of waiting for good."""
+
+    async def main() -> None:
+        wiring = Wiring()
+        for node_id in IDS:
+            make_node(tmp_path, wiring, node_id)
+        await until(lambda: leader_of(wiring) is not None)
+        leader = leader_of(wiring)
+        assert leader is not None
+        follower = wiring.nodes[next(i for i in IDS if i != leader.id)]
+        follower.forwarder = _ForwardInProcess(wiring)
+
+        wiring.cut.add(follower.id)
+        waiting = asyncio.ensure_future(follower.submit(b"forwarded"))
+        for i in range(3 * FAST.snapshot_every_entries):
+            await leader.propose(b"later-%d" % i)
+        await until(lambda: leader.raft.log.base.index > follower.raft.applied_index + 1)
+        assert not waiting.done()
+        wiring.cut.clear()
+
+        with pytest.raises(OutcomeUnknown, match="inside a snapshot"):
+            await asyncio.wait_for(waiting, 20)
+        assert follower.raft.applied_index >= leader.raft.log.base.index
+        for node in wiring.nodes.values():
+            await node.stop()
 
     run(main)
