@@ -648,7 +648,13 @@ class WriteAheadLog:
     def _wait_for_room(self, size: int) -> None:
         self._check_usable()
         while self._pending and self._pending_bytes + size > MAX_PENDING_BYTES:
-            self._room.wait()
+            if not self._flushing:
+                # Records nobody waits for (a commit-only record from
+                # note_commit) are flushed by nobody else: waiting for room
+                # would wait for good (seen with one 9 MiB append).
+                self._flush()
+            else:
+                self._room.wait()  # the flush under way notifies when it ends
             self._check_usable()
 
     def _enqueue(self, records: list[bytes]) -> _Group | None:
@@ -698,12 +704,14 @@ class WriteAheadLog:
             self._inflight = None
             self._fail(exc)
             group.wakeup.notify_all()
+            self._room.notify_all()
             raise
         self._mu.acquire()
         self._flushing = False
         self._inflight = None
         group.done = True
         group.wakeup.notify_all()
+        self._room.notify_all()
         if self._pending:
             self._gathering.wakeup.notify()  # one of them flushes the next group
 

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -321,3 +322,28 @@ def test_inspect_command_verifies_checksums(tmp_path: Path) -> None:
     assert broken.returncode == 1, broken.stdout
     assert segment.name in broken.stdout
     assert segment.read_bytes() == bytes(raw), "inspect must not repair anything"
+
+
+def test_an_append_larger_than_the_write_buffer_after_a_commit_only_change(
+    tmp_path: Path,
+) -> None:
+    """A commit-only record waits in the buffer for the next fsync. An append
+    that does not fit beside it (over 8 MiB) used to wait for room that
+    nobody would make: the node hung (seen with one 9 MiB append). It must
+    flush the buffer itself and complete."""
+    storage = DiskStorage(str(tmp_path / "node"))
+    storage.recover()
+    storage.persist(HardState(1, "a", 0), None, entries(1, 1, 1))
+    storage.persist(HardState(1, "a", 1), None, [])
+    big = Entry(1, 2, EntryKind.NORMAL, b"y" * (9 << 20))
+    appended = threading.Event()
+
+    def append() -> None:
+        storage.persist(HardState(1, "a", 1), None, [big])
+        appended.set()
+
+    threading.Thread(target=append, daemon=True).start()
+    assert appended.wait(30), "the append never completed"
+    storage.close()
+    state = DiskStorage(str(tmp_path / "node")).recover()
+    assert state.entries[-1] == big and state.hard_state.commit == 1
