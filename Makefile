@@ -40,7 +40,7 @@ check: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
-# 50,000 seeds outside the ranges CI (0-499) and the mutants (0-1,499) use, on
+# 50,000 seeds outside the ranges CI (0-499) and the mutants (0-1,999) use, on
 # both cores, at low priority: about 30 minutes when both are free.
 sim-long: $(STAMP)
 	nice -n 10 $(BIN)/python -m tests.sim --first-seed 100000 --seeds 50000 --steps 2000 --jobs 2 --progress 5000
