@@ -156,8 +156,7 @@ async def serve(config: SidecarConfig) -> int:
         probes = _health_server(config.health_listen, servicer)
     except OSError as exc:
         print(f"raft-sidecar: {exc}", file=sys.stderr)
-        await transport.stop()
-        await forwarder.close()
+        await _abandon_start(transport, forwarder)
         return 1
     if probes is not None:
         await probes.start()
@@ -170,17 +169,13 @@ async def serve(config: SidecarConfig) -> int:
     stopping.cancel()
     if not deciding.done():
         deciding.cancel()
-        await _stop_probes(probes)
-        await transport.stop()
-        await forwarder.close()
+        await _abandon_start(transport, forwarder, probes=probes)
         return 0
     try:
         identity = handlers.identity = deciding.result()
     except StorageError as exc:
         print(f"raft-sidecar: cannot record the bootstrap decision: {exc}", file=sys.stderr)
-        await _stop_probes(probes)
-        await transport.stop()
-        await forwarder.close()
+        await _abandon_start(transport, forwarder, probes=probes)
         return 1
     raft_config = RaftConfig(
         node_id=me,
@@ -201,9 +196,7 @@ async def serve(config: SidecarConfig) -> int:
     except StorageError as exc:
         _log.critical("storage_unusable", error=str(exc))
         print(f"raft-sidecar: cannot start: {exc}", file=sys.stderr)
-        await _stop_probes(probes)
-        await transport.stop()
-        await forwarder.close()
+        await _abandon_start(transport, forwarder, probes=probes)
         return 1
     node.forwarder = forwarder
     node.on_proposal_latency = metrics.proposal_seconds.observe
@@ -235,8 +228,7 @@ async def serve(config: SidecarConfig) -> int:
         )
     except AdminSocketError as exc:
         print(f"raft-sidecar: {exc}", file=sys.stderr)
-        await _stop_probes(probes)
-        await _abandon_start(node, transport, forwarder)
+        await _abandon_start(transport, forwarder, probes=probes, node=node)
         return 1
 
     try:
@@ -245,8 +237,7 @@ async def serve(config: SidecarConfig) -> int:
         print(
             f"raft-sidecar: cannot serve metrics on {config.metrics_listen}: {exc}", file=sys.stderr
         )
-        await _stop_probes(probes)
-        await _abandon_start(node, transport, forwarder)
+        await _abandon_start(transport, forwarder, probes=probes, node=node)
         return 1
     api = api_server(interceptors=[RpcMetricsInterceptor(metrics)])  # bounds: servers.py
     service = ElectionService(config, node, machine, leases)
@@ -258,8 +249,7 @@ async def serve(config: SidecarConfig) -> int:
         bound = 0
     if bound == 0:
         print(f"raft-sidecar: cannot listen on {config.api_listen} (in use?)", file=sys.stderr)
-        await _stop_probes(probes)
-        await _abandon_start(node, transport, forwarder)
+        await _abandon_start(transport, forwarder, probes=probes, node=node)
         return 1
 
     node.start()
@@ -452,8 +442,17 @@ async def _stop_probes(probes: Any) -> None:
         await probes.stop(grace=0)
 
 
-async def _abandon_start(node: RaftNode, transport: Transport, forwarder: Forwarder) -> None:
-    await node.stop()
+async def _abandon_start(
+    transport: Transport,
+    forwarder: Forwarder,
+    *,
+    probes: Any = None,
+    node: RaftNode | None = None,
+) -> None:
+    """Undo a start that failed part way: whatever was started, in reverse."""
+    await _stop_probes(probes)
+    if node is not None:
+        await node.stop()
     await transport.stop()
     await forwarder.close()
 

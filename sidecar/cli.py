@@ -169,32 +169,30 @@ def _cmd_snapshot_save(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch_live_backup(socket: str, command: str, timeout_s: float) -> Any:
-    """The backup from the sidecar answering on ``socket``: a ``Backup``, None
-    when no sidecar listens there (read the stopped directory instead), or an
-    exit status after printing why it failed."""
-    import os  # noqa: PLC0415 - keep `version` light
-    import stat  # noqa: PLC0415
+def _fetch_live_backup(socket_path: str, command: str, timeout_s: float) -> Any:
+    """The backup from the sidecar answering on ``socket_path``: a ``Backup``,
+    None when no sidecar listens there (read the stopped directory instead),
+    or an exit status after printing why it failed."""
+    import socket  # noqa: PLC0415 - keep `version` light
 
     import grpc  # noqa: PLC0415
 
     from sidecar.backup import BackupError, decode_backup  # noqa: PLC0415
     from sidecar.pb.raftsidecar.admin.v1 import admin_pb2, admin_pb2_grpc  # noqa: PLC0415
 
-    try:
-        if not stat.S_ISSOCK(os.stat(socket).st_mode):
+    # No socket file, or one left by a sidecar that is gone: nobody listens.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(socket_path)
+        except OSError:
             return None
-    except OSError:
-        return None
     pieces: list[bytes] = []
     try:
-        with grpc.insecure_channel(f"unix:{socket}") as channel:
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             for piece in stub.SaveSnapshot(admin_pb2.SaveSnapshotRequest(), timeout=timeout_s):
                 pieces.append(piece.data)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and not pieces and _refused(exc):
-            return None  # a socket file left by a sidecar that is gone
         print(f"raft-sidecar {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     try:
@@ -202,12 +200,6 @@ def _fetch_live_backup(socket: str, command: str, timeout_s: float) -> Any:
     except BackupError as exc:
         print(f"raft-sidecar {command}: the sidecar's backup: {exc}", file=sys.stderr)
         return 1
-
-
-def _refused(exc: Any) -> bool:
-    """Whether a gRPC failure is a refused connection (nobody listens)."""
-    text = f"{exc.details()} {getattr(exc, 'debug_error_string', lambda: '')()}".lower()
-    return "connection refused" in text or "no such file" in text or "failed to connect" in text
 
 
 def _cmd_snapshot_restore(args: argparse.Namespace) -> int:

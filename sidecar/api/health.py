@@ -135,8 +135,6 @@ class HealthUpdater:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._servicer = servicer
-        self.servicer = servicer
-        """The health servicer; ``serve_health_only`` adds it to another server."""
         self._node = node
         self._interval = interval_s
         self._max_apply_lag = max_apply_lag
