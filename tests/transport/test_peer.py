@@ -12,11 +12,13 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 import structlog
 
+from sidecar.pb.raftsidecar.admin.v1 import admin_pb2
 from sidecar.pb.raftsidecar.peer.v1 import peer_pb2, peer_pb2_grpc
 from sidecar.raft.messages import (
     AppendRequest,
@@ -262,6 +264,55 @@ def test_misaddressed_deliver_is_refused_and_nothing_is_delivered(
             assert len(inbox) == 0
             await stub.Deliver(deliver_request())  # the server still works
             assert len(inbox) == 1
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "details"),
+    [
+        ({"cluster_id": "payments-prod"}, grpc.StatusCode.FAILED_PRECONDITION, "cluster"),
+        ({"to_node": "c"}, grpc.StatusCode.FAILED_PRECONDITION, "for node 'c' reached node 'b'"),
+    ],
+    ids=["wrong cluster", "wrong node"],
+)
+def test_a_misaddressed_operator_request_never_reaches_the_admin(
+    changes: dict[str, str], code: grpc.StatusCode, details: str
+) -> None:
+    """ForwardAdmin changes the membership on the leader: a request of another
+    cluster or for another node is refused before the operator code sees it."""
+
+    async def main() -> None:
+        served: list[Any] = []
+
+        async def admin(request: Any) -> Any:
+            served.append(request)
+            return peer_pb2.ForwardAdminResponse()
+
+        async with receiver() as (stub, b, _):
+            b.servicer.admin = admin
+            fields = {"cluster_id": CLUSTER, "from_node": "a", "to_node": "b"} | changes
+            request = peer_pb2.ForwardAdminRequest(
+                remove_member=admin_pb2.RemoveMemberRequest(name="c"), **fields
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ForwardAdmin(request)
+            assert info.value.code() == code
+            assert details in (info.value.details() or "")
+            assert served == []
+            with pytest.raises(grpc.aio.AioRpcError) as empty:  # no operation in it
+                await stub.ForwardAdmin(
+                    peer_pb2.ForwardAdminRequest(cluster_id=CLUSTER, from_node="a", to_node="b")
+                )
+            assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert served == []
+            proper = {"cluster_id": CLUSTER, "from_node": "a", "to_node": "b"}
+            await stub.ForwardAdmin(
+                peer_pb2.ForwardAdminRequest(
+                    remove_member=admin_pb2.RemoveMemberRequest(name="c"), **proper
+                )
+            )
+            assert len(served) == 1  # the server still serves a proper one
 
     run(main)
 
