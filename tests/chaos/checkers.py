@@ -14,8 +14,9 @@ closing events (``final_ledger``, ``final_digest``, ...) reports that as a
 violation: a property that was not checked must not pass as checked.
 
 Fault windows: a fault is in force from its ``start`` to the first ``end`` of
-the same fault and targets, or else to the next ``heal`` (or the end of the
-history). Instantaneous faults (kill -9) should be given an ``end`` by the
+the same fault and targets (else of the same fault sharing a target: a
+partition of [a, b] healed node by node), or else to the next ``heal`` (or the
+end of the history). Instantaneous faults (kill -9) should be given an ``end`` by the
 runner when their target is restarted, which keeps excerpts small.
 """
 
@@ -100,7 +101,10 @@ def fault_windows(events: Iterable[Event]) -> list[FaultWindow]:
         if isinstance(e, Fault) and e.phase == "start":
             open_.append(e)
         elif isinstance(e, Fault):
-            match = next((s for s in open_ if s.fault == e.fault and s.targets == e.targets), None)
+            same = [s for s in open_ if s.fault == e.fault]
+            match = next((s for s in same if s.targets == e.targets), None) or next(
+                (s for s in same if set(s.targets) & set(e.targets)), None
+            )
             if match is not None:
                 open_.remove(match)
                 windows.append(FaultWindow(match, e.t))

@@ -636,3 +636,26 @@ def test_report_runs_on_a_loaded_history_file(tmp_path: Path) -> None:
     history.dump(path, clean_history())
     report = build_report(history.load(path), seed=1, argv=["--seed", "1"])
     assert report.passed and report.replay == "python -m tests.chaos --seed 1"
+
+
+def test_fault_windows_pair_ends_with_their_starts() -> None:
+    """Exact targets first, else a shared target; unmatched faults last until the heal."""
+
+    def fault(t: float, name: str, phase: str, *targets: str) -> Fault:
+        return Fault(t=t, source="nemesis", fault=name, phase=phase, targets=targets, detail="")
+
+    split = fault(1.0, "partition", "start", "s1", "s2")
+    kill = fault(2.0, "kill_sidecar", "start", "s3")
+    pause = fault(3.0, "pause_worker", "start", "w1")
+    events: list[Event] = [
+        split,
+        kill,
+        pause,
+        fault(4.0, "pause_worker", "end", "w1"),
+        fault(5.0, "partition", "end", "s2"),
+        Heal(t=9.0, source="nemesis"),
+    ]
+    windows = checkers.fault_windows(events)
+    assert [(w.start, w.end_t) for w in windows] == [(split, 5.0), (kill, 9.0), (pause, 4.0)]
+    assert checkers.faults_in_force(windows, 4.5, 4.6) == (split, kill)
+    assert checkers.faults_in_force(windows, 9.5, 10.0) == ()
