@@ -224,12 +224,17 @@ def check_single_holder(events: Sequence[Event]) -> list[Violation]:
         by_election[b.election].append(b)
     found: list[Violation] = []
     for election in sorted(by_election):
-        beliefs = sorted(by_election[election], key=lambda b: b.granted.t)
-        for i, a in enumerate(beliefs):
-            for b in beliefs[i + 1 :]:
-                if a.worker == b.worker:
-                    continue
-                overlap = _first_overlap(a, b)
+        # Beliefs by first instant: a pair can overlap only while the later
+        # one starts before the earlier one's last instant.
+        spans = sorted(
+            ((segs, b) for b in by_election[election] if (segs := b.segments())),
+            key=lambda sb: sb[0][0][0],
+        )
+        for i, (a_segs, a) in enumerate(spans):
+            for b_segs, b in spans[i + 1 :]:
+                if b_segs[0][0] >= a_segs[-1][1]:
+                    break
+                overlap = None if a.worker == b.worker else _first_overlap(a_segs, b_segs)
                 if overlap is None:
                     continue
                 lo, hi = overlap
@@ -250,12 +255,19 @@ def check_single_holder(events: Sequence[Event]) -> list[Violation]:
     return found
 
 
-def _first_overlap(a: _Belief, b: _Belief) -> tuple[float, float] | None:
-    for alo, ahi in a.segments():
-        for blo, bhi in b.segments():
-            lo, hi = max(alo, blo), min(ahi, bhi)
-            if lo < hi:
-                return lo, hi
+def _first_overlap(
+    a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]
+) -> tuple[float, float] | None:
+    """The first common interval of two sorted lists of disjoint intervals."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            return lo, hi
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
     return None
 
 

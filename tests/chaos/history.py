@@ -296,9 +296,18 @@ def _check(name: str, hint: Any, value: Any) -> Any:
     raise HistoryError(f"field {name!r}: {value!r} is not a {getattr(hint, '__name__', hint)}")
 
 
+_SCHEMAS: dict[type[Any], tuple[list[str], dict[str, Any]]] = {}
+
+
+def _schema(cls: type[Any]) -> tuple[list[str], dict[str, Any]]:
+    """Field names and their types (resolving annotations is slow: once per class)."""
+    if cls not in _SCHEMAS:
+        _SCHEMAS[cls] = [f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls)
+    return _SCHEMAS[cls]
+
+
 def _build(cls: type[Any], data: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names, hints = _schema(cls)
     given = set(data) - {"kind"}
     missing = sorted(set(names) - given)
     extra = sorted(given - set(names))
