@@ -426,7 +426,7 @@ def check_fence(events: Sequence[Event]) -> list[Violation]:
                     f"ledger audit: {counter} = {n} ({meaning})" + _findings(final, counter),
                     [final, *extra],
                     windows,
-                    (extra[0].t, final.t) if extra else (final.t, final.t),
+                    (extra[0].t, extra[-1].t) if extra else (final.t, final.t),
                 )
             )
     return found
