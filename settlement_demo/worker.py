@@ -236,7 +236,7 @@ class SettlementWorker:
         ``resigned`` when the worker set the returned event (it left the
         block while the lease held, which resigns), else ``lost``."""
         resigning = asyncio.Event()
-        ids = {"election": lease.election, "worker": self.config.worker_id}
+        ids: dict[str, Any] = {"election": lease.election, "worker": self.config.worker_id}
         token = lease.fencing_token
         self.history.record("granted", token=token, deadline=lease.deadline, **ids)
         lease.add_renewal_listener(

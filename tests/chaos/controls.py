@@ -33,13 +33,12 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.chaos.faults import Nemesis, poll
 from tests.chaos.harness import Timings
 from tests.chaos.nemesis import Step
 from tests.integration.cluster import Sidecar
-
 
 SLOW = "s2"
 """The node that notices the loss of its quorum last (``stale-leader-renewal``):
@@ -54,7 +53,7 @@ class Control:
     wrap_workers: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     node_flags: dict[str, tuple[str, ...]] | None = None
-    timings: Timings = Timings()
+    timings: Timings = field(default_factory=Timings)
 
 
 CONTROLS: dict[str, Control] = {
