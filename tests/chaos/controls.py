@@ -130,8 +130,8 @@ def _stale_leader(nemesis: Nemesis, until: float) -> None:
             return
         if not _leading(nemesis, slow, until):
             continue
-        node = _holder_where(nemesis, lambda holder, leader: holder is slow and leader is slow)
-        if node is None:
+        node = _holder_where(nemesis, lambda holder, leader: holder is slow)
+        if node is None or system.raft_leader() is not slow:
             continue
         nemesis.start("partition", [SLOW], "isolate blackhole: the leader and the holder's node")
         lab.isolate(SLOW, "blackhole")
