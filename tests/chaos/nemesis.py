@@ -10,9 +10,10 @@ history.
 Faults follow each other (one at a time, with a short gap), so each one's
 effect can be told apart in the report; the first ``len(KINDS)`` steps are
 every kind once, in a seeded order, so even a short run draws each kind, and
-the rest are drawn with ``WEIGHTS``. Sidecar faults aim at the Raft leader
-more often than at a follower (``LEADER_BIAS``): losing the leader is what
-moves leases between Raft terms.
+the rest are drawn with ``WEIGHTS``. Sidecar faults and partitions aim at the
+Raft leader more often than at a follower (``LEADER_BIAS``): losing the
+leader is what moves leases between Raft terms; and often at the holder's
+node (``HOLDER_NODE_BIAS``), which moves the lease itself.
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ WEIGHTS: dict[str, int] = {
 PARTITION_SHAPES: tuple[str, ...] = ("isolate", "majority", "bridge", "rolling", "one_way")
 """``bridge`` needs 5 nodes (with 3 it is drawn as ``majority``)."""
 MODES: tuple[str, ...] = ("blackhole", "fastfail")
-LEADER_BIAS = 0.6
-"""Chance that a sidecar fault aims at the Raft leader rather than a follower."""
+LEADER_BIAS = 0.5
+"""Chance that a sidecar fault or a partition aims at the Raft leader's node."""
+HOLDER_NODE_BIAS = 0.3
+"""Chance that it aims at the holding worker's node (which moves the lease
+itself); the rest goes to a follower."""
 HOLDER_BIAS = 0.7
 """Chance that a worker fault aims at the holding worker rather than another."""
 _SIDECAR_FAULTS = ("kill_sidecar", "pause_sidecar", "term_sidecar", "disk_full")
@@ -126,7 +130,13 @@ def _step(rng: random.Random, at: float, kind: str, nodes: int) -> Step:
     duration = round(rng.uniform(*_DURATION_S[kind]), 3)
     pick = rng.randrange(1 << 30)
     if kind in _SIDECAR_FAULTS or kind == "partition":
-        target = "leader" if rng.random() < LEADER_BIAS else "follower"
+        draw = rng.random()
+        if draw < LEADER_BIAS:
+            target = "leader"
+        elif draw < LEADER_BIAS + HOLDER_NODE_BIAS:
+            target = "holder"
+        else:
+            target = "follower"
     elif kind in _WORKER_FAULTS:
         target = "holder" if rng.random() < HOLDER_BIAS else f"node:{rng.randrange(nodes)}"
     elif kind == "pause_worker_at_write":
