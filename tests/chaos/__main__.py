@@ -91,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     for planned in suite(args.suite, args.seed):
         config = dataclasses.replace(planned, out=base / planned.out)
-        status = Run(config).run()
+        try:
+            status = Run(config).run()
+        except Exception as exc:  # a run that could not finish: the suite goes on, red
+            print(f"chaos: {config.replay()} did not finish: {exc!r}", file=sys.stderr)
+            status = 2
         label = f"control {config.plant}" if config.plant else "run"
         verdict = {0: "ok", 1: "FAILED"}.get(status, "NOT JUDGED")
         results.append((status, f"{label}: {verdict} ({config.replay()})"))
