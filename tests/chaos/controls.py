@@ -17,10 +17,13 @@ the checkers say which property broke.
   that go backwards (the same scenario with the guard on waits for a node that
   has the log: ``test_disk_loss.py``).
 * ``stale-leader-renewal`` (sidecars): the holder's own sidecar is the Raft
-  leader; its loop stalls (SIGSTOP) while it is cut off (blackhole), the
-  others elect a leader that expires the lease and grants it to another
-  worker; the old leader wakes up still believing it leads and, without the
-  read barrier, acknowledges the holder's queued keep-alives with a full TTL.
+  leader and is the last to notice a lost quorum (``SLOW`` runs a longer
+  election timeout); it is cut off (blackhole) while its worker keeps
+  renewing through it; the others elect a leader that expires the lease and
+  grants it to another worker, while the old leader, without the read
+  barrier, still acknowledges keep-alives with a full TTL. (A SIGSTOP stall
+  does not show it: the tick loop catches up at SIGCONT and CheckQuorum
+  steps the leader down before it answers anything.)
 * ``no-margin`` (workers through ``tests.chaos.planted``; sidecars with
   ``fast-lease-clock``, the fault, not the defect): the lease keeper's clock
   runs 8% fast, so the leader expires a lease 8% early; the holder's node is

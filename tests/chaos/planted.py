@@ -15,7 +15,7 @@ Defects (``DEFECTS``) and what each patch does:
   under its old server id (docs/membership.md: with the incarnation made
   constant the guard is off) and votes with an empty log;
 * ``stale-leader-renewal`` (sidecar): ``LeaseKeeper.renew`` without its read
-  barrier: a leader that no longer leads (stalled, then cut off) still
+  barrier: a leader that no longer leads (cut off, and the last to notice) still
   acknowledges keep-alives with a full TTL;
 * ``no-margin`` (worker): the client's safety margin is 0, both its own
   floor (``default_margin_s``) and the one the sidecar sends with each
