@@ -51,6 +51,7 @@ class WorkerConfig:
     fencing: bool
     fault_file: Path | None
     log_level: str
+    history: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,9 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("fault-file", "demo fault injection: when this file says pause-before-write, "
              "the worker stops itself (SIGSTOP) right before its next chunk write", "", str),
     _Setting("log-level", "debug, info, warning or error", "info", str),
+    _Setting("history", "append what this worker saw (campaigns, grants, renewals, losses, "
+             "ledger writes and their outcomes) to this JSON-lines file, on the monotonic "
+             "clock, for post-mortems (docs/settlement-demo.md); empty for none", "", str),
 )  # fmt: skip
 
 
@@ -166,6 +170,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         fencing=values["fencing"],
         fault_file=Path(fault) if fault else None,
         log_level=values["log-level"],
+        history=Path(values["history"]) if values["history"] else None,
     )
 
 

@@ -42,6 +42,7 @@ import structlog
 from settlement_demo.config import WorkerConfig
 from settlement_demo.faults import PAUSE_BEFORE_WRITE, FaultPoint
 from settlement_demo.generator import generate_batch
+from settlement_demo.history import History
 from settlement_demo.http import Health, HttpEndpoints
 from settlement_demo.ledger import (
     FenceHolderConflict,
@@ -88,10 +89,12 @@ class SettlementWorker:
         self.metrics = WorkerMetrics(config.election)
         self.health = Health()
         self.faults = FaultPoint(config.fault_file)
+        self.history = History(config.history, f"worker:{config.worker_id}")
         self._stopping = asyncio.Event()
         self._leading = False
         self._campaign: asyncio.Task[None] | None = None
         self._last_generated = 0.0
+        self._watches: set[asyncio.Task[None]] = set()
 
     # ---- life cycle ------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class SettlementWorker:
             if http is not None:
                 http.stop()
             ledger.close()
+            self.history.close()
 
     def stop(self) -> None:
         """Graceful stop: a follower stops campaigning now; a leader after its current step."""
@@ -201,11 +205,17 @@ class SettlementWorker:
 
     async def _campaign_and_lead(self, client: SidecarClient, ledger: Ledger) -> None:
         cfg = self.config
+        self.history.record("campaign", election=cfg.election, worker=cfg.worker_id)
         try:
             async with client.leadership(
                 cfg.election, candidate_id=cfg.worker_id, ttl=cfg.ttl_ms / 1000
             ) as lease:
-                await self._lead(lease, ledger)
+                resigning = self._record_lease(lease)
+                try:
+                    await self._lead(lease, ledger)
+                finally:
+                    if lease.lost_reason is None:
+                        resigning.set()  # leaving the block resigns
         except _Stopping:
             return
         except (
@@ -220,6 +230,33 @@ class SettlementWorker:
         except SidecarClientError as exc:
             _log.warning("sidecar_error", error=str(exc), code=exc.code)
             await asyncio.sleep(RETRY_PAUSE_S)
+
+    def _record_lease(self, lease: Lease) -> asyncio.Event:
+        """History: the grant now, every renewal, and how the lease ended:
+        ``resigned`` when the worker set the returned event (it left the
+        block while the lease held, which resigns), else ``lost``."""
+        resigning = asyncio.Event()
+        ids: dict[str, Any] = {"election": lease.election, "worker": self.config.worker_id}
+        token = lease.fencing_token
+        self.history.record("granted", token=token, deadline=lease.deadline, **ids)
+        lease.add_renewal_listener(
+            lambda sent_at, deadline: self.history.record(
+                "renewed", token=token, sent_at=sent_at, deadline=deadline, **ids
+            )
+        )
+
+        async def ended() -> None:
+            await lease.lost.wait()
+            if resigning.is_set():
+                self.history.record("resigned", token=token, **ids)
+            else:
+                self.history.record("lost", token=token, reason=lease.lost_reason, **ids)
+
+        if self.history.enabled:
+            task = asyncio.ensure_future(ended())
+            self._watches.add(task)
+            task.add_done_callback(self._watches.discard)
+        return resigning
 
     async def _lead(self, lease: Lease, ledger: Ledger) -> None:
         token = lease.fencing_token
@@ -282,19 +319,35 @@ class SettlementWorker:
                 self.faults.reached(PAUSE_BEFORE_WRITE)
                 return ledger.write_chunk(election, token, run.id, chunk, payouts)
 
-            await self._step(lease, "write_chunk", write)
-        if await self._step(lease, "settle", ledger.settle_run, election, token, run.id):
+            await self._step(lease, "write_chunk", write, run_id=run.id, chunk=chunk)
+        if await self._step(
+            lease, "settle", ledger.settle_run, election, token, run.id, run_id=run.id
+        ):
             self.metrics.runs_settled.inc()
             _log.info("run_settled", run=run.id)
 
-    async def _step(self, lease: Lease, name: str | None, fn: Callable[..., T], *args: Any) -> T:
-        """One ledger call on a thread, raced against the loss of the lease."""
+    async def _step(
+        self,
+        lease: Lease,
+        name: str | None,
+        fn: Callable[..., T],
+        *args: Any,
+        run_id: str | None = None,
+        chunk: int | None = None,
+    ) -> T:
+        """One ledger call on a thread, raced against the loss of the lease.
+
+        The history gets the call's outcome when the call ends, also when
+        the worker stopped waiting for it (the lease was lost): a write that
+        lands late is exactly what the fence must refuse."""
         if self.config.step_delay_ms:
             await self._pause_unless_interrupted(lease, self.config.step_delay_ms / 1000)
         if self._stopping.is_set():
             raise _Stopping
         lease.check()
         call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        if name is not None and self.history.enabled:
+            call.add_done_callback(self._write_recorder(lease, name, run_id, chunk))
         lost = asyncio.ensure_future(lease.lost.wait())
         try:
             await asyncio.wait({call, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -308,6 +361,36 @@ class SettlementWorker:
         if name is not None:
             self.metrics.steps[name].inc()
         return result
+
+    def _write_recorder(
+        self, lease: Lease, name: str, run_id: str | None, chunk: int | None
+    ) -> Callable[[asyncio.Future[Any]], None]:
+        t_start = time.monotonic()
+
+        def record(call: asyncio.Future[Any]) -> None:
+            result: Any = None
+            if call.cancelled():
+                outcome, detail = "unknown", "cancelled"
+            elif (exc := call.exception()) is not None:
+                outcome, detail = _outcome_of(exc), f"{type(exc).__name__}: {exc}"
+            else:
+                result = call.result()
+                outcome, detail = "accepted", repr(result)
+            run = run_id if run_id is not None else getattr(result, "id", None)
+            self.history.record(
+                "write",
+                election=lease.election,
+                worker=self.config.worker_id,
+                token=lease.fencing_token,
+                op=_OPS[name],
+                run_id=None if run is None else str(run),
+                chunk=chunk,
+                t_start=t_start,
+                outcome=outcome,
+                detail=redact(detail)[:200],
+            )
+
+        return record
 
     async def _pause_unless_interrupted(self, lease: Lease, seconds: float) -> None:
         """Sleep ``seconds``, or less if the lease is lost or SIGTERM arrives."""
@@ -330,6 +413,23 @@ class SettlementWorker:
         batch_id = f"auto-{int(time.time())}-{secrets.token_hex(3)}"
         await asyncio.to_thread(generate_batch, ledger, self.config.election, batch_id)
         _log.info("batch_generated", batch=batch_id)
+
+
+_OPS = {
+    "raise_fence": "raise_fence",
+    "claim": "claim_run",
+    "write_chunk": "write_chunk",
+    "settle": "settle_run",
+}
+"""Step names (metrics) to the history's write operations."""
+
+
+def _outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, StaleTokenError):
+        return "stale"
+    if isinstance(exc, FenceHolderConflict):
+        return "conflict"
+    return "error"
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -370,6 +370,7 @@ class Lease:
         self._task: asyncio.Task[None] | None = None
         self._stream: Any = None
         self._lost_callbacks: list[Callable[[str], None]] = []
+        self._renewal_listeners: list[Callable[[float, float], None]] = []
         self.keep_alive_interval_s = max(ttl_s / 4, MIN_KEEP_ALIVE_INTERVAL_S)
         self.acknowledged = 0  # keep-alive acknowledgements that extended the deadline
 
@@ -402,6 +403,12 @@ class Lease:
     def deadline(self) -> float:
         """The safe deadline on ``time.monotonic()``; -inf when lost."""
         return self._deadline
+
+    def add_renewal_listener(self, callback: Callable[[float, float], None]) -> None:
+        """Call ``callback(sent_at, new_deadline)`` on the event loop whenever a
+        keep-alive acknowledgement extends the safe deadline (for a history of
+        what the worker believed: post-mortems, the chaos suite)."""
+        self._renewal_listeners.append(callback)
 
     # -- internals --
 
@@ -590,7 +597,11 @@ class Lease:
         lease_s = min(self._ttl_s, response.ttl_ms / 1000)
         margin_s = max(self._margin_s, response.safety_margin_ms / 1000)
         self.acknowledged += 1
+        before = self._deadline
         self._extend(sent_at + lease_s - margin_s)
+        if self._deadline != before:
+            for listener in self._renewal_listeners:
+                listener(sent_at, self._deadline)
 
     async def _close(self) -> None:
         """Stop the keep-alive stream and wait for its task."""

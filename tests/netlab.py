@@ -23,8 +23,15 @@ TCP stack sees the fault:
   (not addressed to it), so the sockets see silence;
 * ``cut(a, b, "fastfail")`` sets both ends down: their routes go, and every
   send fails at once with ENETUNREACH;
+* ``cut_one_way(a, b, port, mode)`` loses only the TCP connections ``a``
+  dials to ``b``'s ``port`` (a policy rule in ``a`` sends them to a table of
+  their own, whose route to ``b`` goes through an unused neighbour in
+  blackhole mode, or is ``unreachable`` in fastfail mode): the peer
+  transport sends every Raft message on a stream its sender dials, so ``a``'s
+  messages to ``b`` are lost while ``b``'s reach ``a``. (The kernel here has
+  no traffic-control classifiers or netem, so this is done with routing.)
 * ``heal()`` undoes every cut: links up, routes back, neighbour entries
-  deleted (so ARP resolves the real address again).
+  deleted (so ARP resolves the real address again), one-way rules removed.
 
 Cleanup: every namespace is named ``rsnl-<pid>-<lab>-s<i>`` after the test process
 that made it; ``close()`` (also run at exit) kills what still runs inside and
@@ -61,6 +68,9 @@ MODES: tuple[CutMode, ...] = ("blackhole", "fastfail")
 
 _PREFIX = "rsnl"
 _UNUSED_MAC = "02:00:00:00:00:99"
+_UNUSED_GATEWAY = "10.77.255.254"
+_ONE_WAY_TABLE = 100
+"""Routing table of one-way cuts towards node ``j``: 100 + j (rule preference too)."""
 _LOCK = Path("/run/lock/raft-sidecar-netlab.lock")
 _NAME = re.compile(rf"^{_PREFIX}-(\d+)-\d+-s\d+$")
 _labs = itertools.count(1)
@@ -133,6 +143,7 @@ class NetLab:
         self._root_prefix = f"rl{os.getpid() % 100000}x{number % 100}h"
         """Root ends of the host links (interface names have at most 15 bytes)."""
         self._cuts: dict[tuple[str, str], CutMode] = {}
+        self._one_way: dict[tuple[str, str], tuple[int, CutMode]] = {}
         self._made: list[str] = []
         _LOCK.parent.mkdir(parents=True, exist_ok=True)
         with _LOCK.open("w") as lock:
@@ -161,6 +172,12 @@ class NetLab:
     def host_address(self, name: str) -> str:
         """The node's end of its host link (API, metrics, health)."""
         return f"10.250.{self._subnet}.{4 * self._index(name) + 2}"
+
+    def host_gateway(self, name: str) -> str:
+        """The root namespace's end of the node's host link: what a process in
+        the node's namespace dials to reach a service the root namespace
+        offers there (e.g. the chaos suite's relay to PostgreSQL)."""
+        return f"10.250.{self._subnet}.{4 * self._index(name) + 1}"
 
     def wrap(self, name: str) -> list[str]:
         """The prefix that runs a command inside the node's namespace."""
@@ -239,6 +256,35 @@ class NetLab:
                 self._in(x, "link", "set", dev, "down")
         self._cuts[tuple(sorted((a, b)))] = mode  # type: ignore[index]
 
+    def cut_one_way(self, a: str, b: str, port: int, mode: CutMode) -> None:
+        """Lose the TCP connections ``a`` dials to ``b``'s ``port``, in both
+        directions of those connections; ``b``'s own connections to ``a`` stay."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if a == b:
+            raise ValueError("a node has no link to itself")
+        if (a, b) in self._one_way:
+            raise ValueError(f"{a} -> {b} is cut one way already")
+        table = str(_ONE_WAY_TABLE + self._index(b))
+        address = self.peer_address(b)
+        self._in(
+            a, "rule", "add", "to", address, "ipproto", "tcp", "dport", str(port),
+            "table", table, "pref", table,
+        )  # fmt: skip
+        if mode == "blackhole":
+            dev = f"p{self._index(b)}"
+            self._in(
+                a, "neigh", "replace", _UNUSED_GATEWAY, "lladdr", _UNUSED_MAC,
+                "nud", "permanent", "dev", dev,
+            )  # fmt: skip
+            self._in(
+                a, "route", "replace", f"{address}/32", "via", _UNUSED_GATEWAY, "dev", dev,
+                "onlink", "table", table,
+            )  # fmt: skip
+        else:
+            self._in(a, "route", "replace", "unreachable", f"{address}/32", "table", table)
+        self._one_way[(a, b)] = (port, mode)
+
     def isolate(self, name: str, mode: CutMode) -> None:
         """Cut every link of ``name``."""
         for other in self.names:
@@ -248,6 +294,14 @@ class NetLab:
     def heal(self) -> None:
         """Undo every cut: links up with their routes, real neighbours again."""
         cuts, self._cuts = dict(self._cuts), {}
+        one_way, self._one_way = dict(self._one_way), {}
+        for (a, b), (port, _mode) in sorted(one_way.items()):
+            table = str(_ONE_WAY_TABLE + self._index(b))
+            self._in(
+                a, "rule", "del", "to", self.peer_address(b), "ipproto", "tcp",
+                "dport", str(port), "table", table, "pref", table, check=False,
+            )  # fmt: skip
+            self._in(a, "route", "flush", "table", table, check=False)
         for (a, b), mode in sorted(cuts.items()):
             if mode == "blackhole":
                 for x, y in ((a, b), (b, a)):
@@ -261,6 +315,11 @@ class NetLab:
     @property
     def cuts(self) -> dict[tuple[str, str], CutMode]:
         return dict(self._cuts)
+
+    @property
+    def one_way_cuts(self) -> dict[tuple[str, str], tuple[int, CutMode]]:
+        """(from, to) -> (port, mode) of every one-way cut in force."""
+        return dict(self._one_way)
 
     def close(self) -> None:
         """Delete every namespace this lab made (and with them every link)."""

@@ -119,3 +119,21 @@ def test_leftovers_of_a_crashed_run_are_removed_with_what_runs_inside() -> None:
     finally:
         orphan.kill()
         subprocess.run(["ip", "netns", "del", leftover], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "lost"), [("blackhole", "TimeoutError None"), ("fastfail", "OSError 113")]
+)
+def test_a_one_way_cut_loses_only_what_one_side_dials(
+    lab: netlab.NetLab, mode: netlab.CutMode, lost: str
+) -> None:
+    lab.cut_one_way("s0", "s1", 9999, mode)
+    assert connect(lab, "s0", "s1") == lost, "s0's connections to s1's port are lost"
+    assert connect(lab, "s1", "s0") == "ok", "s1 still reaches s0"
+    assert connect(lab, "s0", "s2") == "ok", "other links are untouched"
+    assert lab.one_way_cuts == {("s0", "s1"): (9999, mode)}
+    with pytest.raises(ValueError, match="cut one way already"):
+        lab.cut_one_way("s0", "s1", 9999, mode)
+    lab.heal()
+    assert lab.one_way_cuts == {}
+    assert connect(lab, "s0", "s1") == "ok"
