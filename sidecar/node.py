@@ -183,6 +183,10 @@ class RaftNode:
         self.forwarder: Forwarder | None = None
         self.on_proposal_latency: Callable[[float], None] | None = None
         """Seconds from a local proposal to its apply here (for metrics)."""
+        self.turn_listeners: list[Callable[[], None]] = []
+        """Plain functions called on the loop after every turn and once when
+        it ends: observers (health) follow the core's state there instead of
+        polling it on timers of their own, which woke an idle node for nothing."""
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -431,13 +435,19 @@ class RaftNode:
                 while self._raft.has_ready():
                     await self._handle_ready(self._raft.ready())
                 await self._maybe_snapshot()
+                self._notify_turn()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._stopped = exc
             _log.critical("node_stopped", node_id=self.id, error=str(exc), exc_info=exc)
             self._fail_waiters(NodeStopped(f"the node stopped: {exc}"))
+            self._notify_turn()
             raise
+
+    def _notify_turn(self) -> None:
+        for listener in self.turn_listeners:
+            listener()
 
     def _step_inputs(self) -> None:
         if self._transfer_to is not None:
