@@ -7,7 +7,10 @@ the core needs no locks. Inputs wait in bounded queues: peer messages
 (``deliver``, called by the transport) and proposals (``propose``, called by
 the API). Each turn of the loop
 
-1. waits for an input or the next tick of the monotonic clock;
+1. waits for an input or for the next tick that can do more than count
+   (``Raft.idle_ticks``: an idle follower wakes for its leader's heartbeats,
+   not for every tick in between), then makes up every tick that came due
+   on the monotonic clock;
 2. steps every queued input into the core (at most ``max_inputs_per_turn``):
    peers the transport lost (``Raft.leader_unreachable``), reads, messages,
    then the proposals of the turn as one ``propose_batch``;
@@ -414,7 +417,11 @@ class RaftNode:
         next_tick = time.monotonic() + tick
         try:
             while True:
-                timeout = max(0.0, next_tick - time.monotonic())
+                # Sleep through the ticks that would only count (an idle
+                # follower's, between heartbeats): they are made up, late,
+                # below, before the next input is stepped (Raft.idle_ticks).
+                due = next_tick + (self._raft.idle_ticks() - 1) * tick
+                timeout = max(0.0, due - time.monotonic())
                 idle = self._inbox.empty() and self._proposals.empty()
                 idle = idle and not self._read_requests and self._transfer_to is None
                 idle = idle and not self._unreachable_peers and not self._conf_changes
