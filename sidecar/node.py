@@ -190,6 +190,7 @@ class RaftNode:
         """Plain functions called on the loop after every turn and once when
         it ends: observers (health) follow the core's state there instead of
         polling it on timers of their own, which woke an idle node for nothing."""
+        self._failed_listeners: list[Callable[[], None]] = []
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -453,8 +454,18 @@ class RaftNode:
             raise
 
     def _notify_turn(self) -> None:
-        for listener in self.turn_listeners:
-            listener()
+        """Call the turn listeners; one that raises is logged (the first time
+        only: it would fail again on every turn), never allowed to stop the
+        loop (an observer's bug must not take the node down)."""
+        for listener in list(self.turn_listeners):
+            try:
+                listener()
+            except Exception as exc:
+                if listener not in self._failed_listeners:
+                    self._failed_listeners.append(listener)
+                    _log.error(
+                        "turn_listener_failed", node_id=self.id, error=repr(exc), exc_info=exc
+                    )
 
     def _step_inputs(self) -> None:
         if self._transfer_to is not None:

@@ -77,6 +77,20 @@ class Watched:
         self.disk = disk
         self.servicer = health_servicer()
         self.updater = HealthUpdater(self.servicer, node, **health)
+        self.published: list[tuple[str, int]] = []
+        """Every status set, in order: a short NOT_SERVING spell (an election
+        that ends within milliseconds) shows here even if no poll saw it."""
+        set_status = self.servicer.set
+
+        async def recording_set(service: str, status: int) -> None:
+            self.published.append((service, status))
+            await set_status(service, status)
+
+        self.servicer.set = recording_set
+
+    async def wait_published(self, service: str, status: int, since: int) -> None:
+        """Wait until ``status`` was set for ``service`` after the first ``since`` sets."""
+        await until(lambda: (service, status) in self.published[since:], 20.0)
 
     async def statuses(self) -> dict[str, int]:
         listed = await self.servicer.List(health_pb2.HealthListRequest(), None)
@@ -127,8 +141,9 @@ def test_a_follower_that_loses_its_leader_turns_not_serving_and_back(tmp_path: P
             follower = next(w for w in watched if w.node is not old)
             # The leader is cut off: the followers' election timers run out,
             # they campaign (knowing no leader) and one of them wins.
+            mark = len(follower.published)
             wiring.cut.add(old.id)
-            await follower.wait_for("", NOT_SERVING)
+            await follower.wait_published("", NOT_SERVING, since=mark)
             await follower.wait_for(LIVENESS_SERVICE, SERVING)  # alive all along
             await until(lambda: follower.node.raft.leader_id not in (None, old.id), 20)
             await follower.wait_for("", SERVING)
@@ -183,6 +198,34 @@ def test_a_replica_behind_the_cluster_turns_not_serving_after_the_grace(tmp_path
             assert mute.node.raft.leader_id == leader.id  # it never lost its leader
             muted.clear()  # its acknowledgements arrive again: it catches up
             await mute.wait_for("", SERVING)
+        finally:
+            await stop_all(watched)
+
+    run(main)
+
+
+def test_a_turn_listener_that_raises_does_not_stop_the_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        wiring = Wiring()
+        watched = start_cluster(tmp_path, wiring, set())
+        calls = 0
+
+        def broken() -> None:
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("an observer's bug")
+
+        try:
+            for w in watched:
+                w.node.turn_listeners.insert(0, broken)
+            await until(lambda: leader_of(wiring) is not None)
+            leader = leader_of(wiring)
+            assert leader is not None
+            await leader.propose(b"still-working")
+            assert calls > 0
+            for w in watched:
+                assert w.node.failure is None
+                await w.wait_for("", SERVING)  # the listeners after it still run
         finally:
             await stop_all(watched)
 
