@@ -83,6 +83,21 @@ PRODUCT_HEARTBEAT_TICKS = 2
 PRODUCT_ELECTION_TICKS = 10
 VALUES = REPO_ROOT / "helm" / "raft-sidecar" / "values.yaml"
 
+WHERE_IDLE_TIME_GOES = """
+where an idle member's time goes (profiled; docs/kubernetes.md, "Idle cost"):
+  The Raft work itself is small: per heartbeat the leader encodes one message per
+  follower and steps one answer from each. The cost is wake-ups of the asyncio
+  loop: each gRPC message wakes it about twice (grpc.aio's poller thread hands the
+  completion over, then the waiting task resumes), each timer of a background task
+  once, and each wake-up costs tens of microseconds of Python and a few syscalls.
+  etcd's Go threads wake as often (the wake-ups row), at a fraction of the cost.
+  Idle follower at the chart's timings, event-loop callbacks per second: ~80 for
+  replication (10 heartbeats in, 10 answers out, 1 acknowledgement probe), ~40 for
+  the lease keeper's 100 ms idle check (sidecar/leases.py), ~40 for membership's
+  Hello to each peer every second and its 250 ms plan check (sidecar/membership.py),
+  1 for the metrics sampler. Health (it polled every 50 ms: ~40) and the Raft ticks
+  between heartbeats (~20) no longer wake it."""
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -147,23 +162,53 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat
 
 
-def idle_cpu(groups: dict[str, list[int]], seconds: float) -> dict[str, list[float]]:
-    """CPU seconds per minute of each process of each group over the same
-    ``seconds`` of wall time."""
-    before = {g: [cpu_seconds(p) for p in pids] for g, pids in groups.items()}
+def context_switches(pid: int) -> int | None:
+    """Voluntary and involuntary context switches of every thread of ``pid``
+    so far (each wake-up of a sleeping thread is one), None once it is gone."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        for line in status.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Per member of each group: CPU seconds per minute and wake-ups per second."""
+
+    cpu: dict[str, list[float]]
+    wakeups: dict[str, list[float]]
+
+
+def idle_cpu(groups: dict[str, list[int]], seconds: float) -> Idle:
+    """CPU seconds per minute and context switches per second of each process
+    of each group over the same ``seconds`` of wall time."""
+    before = {
+        g: [(cpu_seconds(p), context_switches(p)) for p in pids] for g, pids in groups.items()
+    }
     t0 = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
-    out: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    wakeups: dict[str, list[float]] = {}
     for group, pids in groups.items():
-        rates = []
-        for pid, start in zip(pids, before[group], strict=True):
-            end = cpu_seconds(pid)
-            if start is None or end is None:
+        cpu[group], wakeups[group] = [], []
+        for pid, (start, switches) in zip(pids, before[group], strict=True):
+            end, switches_end = cpu_seconds(pid), context_switches(pid)
+            if start is None or end is None or switches is None or switches_end is None:
                 raise RuntimeError(f"process {pid} of {group} exited while idle")
-            rates.append((end - start) / elapsed * 60)
-        out[group] = rates
-    return out
+            cpu[group].append((end - start) / elapsed * 60)
+            wakeups[group].append((switches_end - switches) / elapsed)
+    return Idle(cpu, wakeups)
 
 
 # --- 3.-5. etcd's side, the same client shapes as bench.sidecar's -----------------
@@ -284,6 +329,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="the larger client count of 3-5")
     parser.add_argument("--settle-seconds", type=float, default=20.0, help="before idle CPU")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window")
+    parser.add_argument(
+        "--idle-only", action="store_true", help="stop after step 1 (idle CPU, wake-ups, RSS)"
+    )
     args = parser.parse_args()
     # Clean up on SIGTERM as on Ctrl-C; SIGINT too, explicitly, since a shell
     # starts a background job with SIGINT ignored.
@@ -346,13 +394,36 @@ def main() -> None:
         if etcd_fast is not None and etcd_slow is not None:
             groups["etcd-fast"] = etcd_pids(etcd_fast)
             groups["etcd-slow"] = etcd_pids(etcd_slow)
-        cpu = section(
+        idle = section(
             f"1. idle CPU of every member of all clusters at once, {args.idle_seconds:.0f} s",
             lambda: idle_cpu(groups, args.idle_seconds),
         )
+        cpu = idle.cpu
         rss = {
             g: [(rss_kib(p) or 0) / 1024 for p in pids] for g, pids in groups.items()
         }  # fmt: skip
+
+        def cell(group: str, table: dict[str, list[float]], unit: str = "") -> str:
+            return spread(table[group], unit) if group in table else "n/a"
+
+        idle_rows: list[Row] = [
+            ("idle CPU s/min per member, mean (range)", "", ""),
+            (f"  {fast.label}", cell("ours-fast", cpu), cell("etcd-fast", cpu)),
+            (f"  {slow.label}", cell("ours-slow", cpu), cell("etcd-slow", cpu)),
+            ("idle wake-ups/s per member (context switches, all threads)", "", ""),
+            (f"  {fast.label}", cell("ours-fast", idle.wakeups), cell("etcd-fast", idle.wakeups)),
+            (f"  {slow.label}", cell("ours-slow", idle.wakeups), cell("etcd-slow", idle.wakeups)),
+            ("idle RSS MiB per member, mean (range)", "", ""),
+            (f"  {fast.label}", cell("ours-fast", rss), cell("etcd-fast", rss)),
+            (f"  {slow.label}", cell("ours-slow", rss), cell("etcd-slow", rss)),
+        ]
+        if args.idle_only:
+            print(f"\n[table] load average at end: {loadavg()}")
+            print_table(idle_rows, etcd_name)
+            print(WHERE_IDLE_TIME_GOES)
+            print(f"\ntotal {time.monotonic() - began:.1f} s")
+            ok = True
+            return
 
         def failovers() -> dict[str, list[float]]:
             out: dict[str, list[float]] = {g: [] for g in groups}
@@ -449,16 +520,8 @@ def main() -> None:
             theirs = (rates["etcd"][0], rates["etcd"][1]) if rates["etcd"] else None
             return (rates["ours"][0], rates["ours"][1]), theirs
 
-        def cell(group: str, table: dict[str, list[float]], unit: str = "") -> str:
-            return spread(table[group], unit) if group in table else "n/a"
-
         rows: list[Row] = [
-            ("idle CPU s/min per member, mean (range)", "", ""),
-            (f"  {fast.label}", cell("ours-fast", cpu), cell("etcd-fast", cpu)),
-            (f"  {slow.label}", cell("ours-slow", cpu), cell("etcd-slow", cpu)),
-            ("idle RSS MiB per member, mean (range)", "", ""),
-            (f"  {fast.label}", cell("ours-fast", rss), cell("etcd-fast", rss)),
-            (f"  {slow.label}", cell("ours-slow", rss), cell("etcd-slow", rss)),
+            *idle_rows,
             (f"leader failover ms, {args.trials} SIGKILLs", "", ""),
             (
                 f"  {fast.label}",
@@ -481,6 +544,7 @@ def main() -> None:
             rows.append((title, *pair(ours, theirs, ".0f")[1:]))
         print(f"\n[table] load average at end: {loadavg()}")
         print_table(rows, etcd_name)
+        print(WHERE_IDLE_TIME_GOES)
         print(f"\ntotal {time.monotonic() - began:.1f} s")
         ok = True
     except KeyboardInterrupt:

@@ -48,9 +48,13 @@ class Timings:
     heartbeat_ticks: int
 
     def args(self) -> list[str]:
+        # The smallest TTL must cover two election timeouts (sidecar.config
+        # refuses less); the harness's 500 ms only does at fast timings.
+        ttl_min_ms = max(500, 2 * self.tick_ms * self.election_timeout_ticks)
         return [
             "--election-timeout-ticks", str(self.election_timeout_ticks),
             "--heartbeat-ticks", str(self.heartbeat_ticks),
+            "--ttl-min-ms", str(ttl_min_ms),
         ]  # fmt: skip
 
     def describe(self) -> str:

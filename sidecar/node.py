@@ -7,7 +7,10 @@ the core needs no locks. Inputs wait in bounded queues: peer messages
 (``deliver``, called by the transport) and proposals (``propose``, called by
 the API). Each turn of the loop
 
-1. waits for an input or the next tick of the monotonic clock;
+1. waits for an input or for the next tick that can do more than count
+   (``Raft.idle_ticks``: an idle follower wakes for its leader's heartbeats,
+   not for every tick in between), then makes up every tick that came due
+   on the monotonic clock;
 2. steps every queued input into the core (at most ``max_inputs_per_turn``):
    peers the transport lost (``Raft.leader_unreachable``), reads, messages,
    then the proposals of the turn as one ``propose_batch``;
@@ -183,6 +186,11 @@ class RaftNode:
         self.forwarder: Forwarder | None = None
         self.on_proposal_latency: Callable[[float], None] | None = None
         """Seconds from a local proposal to its apply here (for metrics)."""
+        self.turn_listeners: list[Callable[[], None]] = []
+        """Plain functions called on the loop after every turn and once when
+        it ends: observers (health) follow the core's state there instead of
+        polling it on timers of their own, which woke an idle node for nothing."""
+        self._failed_listeners: list[Callable[[], None]] = []
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -410,7 +418,11 @@ class RaftNode:
         next_tick = time.monotonic() + tick
         try:
             while True:
-                timeout = max(0.0, next_tick - time.monotonic())
+                # Sleep through the ticks that would only count (an idle
+                # follower's, between heartbeats): they are made up, late,
+                # below, before the next input is stepped (Raft.idle_ticks).
+                due = next_tick + (self._raft.idle_ticks() - 1) * tick
+                timeout = max(0.0, due - time.monotonic())
                 idle = self._inbox.empty() and self._proposals.empty()
                 idle = idle and not self._read_requests and self._transfer_to is None
                 idle = idle and not self._unreachable_peers and not self._conf_changes
@@ -431,13 +443,29 @@ class RaftNode:
                 while self._raft.has_ready():
                     await self._handle_ready(self._raft.ready())
                 await self._maybe_snapshot()
+                self._notify_turn()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._stopped = exc
             _log.critical("node_stopped", node_id=self.id, error=str(exc), exc_info=exc)
             self._fail_waiters(NodeStopped(f"the node stopped: {exc}"))
+            self._notify_turn()
             raise
+
+    def _notify_turn(self) -> None:
+        """Call the turn listeners; one that raises is logged (the first time
+        only: it would fail again on every turn), never allowed to stop the
+        loop (an observer's bug must not take the node down)."""
+        for listener in list(self.turn_listeners):
+            try:
+                listener()
+            except Exception as exc:
+                if listener not in self._failed_listeners:
+                    self._failed_listeners.append(listener)
+                    _log.error(
+                        "turn_listener_failed", node_id=self.id, error=repr(exc), exc_info=exc
+                    )
 
     def _step_inputs(self) -> None:
         if self._transfer_to is not None:

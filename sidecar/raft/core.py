@@ -164,6 +164,35 @@ class Raft:
         else:
             self._tick_election()
 
+    def idle_ticks(self) -> int:
+        """How many ticks from now the first one that can do more than count
+        comes: the one that starts a campaign, sends heartbeats, ends an
+        unfinished leadership transfer, or drops a peer from the set
+        CheckQuorum counts (and may step the leader down). At least 1.
+
+        Read-only. The runtime may sleep through the ticks before that one
+        and call ``tick()`` for each of them late, right before the next
+        input or at the due one: the core then ends in the state it would
+        have reached on time, since those ticks only count. A message
+        stepped in between changes what is due, so ask again after it.
+        """
+        if self.role is Role.LEADER:
+            due = min(
+                self.cfg.heartbeat_ticks - self._heartbeat_elapsed,
+                self.cfg.election_timeout_ticks - self.election_elapsed,
+            )
+            if self.cfg.check_quorum:
+                window = self.cfg.election_timeout_ticks
+                for node in sorted(self.progress):
+                    leaves = self.progress[node].last_heard_tick + window - self._ticks
+                    if leaves > 0:  # a peer already out of the set cannot leave it again
+                        due = min(due, leaves)
+            return max(1, due)
+        if not self.promotable():
+            # Its ticks only count; waking once per election timeout is cheap.
+            return self.cfg.election_timeout_ticks
+        return max(1, self._randomized_timeout - self.election_elapsed)
+
     def step(self, m: Message) -> None:
         """Handle one message from a peer.
 

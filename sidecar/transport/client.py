@@ -150,12 +150,15 @@ class _Stream:
         "acked",
         "call",
         "next_probe_at",
+        "probe_alarm",
         "probe_sent_at",
         "probe_sequence",
         "sequence",
         "stalled",
         "unconfirmed",
         "watchdog",
+        "write_started",
+        "write_watch",
     )
 
     def __init__(self, call: Any) -> None:
@@ -169,6 +172,21 @@ class _Stream:
         """Why the stream was cancelled as stalled ("" while it was not)."""
         self.watchdog: asyncio.TimerHandle | None = None
         self.unconfirmed: deque[_Queued] = deque()
+        self.write_started: float | None = None
+        """Loop time the write under way began (None between writes)."""
+        self.write_watch: asyncio.TimerHandle | None = None
+        """Fires at the deadline of the oldest write it may still find under
+        way; re-armed by the next write only once it fired. One timer per
+        ``rpc_timeout_s`` instead of one armed and cancelled per write."""
+        self.probe_alarm: asyncio.TimerHandle | None = None
+        """Wakes the writer at ``next_probe_at``; kept across waits, not
+        re-armed each time the writer waits for work."""
+
+    def cancel_timers(self) -> None:
+        for timer in (self.watchdog, self.write_watch, self.probe_alarm):
+            if timer is not None:
+                timer.cancel()
+        self.watchdog = self.write_watch = self.probe_alarm = None
 
 
 class PeerClient:
@@ -396,8 +414,7 @@ class PeerClient:
             # AioRpcError, or InvalidStateError from a write to a finished call.
             error = e
         finally:
-            if stream.watchdog is not None:
-                stream.watchdog.cancel()
+            stream.cancel_timers()
             done = stream.call.done()
             if not done:
                 stream.call.cancel()
@@ -455,18 +472,13 @@ class PeerClient:
                 # Wait for work, the next probe or the end of the stream (the
                 # reader sets _has_work when the call ends).
                 self._has_work.clear()
-                alarm = None
                 if stream.probe_sequence == 0 and self.target_known:
                     # Until the core addresses this peer (a follower never
                     # writes to another follower), there is nothing to probe:
                     # an alarm already due would wake this loop at once, again
                     # and again, and spin a core while the cluster is idle.
-                    alarm = loop.call_later(stream.next_probe_at - now, self._has_work.set)
-                try:
-                    await self._has_work.wait()
-                finally:
-                    if alarm is not None:
-                        alarm.cancel()
+                    self._arm_probe_alarm(stream, loop)
+                await self._has_work.wait()
                 continue
             if self._queue:
                 batch.extend(self._take_batch())
@@ -479,7 +491,13 @@ class PeerClient:
                 )
             # A write waits while HTTP/2 flow control is closed: bounded, or a
             # peer that reads nothing (a silent link) would hold it forever.
-            deadline = loop.call_later(self._cfg.rpc_timeout_s, self._on_write_timeout, stream)
+            stream.write_started = loop.time()
+            if stream.write_watch is None:
+                stream.write_watch = loop.call_at(
+                    stream.write_started + self._cfg.rpc_timeout_s,
+                    self._on_write_watch,
+                    stream,
+                )
             try:
                 await call.write(
                     peer_pb2.DeliverStreamRequest(
@@ -492,7 +510,7 @@ class PeerClient:
                     )
                 )
             finally:
-                deadline.cancel()
+                stream.write_started = None
             self.sent += len(batch)
             if not stream.acked:
                 stream.unconfirmed.extend(batch)
@@ -537,8 +555,34 @@ class PeerClient:
         if stream.probe_sequence == sequence:
             self._stall(stream, f"no acknowledgement within {self._cfg.rpc_timeout_s} s")
 
-    def _on_write_timeout(self, stream: _Stream) -> None:
-        self._stall(stream, f"a write blocked for {self._cfg.rpc_timeout_s} s (flow control)")
+    def _arm_probe_alarm(self, stream: _Stream, loop: asyncio.AbstractEventLoop) -> None:
+        """Have the writer woken at ``next_probe_at`` (both in monotonic time,
+        which the loop's clock is), keeping an alarm already set for it."""
+        alarm = stream.probe_alarm
+        if alarm is not None and not alarm.cancelled() and alarm.when() == stream.next_probe_at:
+            return
+        if alarm is not None:
+            alarm.cancel()
+        stream.probe_alarm = loop.call_at(stream.next_probe_at, self._on_probe_alarm, stream)
+
+    def _on_probe_alarm(self, stream: _Stream) -> None:
+        stream.probe_alarm = None
+        self._has_work.set()
+
+    def _on_write_watch(self, stream: _Stream) -> None:
+        """A write's deadline came: stall the stream if that write (or a later
+        one) is still under way past its own deadline, else watch the write
+        under way, if any, until its deadline."""
+        stream.write_watch = None
+        started = stream.write_started
+        if started is None:
+            return  # between writes: the next one arms the watch again
+        loop = asyncio.get_running_loop()
+        due = started + self._cfg.rpc_timeout_s
+        if loop.time() >= due:
+            self._stall(stream, f"a write blocked for {self._cfg.rpc_timeout_s} s (flow control)")
+        else:
+            stream.write_watch = loop.call_at(due, self._on_write_watch, stream)
 
     def _stall(self, stream: _Stream, why: str) -> None:
         """Cancel the stream as stalled; the writer reports it and resets the link."""
