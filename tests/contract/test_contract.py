@@ -180,13 +180,25 @@ class KeepAliveSession:
         self.notices.append(answer)
         return answer
 
-    def send(self, election: str, token: int, key: str, sequence: int | None = None) -> Any:
+    def send(
+        self,
+        election: str,
+        token: int,
+        key: str,
+        sequence: int | None = None,
+        *,
+        release: bool = False,
+    ) -> Any:
         if sequence is None:
             self.sequence += 1
             sequence = self.sequence
         self._requests.put(
             worker_pb2.KeepAliveRequest(
-                election=election, fencing_token=token, lease_key=key, sequence=sequence
+                election=election,
+                fencing_token=token,
+                lease_key=key,
+                sequence=sequence,
+                release=release,
             )
         )
         for answer in self._answers:
@@ -662,16 +674,21 @@ def test_keepalive_refuses_per_election_with_the_same_codes(cluster: Cluster) ->
 # ---- a stopping sidecar ---------------------------------------------------------------
 
 
-def test_a_stopping_sidecar_tells_the_holder_first_and_revokes_when_its_stream_ends(
-    cluster: Cluster,
+@pytest.mark.parametrize(
+    ("confirm", "end_reason"),
+    [("cancel", "GRANT_END_REASON_REVOKED"), ("release", "GRANT_END_REASON_RESIGNED")],
+)
+def test_a_stopping_sidecar_tells_the_holder_first_and_hands_over_when_it_confirms(
+    cluster: Cluster, confirm: str, end_reason: str
 ) -> None:
     """SIGTERM to the holder's sidecar: the open stream gets a notice, and the
     grant (TTL 60 s: no expiry can explain a handover) still stands; only
-    when the client ends the stream is it revoked and the queued candidate
-    granted. The node is restarted for the next tests of the module."""
+    when the client ends the stream (revoked) or releases the lease on it
+    (resigned) is the queued candidate granted. The node is restarted for
+    the next tests of the module."""
     home = follower(cluster)
     other = next(n for n in cluster.nodes if n is not home)
-    election = "stopping-sidecar"
+    election = f"stopping-sidecar-{confirm}"
     holder = hold(home.stub(), election)
     session = KeepAliveSession(home.stub())
     assert not session.renew(election, holder.fencing_token, holder.lease_key).HasField("error")
@@ -708,7 +725,12 @@ def test_a_stopping_sidecar_tells_the_holder_first_and_revokes_when_its_stream_e
         assert retried(lambda: other.stub().ValidateToken(check, timeout=5)).valid
         assert not granted, "granted while the holder had not ended its stream"
 
-        session.cancel()  # the worker stopped acting as leader, then ends the stream
+        # The worker stopped acting as leader; then it confirms.
+        if confirm == "cancel":
+            session.cancel()
+        else:
+            released = session.send(election, holder.fencing_token, holder.lease_key, release=True)
+            assert not released.HasField("error"), released
         waiter.join(30)
         assert granted and granted[0].fencing_token > holder.fencing_token
         grants = retried(
@@ -717,8 +739,9 @@ def test_a_stopping_sidecar_tells_the_holder_first_and_revokes_when_its_stream_e
             )
         ).grants
         ended = next(g for g in grants if g.fencing_token == holder.fencing_token)
-        assert ended.end_reason == worker_pb2.GRANT_END_REASON_REVOKED, ended
+        assert worker_pb2.GrantEndReason.Name(ended.end_reason) == end_reason, ended
     finally:
+        session.cancel()
         stopper.join(30)
         cluster.start(home)
         eventually(home.answers, "the stopped sidecar to serve again", seconds=60)
