@@ -7,7 +7,9 @@ in this process, so the moment its lease is lost (a lost callback) and the
 moment the next candidate's Campaign answers are read on one clock: the
 two beliefs must not overlap. The second test's worker is a process
 stopped with SIGSTOP: it cannot confirm, so its grant must run out on the
-Raft leader's clock, after the worker's own safe deadline.
+Raft leader's clock, after the worker's own safe deadline. The third's
+client half-closed its stream just before the stop: it never saw the
+notice, so its grant must outlive the stopped sidecar.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 from sidecar.client import SidecarClient
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration.cluster import Cluster, Sidecar, eventually
-from tests.integration.worker_api import Granted, campaign
+from tests.integration.worker_api import Granted, campaign, resign, unary_retrying
 
 ELECTION = "stop-handover"
 TTL = timedelta(seconds=2)
@@ -145,3 +147,27 @@ def test_a_worker_that_cannot_confirm_keeps_its_grant_until_it_expires(
         worker.send_signal(signal.SIGCONT)
         worker.kill()
         worker.wait(10)
+
+
+def test_a_stream_half_closed_before_the_notice_does_not_confirm(cluster: Cluster) -> None:
+    """A client that ended its stream on purpose (its own deadline, a
+    half-close) still believes it holds: the lease waits for a re-attach, so
+    the stop neither saw the worker stop nor revokes; the grant outlives the
+    stopped sidecar."""
+    leader = cluster.leader()
+    home = next(n for n in cluster.nodes if n is not leader)
+    granted = campaign(home.stub(), ELECTION, "worker-a", ttl_ms=20_000)
+    renew = worker_pb2.KeepAliveRequest(
+        election=ELECTION,
+        fencing_token=granted.fencing_token,
+        lease_key=granted.lease_key,
+        sequence=1,
+    )
+    answers = list(home.stub().KeepAlive(iter([renew]), timeout=10))  # then half-closed
+    assert [a.ttl_ms for a in answers] == [20_000], answers
+
+    assert cluster.kill(home, signal.SIGTERM) == 0  # within the 5 s re-attach window
+    check = worker_pb2.ValidateTokenRequest(election=ELECTION, fencing_token=granted.fencing_token)
+    assert unary_retrying(leader.stub().ValidateToken, check).valid, "revoked under its worker"
+    assert "lease_left_to_expire" in home.log_path.read_text()
+    resign(leader.stub(), ELECTION, granted.lease_key)
