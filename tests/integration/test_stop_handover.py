@@ -171,3 +171,46 @@ def test_a_stream_half_closed_before_the_notice_does_not_confirm(cluster: Cluste
     assert unary_retrying(leader.stub().ValidateToken, check).valid, "revoked under its worker"
     assert "lease_left_to_expire" in home.log_path.read_text()
     resign(leader.stub(), ELECTION, granted.lease_key)
+
+
+def test_a_removed_members_stop_tells_its_worker_first(cluster: Cluster) -> None:
+    """``members remove`` of the holder's sidecar: it learns it was removed
+    and stops by the same path as on SIGTERM (exit 1): its worker is told
+    at once, before the next candidate is granted."""
+    leader = cluster.leader()
+    home, other = [n for n in cluster.nodes if n is not leader]
+
+    async def main() -> None:
+        async with (
+            SidecarClient(home.api) as client,
+            client.leadership(ELECTION, candidate_id="worker-a", ttl=TTL) as lease,
+        ):
+            lost_at: list[float] = []
+            lease._lost_callbacks.append(lambda _reason: lost_at.append(time.monotonic()))
+            queued, second = _campaign_in_thread(other, "worker-b")
+            assert await asyncio.to_thread(queued.wait, 20), "worker-b never queued"
+
+            removed = await asyncio.to_thread(leader.members, "remove", home.node_id)
+            assert removed.returncode == 0, removed.stderr
+            assert home.process is not None
+            assert await asyncio.to_thread(home.process.wait, 60) == 1
+            home.process = None
+            thread = second["thread"]
+            assert isinstance(thread, threading.Thread)
+            await asyncio.to_thread(thread.join, 30)
+            await asyncio.wait_for(lease.lost.wait(), 10)
+
+            granted_at = second["granted_at"]
+            assert isinstance(granted_at, float)
+            assert lost_at[0] < granted_at, "two workers believed they held the election at once"
+            assert lease.lost_reason is not None and "sidecar is stopping" in lease.lost_reason
+            # A removed server knows no leader to carry its Revoke, so the
+            # grant usually runs out on the leader's clock instead: later,
+            # never sooner, than the worker was told.
+            record = _grant_record(other, lease.fencing_token)
+            assert record.end_reason in (
+                worker_pb2.GRANT_END_REASON_REVOKED,
+                worker_pb2.GRANT_END_REASON_EXPIRED,
+            ), record
+
+    asyncio.run(main())
