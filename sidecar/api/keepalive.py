@@ -42,16 +42,31 @@ handover time after a real crash. A lease that several streams keep at once
 (a client re-attached before the old stream's end was noticed) is orphaned
 only when the last of them ends. A request with ``release`` resigns its
 lease at once (Resign through the log, with the key's digest).
+
+*When this sidecar stops* (SIGTERM, a removed member's stop, the Raft
+leader's stop that transfers leadership): its workers' grants are handed
+over, but only once each worker has stopped believing it holds one
+(``release_all``). Every stream that keeps a lease first gets a notice, an
+unsolicited response (``sequence`` 0) with error LEASE_ENDED: "the sidecar
+is stopping". From then on no lease is renewed here, and every request is
+answered LEASE_ENDED. A lease is revoked (the next candidate granted in the
+same command) once the worker showed the notice reached it: every stream
+that kept it ended after the notice (the Python client marks the lease lost,
+then cancels its stream), or broke (the worker died), or the worker sent
+``release``. A lease whose worker does not show it within the bound (paused,
+hung, a client that ignores the notice, or one that half-closed its stream
+before the notice and never came back) is not revoked: the Raft leader
+expires it a full TTL after its last renewal, later than the worker's own
+safe deadline, which is always safe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
@@ -84,6 +99,11 @@ from sidecar.transport.errors import TransportError
 _log = structlog.get_logger("sidecar.api.keepalive")
 
 MIN_SAFETY_MARGIN_MS: Final = 100
+STOPPING_MESSAGE: Final = (
+    "this sidecar is stopping: stop acting as leader now, then end the keep-alive stream"
+)
+_BROKEN: Final = "the keep-alive stream ended; the sidecar is stopping"
+_STOPPED: Final = "the worker stopped after its sidecar's stop notice"
 
 
 def safety_margin_ms(ttl_ms: int) -> int:
@@ -115,6 +135,25 @@ class _Kept:
     ttl_ms: int
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One KeepAlive stream: the leases it keeps (by election), and whether
+    it was told that this sidecar stops (then every lease it keeps or adopts
+    has been answered LEASE_ENDED on it)."""
+
+    kept: dict[str, _Kept] = field(default_factory=dict)
+    noticed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Orphan:
+    """A lease whose last stream ended: the timer that revokes it, and whether
+    that stream ended on purpose (its worker may still believe it holds)."""
+
+    handle: asyncio.TimerHandle
+    deliberate: bool
+
+
 Renew = Callable[[str, int], Awaitable[tuple[bool, int]]]
 Propose = Callable[[Any], Awaitable[ApplyResult]]
 """Propose a command and wait until it is applied here; raises ApiError only."""
@@ -140,9 +179,13 @@ class KeepAlives:
         self._grace_cap_ms = grace_cap_ms
         self._keepers: dict[tuple[str, int], int] = {}
         """Streams keeping each (election, token) alive right now."""
-        self._orphans: dict[tuple[str, int], tuple[str, asyncio.TimerHandle]] = {}
-        """Leases whose last stream ended: (key digest, the timer that revokes them)."""
+        self._orphans: dict[tuple[str, int], _Orphan] = {}
+        """Leases whose last stream ended, waiting out the re-attach grace."""
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        """Set by ``release_all``: notices go out, nothing is renewed any more."""
+        self._confirmed: dict[tuple[str, int], asyncio.Event] = {}
+        """On stop: the leases waited for, set once their worker stopped believing."""
 
     # ---- one stream -----------------------------------------------------------------
 
@@ -157,11 +200,32 @@ class KeepAlives:
         ``deadline_passed`` tells, once the stream has ended, whether its own
         deadline ended it (a deliberate end, like a half-close).
         """
-        kept: dict[str, _Kept] = {}
+        me = _Stream()
+        kept = me.kept
         last_sequence = 0
         deliberate = False
+        incoming = aiter(requests)
+        next_request: asyncio.Future[Any] | None = None
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            async for request in requests:
+            while True:
+                if next_request is None:
+                    next_request = asyncio.ensure_future(anext(incoming))
+                if not me.noticed:
+                    await asyncio.wait(
+                        {next_request, stopping}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if self._stopping.is_set():
+                        for election in sorted(kept):
+                            yield self._notice(election, kept[election].token)
+                        me.noticed = True
+                        continue
+                try:
+                    request = await next_request
+                except StopAsyncIteration:
+                    break
+                finally:
+                    next_request = None
                 if request.sequence <= last_sequence:
                     error = invalid_field(
                         "sequence",
@@ -177,9 +241,12 @@ class KeepAlives:
                     yield self._response(request, error=error)
             deliberate = True  # the client half-closed the stream
         finally:
+            stopping.cancel()
+            if next_request is not None:
+                next_request.cancel()
             deliberate = deliberate or deadline_passed()
             for election in sorted(kept):
-                self._let_go(election, kept[election], deliberate=deliberate)
+                self._let_go(election, kept[election], deliberate=deliberate, noticed=me.noticed)
 
     async def _answer(self, request: Any, kept: dict[str, _Kept]) -> Any:
         try:
@@ -212,9 +279,14 @@ class KeepAlives:
             kept[election] = entry
             self._adopt(election, token)
         if request.release:
-            self._let_go(election, kept.pop(election), revoke=False)
-            await self._release(election, token, digest)
+            released = kept.pop(election)
+            try:  # resigned before the stop's handover may see it let go
+                await self._release(election, token, digest)
+            finally:
+                self._let_go(election, released, revoke=False)
             return self._response(request)
+        if self._stopping.is_set():  # the lease stays kept: only the stream's end confirms
+            raise ApiError(LEASE_ENDED, f"grant {token} of {election!r}: {STOPPING_MESSAGE}")
         try:
             current, ttl_ms = await self._renew(election, token)
         except (NodeError, RaftError, TransportError) as exc:
@@ -258,6 +330,14 @@ class KeepAlives:
         raise ApiError(LEASE_NOT_FOUND, f"no grant {token} in {election!r}")
 
     @staticmethod
+    def _notice(election: str, token: int) -> Any:
+        """The stop notice: an unsolicited response (sequence 0, no request of it)."""
+        error = ApiError(LEASE_ENDED, f"grant {token} of {election!r}: {STOPPING_MESSAGE}")
+        return worker_pb2.KeepAliveResponse(
+            election=election, fencing_token=token, sequence=0, error=error.lease_error()
+        )
+
+    @staticmethod
     def _response(request: Any, *, ttl_ms: int = 0, error: ApiError | None = None) -> Any:
         return worker_pb2.KeepAliveResponse(
             election=request.election,
@@ -275,24 +355,39 @@ class KeepAlives:
         self._keepers[key] = self._keepers.get(key, 0) + 1
         orphan = self._orphans.pop(key, None)
         if orphan is not None:
-            orphan[1].cancel()
+            orphan.handle.cancel()
             _log.info("keep_alive_reattached", election=election, fencing_token=token)
 
     def _let_go(
-        self, election: str, kept: _Kept, *, revoke: bool = True, deliberate: bool = False
+        self,
+        election: str,
+        kept: _Kept,
+        *,
+        revoke: bool = True,
+        deliberate: bool = False,
+        noticed: bool = False,
     ) -> None:
-        """This stream stops keeping ``kept``; the last one to go orphans it."""
+        """This stream stops keeping ``kept``; the last one to go orphans it.
+
+        While stopping, the last one to go confirms the handover instead,
+        unless its stream ended on purpose before the notice reached it.
+        """
         key = (election, kept.token)
         left = self._keepers.get(key, 0) - 1
         if left > 0:
             self._keepers[key] = left
             return
         self._keepers.pop(key, None)
+        if self._stopping.is_set():
+            confirmed = self._confirmed.get(key)
+            if confirmed is not None and (noticed or not deliberate or not revoke):
+                confirmed.set()
+            return
         if not revoke or key in self._orphans:
             return
         grace_s = reattach_grace_s(kept.ttl_ms, self._grace_cap_ms, deliberate=deliberate)
         handle = asyncio.get_running_loop().call_later(grace_s, self._revoke_orphan, key)
-        self._orphans[key] = (kept.digest, handle)
+        self._orphans[key] = _Orphan(handle, deliberate)
 
     def _revoke_orphan(self, key: tuple[str, int]) -> None:
         if self._orphans.pop(key, None) is None:
@@ -331,19 +426,41 @@ class KeepAlives:
                 "revoke_failed", election=election, fencing_token=token, error=error.message
             )
 
-    def local_leases(self) -> list[tuple[str, int]]:
-        """Leases this sidecar's workers keep, or kept until a moment ago (sorted)."""
-        return sorted({*self._keepers, *self._orphans})
-
     async def release_all(self, timeout_s: float) -> None:
-        """On shutdown: revoke every local lease now (the pod goes, and its workers with it)."""
-        leases = self.local_leases()
-        for _, handle in self._orphans.values():
-            handle.cancel()
+        """On shutdown: hand over every local lease whose worker stopped believing in it.
+
+        Sends the stop notice on every stream, then revokes each lease once
+        its worker confirmed (module docstring), within ``timeout_s`` in
+        all. A lease orphaned by a broken stream is revoked at once, as its
+        grace would have; one not confirmed in time is left to expire.
+        """
+        self._stopping.set()  # wakes every stream: the notices go out
+        broken = sorted(key for key, orphan in self._orphans.items() if not orphan.deliberate)
+        waiting = sorted(
+            {*self._keepers, *(key for key, o in self._orphans.items() if o.deliberate)}
+        )
+        for orphan in self._orphans.values():
+            orphan.handle.cancel()
         self._orphans.clear()
-        self._keepers.clear()
-        if not leases:
+        self._confirmed = {key: asyncio.Event() for key in waiting}
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._revoke(*key, reason=_BROKEN)) for key in broken]
+        tasks += [loop.create_task(self._hand_over(key)) for key in waiting]
+        if not tasks:
             return
-        revokes = [self._revoke(e, t, reason="the worker's sidecar is stopping") for e, t in leases]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*revokes), timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for election, token in waiting:
+            if not self._confirmed[(election, token)].is_set():
+                _log.warning(
+                    "lease_left_to_expire",
+                    election=election,
+                    fencing_token=token,
+                    why="its worker did not confirm the stop notice in time",
+                    waited_s=timeout_s,
+                )
+
+    async def _hand_over(self, key: tuple[str, int]) -> None:
+        await self._confirmed[key].wait()
+        await self._revoke(*key, reason=_STOPPED)

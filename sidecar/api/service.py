@@ -490,12 +490,16 @@ class ElectionService(worker_pb2_grpc.ElectionServiceServicer):
             await stream.aclose()
 
     async def release_local_grants(self, timeout_s: float = 2.0) -> None:
-        """On shutdown: end every grant this sidecar's workers hold, and wait for it.
+        """On shutdown (SIGTERM, a removed member's stop, the Raft leader's stop
+        that transfers leadership): hand every grant of this sidecar's workers
+        over, waiting at most ``timeout_s``.
 
-        A pod going away takes its worker with it; revoking now (rather than
-        when the keep-alive streams are torn down with the server, too late
-        for the proposal to commit) hands each election to the next candidate
-        at once instead of after a TTL.
+        Each worker is told first (LEASE_ENDED on its keep-alive stream), and
+        its grant is revoked only once it showed it stopped acting as leader,
+        so the next candidate is granted at once instead of after a TTL, yet
+        never while the old holder still believes; a worker that does not
+        answer in time keeps its grant until it expires on the Raft leader's
+        clock (sidecar.api.keepalive, "When this sidecar stops").
         """
         await self._keep_alives.release_all(timeout_s)
 

@@ -13,6 +13,9 @@ client in any language sees exactly this.
   expectations are read from the table itself), except the few listed in
   NOT_PRODUCED_HERE, each with the reason and where it is covered instead.
 - KeepAlive's per-election refusals carry the same code numbers and reasons.
+- A stopping sidecar's notice (an unsolicited LEASE_ENDED, sequence 0)
+  comes before any handover, and the grant is revoked once the client ends
+  its stream.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import queue
 import re
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -157,23 +161,52 @@ def queued(stub: Any, request: Any) -> Any:
 
 
 class KeepAliveSession:
-    """One KeepAlive stream, one request at a time: ``send`` returns its answer."""
+    """One KeepAlive stream, one request at a time: ``send`` returns its answer.
+
+    A response with sequence 0 answers no request: it is a stop notice
+    (docs/worker-api.md, "When the sidecar stops"), kept in ``notices``.
+    """
 
     def __init__(self, stub: Any) -> None:
         self._requests: queue.Queue[Any] = queue.Queue()
         self._answers = stub.KeepAlive(iter(self._requests.get, None), timeout=60)
         self.sequence = 0
+        self.notices: list[Any] = []
 
-    def send(self, election: str, token: int, key: str, sequence: int | None = None) -> Any:
+    def next_notice(self) -> Any:
+        """Read the stream until the next stop notice (no request outstanding)."""
+        answer = next(self._answers)
+        assert answer.sequence == 0, f"an answer nobody asked for: {answer}"
+        self.notices.append(answer)
+        return answer
+
+    def send(
+        self,
+        election: str,
+        token: int,
+        key: str,
+        sequence: int | None = None,
+        *,
+        release: bool = False,
+    ) -> Any:
         if sequence is None:
             self.sequence += 1
             sequence = self.sequence
         self._requests.put(
             worker_pb2.KeepAliveRequest(
-                election=election, fencing_token=token, lease_key=key, sequence=sequence
+                election=election,
+                fencing_token=token,
+                lease_key=key,
+                sequence=sequence,
+                release=release,
             )
         )
-        return next(self._answers)
+        for answer in self._answers:
+            if answer.sequence == sequence:
+                return answer
+            assert answer.sequence == 0, f"an answer to another request: {answer}"
+            self.notices.append(answer)
+        raise AssertionError("the KeepAlive stream ended without answering")
 
     def renew(self, election: str, token: int, key: str) -> Any:
         """``send`` again while the answer is UNAVAILABLE (not renewed: keep sending)."""
@@ -636,6 +669,83 @@ def test_keepalive_refuses_per_election_with_the_same_codes(cluster: Cluster) ->
         None,
     ]
     assert [a.ttl_ms for a in answers[4:]] == [60000, 60000]
+
+
+# ---- a stopping sidecar ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("confirm", "end_reason"),
+    [("cancel", "GRANT_END_REASON_REVOKED"), ("release", "GRANT_END_REASON_RESIGNED")],
+)
+def test_a_stopping_sidecar_tells_the_holder_first_and_hands_over_when_it_confirms(
+    cluster: Cluster, confirm: str, end_reason: str
+) -> None:
+    """SIGTERM to the holder's sidecar: the open stream gets a notice, and the
+    grant (TTL 60 s: no expiry can explain a handover) still stands; only
+    when the client ends the stream (revoked) or releases the lease on it
+    (resigned) is the queued candidate granted. The node is restarted for
+    the next tests of the module."""
+    home = follower(cluster)
+    other = next(n for n in cluster.nodes if n is not home)
+    election = f"stopping-sidecar-{confirm}"
+    holder = hold(home.stub(), election)
+    session = KeepAliveSession(home.stub())
+    assert not session.renew(election, holder.fencing_token, holder.lease_key).HasField("error")
+    queued = threading.Event()
+    granted: list[worker_api.Granted] = []
+
+    def campaign_next() -> None:
+        granted.append(
+            worker_api.campaign(
+                other.stub(), election, "next", ttl_ms=60000, timeout=30,
+                on_queued=lambda _position: queued.set(),
+            )
+        )  # fmt: skip
+
+    waiter = threading.Thread(target=campaign_next, daemon=True)
+    waiter.start()
+    assert queued.wait(20), "the next candidate never queued"
+    stopper = threading.Thread(target=cluster.kill, args=(home, signal.SIGTERM), daemon=True)
+    try:
+        stopper.start()
+        notice = session.next_notice()
+        assert (notice.election, notice.fencing_token, notice.sequence) == (
+            election,
+            holder.fencing_token,
+            0,
+        )
+        assert notice.error.reason == "LEASE_ENDED", notice
+        assert notice.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "sidecar is stopping" in notice.error.message
+        assert holder.lease_key not in notice.error.message
+        check = worker_pb2.ValidateTokenRequest(
+            election=election, fencing_token=holder.fencing_token
+        )
+        assert retried(lambda: other.stub().ValidateToken(check, timeout=5)).valid
+        assert not granted, "granted while the holder had not ended its stream"
+
+        # The worker stopped acting as leader; then it confirms.
+        if confirm == "cancel":
+            session.cancel()
+        else:
+            released = session.send(election, holder.fencing_token, holder.lease_key, release=True)
+            assert not released.HasField("error"), released
+        waiter.join(30)
+        assert granted and granted[0].fencing_token > holder.fencing_token
+        grants = retried(
+            lambda: other.stub().ListGrants(
+                worker_pb2.ListGrantsRequest(election=election), timeout=5
+            )
+        ).grants
+        ended = next(g for g in grants if g.fencing_token == holder.fencing_token)
+        assert worker_pb2.GrantEndReason.Name(ended.end_reason) == end_reason, ended
+    finally:
+        session.cancel()
+        stopper.join(30)
+        cluster.start(home)
+        eventually(home.answers, "the stopped sidecar to serve again", seconds=60)
+        cluster.leader()
 
 
 # ---- stub-only, as promised ----------------------------------------------------------
