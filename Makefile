@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.disaster
 	$(BIN)/python -m bench.members
 	$(BIN)/python -m bench.silent_failover
+	$(BIN)/python -m bench.stop_handover
 	$(BIN)/python -m bench.etcd_baseline
 
 # etcd for bench.etcd_baseline, into .tools/bin (scripts/install_etcd.sh), then the bench.
