@@ -41,7 +41,9 @@ than a TTL: then that deadline is already past when the grant arrives, and
 hands out the lease. The sidecar sends what the rule needs: each
 acknowledgement carries ``ttl_ms`` (0: not renewed, extends nothing) and
 ``safety_margin_ms``, and the deadline is
-``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``.
+``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``. The rule
+itself is pure and clock-injected (``sidecar.safe_deadline``, with the drift
+bound the margin covers); ``Lease`` feeds it ``time.monotonic()``.
 
 *Keep-alive.* One KeepAlive stream per lease sends a request every TTL/4
 (at least 50 ms), numbered by an increasing ``sequence``, and keeps the send
@@ -103,6 +105,7 @@ from tenacity import (
 )
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from sidecar.safe_deadline import SafeDeadline, default_margin_s
 
 __all__ = [
     "BlockingLease",
@@ -137,7 +140,6 @@ def _emit(level: int, event: str, **fields: object) -> None:
 T = TypeVar("T")
 
 MIN_KEEP_ALIVE_INTERVAL_S = 0.05
-MIN_MARGIN_S = 0.1
 # Unacknowledged keep-alives remembered per lease. The lease is lost one TTL
 # after the last acknowledgement, i.e. after about 4 requests, so this bound
 # is never reached in practice; it only caps memory.
@@ -324,11 +326,6 @@ def _seconds(value: timedelta | float, what: str) -> float:
     return seconds
 
 
-def default_margin_s(ttl_s: float) -> float:
-    """The default safety margin: a tenth of the TTL, at least 100 ms."""
-    return max(ttl_s / 10, MIN_MARGIN_S)
-
-
 # ---- the lease -------------------------------------------------------------------------
 
 
@@ -347,7 +344,7 @@ class Lease:
         lease_key: str,
         ttl_s: float,
         margin_s: float,
-        initial_deadline: float,
+        first_sent_at: float,
     ) -> None:
         self.election: str = token.election
         self.candidate_id: str = token.candidate_id
@@ -358,11 +355,11 @@ class Lease:
         # Why the lease was lost; None while it holds.
         self.lost_reason: str | None = None
         self._ttl_s = ttl_s
-        self._margin_s = margin_s
+        self._rule = SafeDeadline(ttl_s, margin_s)  # pure: sidecar.safe_deadline
         self._lease_key = lease_key  # secret: never logged, never in repr or errors
         self.reattached = 0  # keep-alive streams re-opened after one ended
         # Invariant: once lost, _deadline is -inf and never changes again.
-        self._deadline = initial_deadline
+        self._deadline = self._rule.initial(first_sent_at)
         self._usable = asyncio.Event()  # set once the deadline is in the future
         self._timer: asyncio.TimerHandle | None = None
         self._sent_at: dict[int, float] = {}
@@ -587,10 +584,12 @@ class Lease:
         if sent_at is None or response.ttl_ms == 0:
             # Unknown sequence, or the leader could not renew yet: no extension.
             return
-        lease_s = min(self._ttl_s, response.ttl_ms / 1000)
-        margin_s = max(self._margin_s, response.safety_margin_ms / 1000)
         self.acknowledged += 1
-        self._extend(sent_at + lease_s - margin_s)
+        self._extend(
+            self._rule.acknowledged(
+                self._deadline, sent_at, response.ttl_ms, response.safety_margin_ms
+            )
+        )
 
     async def _close(self) -> None:
         """Stop the keep-alive stream and wait for its task."""
@@ -867,7 +866,7 @@ class SidecarClient:
             lease_key=key,
             ttl_s=granted_ttl_s,
             margin_s=margin_s,
-            initial_deadline=sent_at + granted_ttl_s - margin_s,
+            first_sent_at=sent_at,
         )
         _emit(logging.INFO, "lease_granted", election=election, fencing_token=lease.fencing_token)
         self._leases.add(lease)
