@@ -38,9 +38,12 @@ the *first* Campaign attempt was sent, so the initial deadline is
 ``first_campaign_sent_at + TTL - margin``. A queued candidate may wait longer
 than a TTL: then that deadline is already past when the grant arrives, and
 ``leadership()`` waits for the first keep-alive acknowledgement before it
-hands out the lease. The sidecar sends what the rule needs: each
-acknowledgement carries ``ttl_ms`` (0: not renewed, extends nothing) and
-``safety_margin_ms``, and the deadline is
+hands out the lease. So does every later campaign with the same key (a
+worker that lost its lease and campaigns again): the sidecar may answer with
+the grant it still holds for that key, made before this campaign was sent and
+perhaps being revoked or expired right now. The sidecar sends what the
+rule needs: each acknowledgement carries ``ttl_ms`` (0: not renewed, extends
+nothing) and ``safety_margin_ms``, and the deadline is
 ``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``. The rule
 itself is pure and clock-injected (``sidecar.safe_deadline``, with the drift
 bound the margin covers); ``Lease`` feeds it ``time.monotonic()``.
@@ -344,7 +347,7 @@ class Lease:
         lease_key: str,
         ttl_s: float,
         margin_s: float,
-        first_sent_at: float,
+        first_sent_at: float | None,
     ) -> None:
         self.election: str = token.election
         self.candidate_id: str = token.candidate_id
@@ -636,6 +639,9 @@ class SidecarClient:
         # sidecar may still hold for it, instead of being refused as
         # CANDIDATE_ID_IN_USE. Never logged.
         self._keys: dict[tuple[str, str], str] = {}
+        # The keys that have campaigned: a grant to one of them may predate
+        # the next campaign (sidecar.safe_deadline).
+        self._campaigned: set[tuple[str, str]] = set()
 
     async def __aenter__(self) -> SidecarClient:
         return self
@@ -786,11 +792,15 @@ class SidecarClient:
         ttl_ms: int,
         campaign_timeout_s: float | None,
         on_queued: Callable[[int], None] | None = None,
-    ) -> tuple[worker_pb2.LeadershipToken, str, float]:
-        """Campaign until granted. Returns the token, its key and the first attempt's send time."""
-        first_sent_at = time.monotonic()
-        deadline = None if campaign_timeout_s is None else first_sent_at + campaign_timeout_s
+    ) -> tuple[worker_pb2.LeadershipToken, str, float | None]:
+        """Campaign until granted. Returns the token, its key and the first attempt's
+        send time: None when this key campaigned before, so the grant may be older."""
+        started = time.monotonic()
+        deadline = None if campaign_timeout_s is None else started + campaign_timeout_s
         key = self.lease_key(election, candidate_id)
+        place = (election, candidate_id)
+        first_sent_at = None if place in self._campaigned else started
+        self._campaigned.add(place)
         request = worker_pb2.CampaignRequest(
             election=election, candidate_id=candidate_id, ttl_ms=ttl_ms, lease_key=key
         )

@@ -15,7 +15,11 @@ clock, no I/O. ``sidecar.leases.LeaseKeeper`` feeds it the leader's
   lost and regained leadership between two reviews.
 * ``renew`` sets the deadline to now + TTL. The caller must call it only
   after a ReadIndex round confirmed that this node still leads (see
-  ``LeaseKeeper.renew``): this class cannot check it.
+  ``LeaseKeeper.renew``): this class cannot check it. A lease whose Expire
+  this leader already proposed is *not* renewed: the Expire is in the log
+  and will end the grant when it commits, whatever the deadline says, so
+  acknowledging a full TTL would let the worker act after the next holder
+  was granted (the simulator found this race, docs/simulation.md).
 * ``review`` gives a lease it has no deadline for yet (a fresh grant, or
   every lease after a new term began) now + TTL, forgets deadlines of grants
   that ended, and returns the leases that are due: each is returned once,
@@ -61,10 +65,16 @@ class LeaderDeadlines:
         self._deadlines.clear()
         self._term = None
 
-    def renew(self, election: str, token: int, ttl_ms: int, now_s: float, *, term: int) -> None:
-        """A keep-alive of (election, token), confirmed by ReadIndex in ``term``: now + TTL."""
+    def renew(self, election: str, token: int, ttl_ms: int, now_s: float, *, term: int) -> bool:
+        """A keep-alive of (election, token), confirmed by ReadIndex in ``term``: now + TTL.
+
+        Returns False, and renews nothing, while the lease's Expire is in flight."""
         self._enter(term)
-        self._deadlines[(election, token)] = now_s + ttl_ms / 1000
+        key = (election, token)
+        if key in self._expiring:
+            return False
+        self._deadlines[key] = now_s + ttl_ms / 1000
+        return True
 
     def remaining_s(self, election: str, token: int, now_s: float) -> float | None:
         """Lease time left; None when no deadline is set for this lease."""

@@ -64,7 +64,8 @@ class LeaseKeeper:
     async def renew(self, election: str, token: int) -> tuple[bool, int]:
         """Leader only: renew (election, token) by its full TTL.
 
-        Returns (still current, remaining ms). Raises NotLeader on a node
+        Returns (still current, renewed ms: 0 when the lease's Expire is
+        already proposed). Raises NotLeader on a node
         that is not, or is no longer, the leader, and NodeError when the
         node cannot confirm it in time.
 
@@ -78,18 +79,30 @@ class LeaseKeeper:
         in this term after it), and a later one extends the lease by a full
         TTL from its election, after this renewal's start (etcd's
         ``ensureLeadership`` closes the same hole).
+
+        It also waits until every entry this leader had appended when the
+        keep-alive arrived is applied, not only the committed ones: a Revoke
+        (the worker's stream broke), Resign or Expire of this lease may be
+        in the log uncommitted, and renewing now would acknowledge a full
+        TTL to a worker whose grant ends when that entry commits, handing
+        the election to the next candidate (the simulator found this race,
+        docs/simulation.md).
         """
+        appended = self._node.raft.log.last_index
         await self._node.read_barrier()
+        await self._node.wait_applied(appended)
         grant = self._machine.state.holder(election)
         if grant is None or grant.token != token:
-            # The read barrier applied everything committed when it started,
+            # Everything appended before the keep-alive arrived is applied,
             # and a token leaves a sidecar only once committed: a token this
             # state does not hold is not current.
             return False, 0
-        self._deadlines.renew(
+        renewed = self._deadlines.renew(
             election, token, grant.ttl_ms, self._clock(), term=self._node.raft.term
         )
-        return True, grant.ttl_ms
+        # Current, but its Expire is already proposed: acknowledge no time at
+        # all (ttl 0), and the worker's deadline runs on from its last renewal.
+        return True, grant.ttl_ms if renewed else 0
 
     def remaining_ms(self, election: str, token: int) -> int | None:
         """Lease time left on this leader's clock; None when this node times no such lease

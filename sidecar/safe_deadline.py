@@ -8,6 +8,13 @@ counts from the send time: after an acknowledgement of the request sent at
 ``sent_at + min(ttl, answered ttl) - max(margin, answered margin)``. Before
 the first acknowledgement the grant itself is the last renewal, made after
 the *first* Campaign attempt was sent: ``first_sent_at + ttl - margin``.
+That holds only for a lease key's first campaign. A later campaign with the
+same key (the client keeps one per election and candidate, so a worker that
+lost its lease resumes the grant or queue place the sidecar may still hold)
+can be answered with a grant made *before* it was sent, which the Raft leader
+has not renewed since and may be revoking or expiring right now: such a
+lease has no deadline until its first acknowledgement (``initial(None)``).
+The simulator found this (docs/simulation.md).
 
 The margin absorbs the drift between the worker's clock and the leader's,
 and the delay of the timer that reports the loss. With each clock's rate
@@ -49,8 +56,11 @@ class SafeDeadline:
     ttl_s: float
     margin_s: float
 
-    def initial(self, first_sent_at: float) -> float:
-        """The deadline a grant gives, counted from the first Campaign attempt's send time."""
+    def initial(self, first_sent_at: float | None) -> float:
+        """The deadline a grant gives, counted from the first Campaign attempt's send time;
+        ``None`` when the key campaigned before: -inf, usable after an acknowledgement."""
+        if first_sent_at is None:
+            return float("-inf")
         return first_sent_at + self.ttl_s - self.margin_s
 
     def acknowledged(

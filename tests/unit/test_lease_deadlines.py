@@ -75,3 +75,16 @@ def test_ended_grants_are_forgotten() -> None:
     review = d.review([lease(token=8, ttl_ms=500)], 0.5, term=1)
     assert d.remaining_s("e", 7, 0.5) is None
     assert review.next_due_s == 0.5
+
+
+def test_a_lease_whose_expire_is_in_flight_is_not_renewed() -> None:
+    """The Expire in the log ends the grant when it commits, whatever the deadline
+    says: acknowledging a full TTL would let the worker act past the next grant."""
+    d = LeaderDeadlines()
+    d.review([lease()], 0.0, term=1)
+    assert d.review([lease()], 1.0, term=1).due == (lease(),)
+    assert not d.renew("e", 7, 1000, 1.1, term=1)
+    assert d.remaining_s("e", 7, 1.1) == 0.0
+    d.expire_finished("e", 7, committed=False)  # the Expire failed: renewals count again
+    assert d.renew("e", 7, 1000, 1.2, term=1)
+    assert d.remaining_s("e", 7, 1.2) == pytest.approx(1.0)
