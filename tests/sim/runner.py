@@ -17,7 +17,9 @@ from functools import partial
 
 from sidecar.raft import Raft
 from tests.sim.cluster import RaftFactory, Simulation
-from tests.sim.leases import LeaseCode
+from tests.sim.leases import LeaseCode, calm
+from tests.sim.scenarios import calm_settings
+from tests.sim.swarm import SwarmSettings
 from tests.sim.trace import describe
 
 
@@ -40,11 +42,29 @@ def replay_command(seed: int, steps: int, leases: LeaseCode | None = None) -> st
     return f"python -m tests.sim{mode} --seed {seed} --steps {steps}"
 
 
+def simulation(
+    seed: int, raft_factory: RaftFactory = Raft, leases: LeaseCode | None = None
+) -> Simulation:
+    """The simulation a seed runs: in lease mode, some seeds on a calm swarm (``leases.calm``)."""
+    settings = (
+        calm_settings(
+            seed,
+            p_propose=0.05,
+            p_isolate_new_leader=0.3,
+            p_heal=0.002,
+            check_quorum=SwarmSettings.draw(seed).check_quorum,
+        )
+        if leases is not None and calm(seed)
+        else None
+    )
+    return Simulation(seed, raft_factory=raft_factory, settings=settings, leases=leases)
+
+
 def run_seed(
     seed: int, steps: int, raft_factory: RaftFactory = Raft, leases: LeaseCode | None = None
 ) -> SeedFailure | None:
     """Run one seed; ``leases`` (lease mode) adds workers and the lease code under test."""
-    sim = Simulation(seed, raft_factory=raft_factory, leases=leases)
+    sim = simulation(seed, raft_factory, leases)
     try:
         sim.run(steps)
     except (AssertionError, Exception) as exc:  # any failure of the core is a finding

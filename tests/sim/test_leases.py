@@ -10,12 +10,11 @@ import os
 
 import pytest
 
-from tests.sim.cluster import Simulation
 from tests.sim.leases import DRIFT_BOUND, LeaseCode
-from tests.sim.runner import run_campaign
+from tests.sim.runner import run_campaign, simulation
 from tests.sim.test_simulation import CHUNK, STEPS
 
-LEASE_SEEDS = int(os.environ.get("RAFT_SIM_LEASE_SEEDS", "200"))
+LEASE_SEEDS = int(os.environ.get("RAFT_SIM_LEASE_SEEDS", "100"))
 
 
 @pytest.mark.parametrize("first", range(0, LEASE_SEEDS, CHUNK))
@@ -29,7 +28,7 @@ def test_lease_seeds_keep_one_believer_per_election(first: int) -> None:
 
 def test_a_lease_seed_replays_identically() -> None:
     def fingerprint() -> tuple[object, ...]:
-        sim = Simulation(seed=11, leases=LeaseCode())
+        sim = simulation(11, leases=LeaseCode())
         sim.run(1500)
         assert sim.leases is not None
         return (
@@ -47,7 +46,7 @@ def test_lease_mode_exercises_the_faults_it_claims() -> None:
     totals: dict[str, int] = {}
     drifts = set()
     for seed in range(40):
-        sim = Simulation(seed, leases=LeaseCode())
+        sim = simulation(seed, leases=LeaseCode())
         sim.run(STEPS)
         assert sim.leases is not None
         drifts.add(sim.leases.settings.drift)

@@ -37,3 +37,12 @@ def test_the_default_margin_covers_a_drift_of_one_nineteenth() -> None:
     leader_expires = ttl_s / (1 + rho)
     assert worker_stops == pytest.approx(leader_expires)
     assert default_margin_s(0.5) == 0.1  # the floor
+
+
+def test_a_key_that_campaigned_before_has_no_deadline_until_an_acknowledgement() -> None:
+    """Its grant may predate the new campaign: the send time proves nothing."""
+    rule = SafeDeadline(5.0, 0.5)
+    deadline = rule.initial(None)
+    assert deadline == float("-inf")
+    assert rule.acknowledged(deadline, 0, 0, 0) == float("-inf")  # not renewed
+    assert rule.acknowledged(deadline, 200.0, 5000, 500) == 204.5
