@@ -38,10 +38,15 @@ the *first* Campaign attempt was sent, so the initial deadline is
 ``first_campaign_sent_at + TTL - margin``. A queued candidate may wait longer
 than a TTL: then that deadline is already past when the grant arrives, and
 ``leadership()`` waits for the first keep-alive acknowledgement before it
-hands out the lease. The sidecar sends what the rule needs: each
-acknowledgement carries ``ttl_ms`` (0: not renewed, extends nothing) and
-``safety_margin_ms``, and the deadline is
-``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``.
+hands out the lease. So does every later campaign with the same key (a
+worker that lost its lease and campaigns again): the sidecar may answer with
+the grant it still holds for that key, made before this campaign was sent and
+perhaps being revoked or expired right now. The sidecar sends what the
+rule needs: each acknowledgement carries ``ttl_ms`` (0: not renewed, extends
+nothing) and ``safety_margin_ms``, and the deadline is
+``send_time(sequence) + ttl_ms - max(safety_margin_ms, margin)``. The rule
+itself is pure and clock-injected (``sidecar.safe_deadline``, with the drift
+bound the margin covers); ``Lease`` feeds it ``time.monotonic()``.
 
 *Keep-alive.* One KeepAlive stream per lease sends a request every TTL/4
 (at least 50 ms), numbered by an increasing ``sequence``, and keeps the send
@@ -103,6 +108,7 @@ from tenacity import (
 )
 
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2, worker_pb2_grpc
+from sidecar.safe_deadline import SafeDeadline, default_margin_s
 
 __all__ = [
     "BlockingLease",
@@ -137,7 +143,6 @@ def _emit(level: int, event: str, **fields: object) -> None:
 T = TypeVar("T")
 
 MIN_KEEP_ALIVE_INTERVAL_S = 0.05
-MIN_MARGIN_S = 0.1
 # Unacknowledged keep-alives remembered per lease. The lease is lost one TTL
 # after the last acknowledgement, i.e. after about 4 requests, so this bound
 # is never reached in practice; it only caps memory.
@@ -324,11 +329,6 @@ def _seconds(value: timedelta | float, what: str) -> float:
     return seconds
 
 
-def default_margin_s(ttl_s: float) -> float:
-    """The default safety margin: a tenth of the TTL, at least 100 ms."""
-    return max(ttl_s / 10, MIN_MARGIN_S)
-
-
 # ---- the lease -------------------------------------------------------------------------
 
 
@@ -347,7 +347,7 @@ class Lease:
         lease_key: str,
         ttl_s: float,
         margin_s: float,
-        initial_deadline: float,
+        first_sent_at: float | None,
     ) -> None:
         self.election: str = token.election
         self.candidate_id: str = token.candidate_id
@@ -358,11 +358,11 @@ class Lease:
         # Why the lease was lost; None while it holds.
         self.lost_reason: str | None = None
         self._ttl_s = ttl_s
-        self._margin_s = margin_s
+        self._rule = SafeDeadline(ttl_s, margin_s)  # pure: sidecar.safe_deadline
         self._lease_key = lease_key  # secret: never logged, never in repr or errors
         self.reattached = 0  # keep-alive streams re-opened after one ended
         # Invariant: once lost, _deadline is -inf and never changes again.
-        self._deadline = initial_deadline
+        self._deadline = self._rule.initial(first_sent_at)
         self._usable = asyncio.Event()  # set once the deadline is in the future
         self._timer: asyncio.TimerHandle | None = None
         self._sent_at: dict[int, float] = {}
@@ -594,11 +594,13 @@ class Lease:
         if sent_at is None or response.ttl_ms == 0:
             # Unknown sequence, or the leader could not renew yet: no extension.
             return
-        lease_s = min(self._ttl_s, response.ttl_ms / 1000)
-        margin_s = max(self._margin_s, response.safety_margin_ms / 1000)
         self.acknowledged += 1
         before = self._deadline
-        self._extend(sent_at + lease_s - margin_s)
+        self._extend(
+            self._rule.acknowledged(
+                self._deadline, sent_at, response.ttl_ms, response.safety_margin_ms
+            )
+        )
         if self._deadline != before:
             for listener in self._renewal_listeners:
                 listener(sent_at, self._deadline)
@@ -648,6 +650,9 @@ class SidecarClient:
         # sidecar may still hold for it, instead of being refused as
         # CANDIDATE_ID_IN_USE. Never logged.
         self._keys: dict[tuple[str, str], str] = {}
+        # The keys that have campaigned: a grant to one of them may predate
+        # the next campaign (sidecar.safe_deadline).
+        self._campaigned: set[tuple[str, str]] = set()
 
     async def __aenter__(self) -> SidecarClient:
         return self
@@ -798,11 +803,15 @@ class SidecarClient:
         ttl_ms: int,
         campaign_timeout_s: float | None,
         on_queued: Callable[[int], None] | None = None,
-    ) -> tuple[worker_pb2.LeadershipToken, str, float]:
-        """Campaign until granted. Returns the token, its key and the first attempt's send time."""
-        first_sent_at = time.monotonic()
-        deadline = None if campaign_timeout_s is None else first_sent_at + campaign_timeout_s
+    ) -> tuple[worker_pb2.LeadershipToken, str, float | None]:
+        """Campaign until granted. Returns the token, its key and the first attempt's
+        send time: None when this key campaigned before, so the grant may be older."""
+        started = time.monotonic()
+        deadline = None if campaign_timeout_s is None else started + campaign_timeout_s
         key = self.lease_key(election, candidate_id)
+        place = (election, candidate_id)
+        first_sent_at = None if place in self._campaigned else started
+        self._campaigned.add(place)
         request = worker_pb2.CampaignRequest(
             election=election, candidate_id=candidate_id, ttl_ms=ttl_ms, lease_key=key
         )
@@ -878,7 +887,7 @@ class SidecarClient:
             lease_key=key,
             ttl_s=granted_ttl_s,
             margin_s=margin_s,
-            initial_deadline=sent_at + granted_ttl_s - margin_s,
+            first_sent_at=sent_at,
         )
         _emit(logging.INFO, "lease_granted", election=election, fencing_token=lease.fencing_token)
         self._leases.add(lease)

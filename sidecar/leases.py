@@ -1,24 +1,24 @@
-"""Lease deadlines on the Raft leader's monotonic clock.
+"""Lease deadlines on the Raft leader's monotonic clock: the asyncio driving.
 
 Theory of operation. The replicated state records who holds each election
 and with what TTL; *when* a lease runs out is decided by the Raft leader
 alone, on its own monotonic clock, and acted on through the log (an Expire
-command), so every replica agrees on the outcome.
+command), so every replica agrees on the outcome. The rules (a new leader
+extends every lease by a full TTL, a confirmed renewal sets now + TTL, which
+leases are due, losing leadership forgets everything) are pure and live in
+``sidecar.lease_deadlines``, where the simulator drives them too. This
+module only feeds them time and events:
 
-* A renewal (a worker's keep-alive, wherever it entered the cluster) sets
-  the deadline to now + TTL on the leader, once a ReadIndex round confirmed
-  that it still leads (``renew``).
-* A lease the leader has no deadline for yet (a fresh grant, or every lease
-  right after this node became leader) gets now + TTL: a new leader extends
-  every lease by a full TTL, so no lease ever expires early because the Raft
-  leader changed.
-* Losing leadership forgets every deadline.
-* Past a deadline, the leader proposes Expire(election, token) once; the
-  state machine ignores it if the grant already ended, and otherwise hands
-  the election to the next candidate in the same command.
+* ``renew`` (a worker's keep-alive, wherever it entered the cluster) waits
+  for a ReadIndex round that confirms this node still leads, then renews.
+* ``check`` runs when something may be due: it hands the current grants and
+  the clock to the pure review and proposes Expire(election, token) for each
+  lease it returns; the state machine ignores it if the grant already ended,
+  and otherwise hands the election to the next candidate in the same command.
 
 The worker stops earlier than this: its client computes a safe deadline from
-when it *sent* its last acknowledged keep-alive, plus TTL, minus a margin.
+when it *sent* its last acknowledged keep-alive, plus TTL, minus a margin
+(``sidecar.safe_deadline``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from collections.abc import Callable
 import structlog
 
 from sidecar.elections import Expire, encode_command
+from sidecar.lease_deadlines import LeaderDeadlines
 from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeError, RaftNode
 from sidecar.raft import RaftError, Role
@@ -56,15 +57,15 @@ class LeaseKeeper:
         self._applied = asyncio.Event()
         """Set by every applied entry: a new grant needs its deadline."""
         machine.listeners.append(lambda _result: self._applied.set())
-        self._deadlines: dict[tuple[str, int], float] = {}
-        self._expiring: set[tuple[str, int]] = set()
+        self._deadlines = LeaderDeadlines()
         self._task: asyncio.Task[None] | None = None
         self._expiries: set[asyncio.Task[None]] = set()
 
     async def renew(self, election: str, token: int) -> tuple[bool, int]:
         """Leader only: renew (election, token) by its full TTL.
 
-        Returns (still current, remaining ms). Raises NotLeader on a node
+        Returns (still current, renewed ms: 0 when the lease's Expire is
+        already proposed). Raises NotLeader on a node
         that is not, or is no longer, the leader, and NodeError when the
         node cannot confirm it in time.
 
@@ -78,26 +79,38 @@ class LeaseKeeper:
         in this term after it), and a later one extends the lease by a full
         TTL from its election, after this renewal's start (etcd's
         ``ensureLeadership`` closes the same hole).
+
+        It also waits until every entry this leader had appended when the
+        keep-alive arrived is applied, not only the committed ones: a Revoke
+        (the worker's stream broke), Resign or Expire of this lease may be
+        in the log uncommitted, and renewing now would acknowledge a full
+        TTL to a worker whose grant ends when that entry commits, handing
+        the election to the next candidate (the simulator found this race,
+        docs/simulation.md).
         """
+        appended = self._node.raft.log.last_index
         await self._node.read_barrier()
+        await self._node.wait_applied(appended)
         grant = self._machine.state.holder(election)
         if grant is None or grant.token != token:
-            # The read barrier applied everything committed when it started,
+            # Everything appended before the keep-alive arrived is applied,
             # and a token leaves a sidecar only once committed: a token this
             # state does not hold is not current.
             return False, 0
-        self._deadlines[(election, token)] = self._clock() + grant.ttl_ms / 1000
-        return True, grant.ttl_ms
+        renewed = self._deadlines.renew(
+            election, token, grant.ttl_ms, self._clock(), term=self._node.raft.term
+        )
+        # Current, but its Expire is already proposed: acknowledge no time at
+        # all (ttl 0), and the worker's deadline runs on from its last renewal.
+        return True, grant.ttl_ms if renewed else 0
 
     def remaining_ms(self, election: str, token: int) -> int | None:
         """Lease time left on this leader's clock; None when this node times no such lease
         (it is not the Raft leader, or has not set the deadline yet)."""
         if self._node.raft.role is not Role.LEADER:
             return None
-        deadline = self._deadlines.get((election, token))
-        if deadline is None:
-            return None
-        return max(0, int((deadline - self._clock()) * 1000))
+        remaining_s = self._deadlines.remaining_s(election, token, self._clock())
+        return None if remaining_s is None else int(remaining_s * 1000)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lease-keeper")
@@ -134,41 +147,29 @@ class LeaseKeeper:
 
         Returns the seconds until the earliest deadline still to act on
         (infinity when there is none, or on a follower)."""
-        if self._node.raft.role is not Role.LEADER:
-            self._deadlines.clear()
+        raft = self._node.raft
+        if raft.role is not Role.LEADER:
+            self._deadlines.step_down()
             return float("inf")
-        now = self._clock()
-        live: set[tuple[str, int]] = set()
-        due_in = float("inf")
-        for lease in self._machine.state.leases():
-            key = (lease.election, lease.token)
-            live.add(key)
-            deadline = self._deadlines.setdefault(key, now + lease.ttl_ms / 1000)
-            if key in self._expiring:
-                continue
-            if now >= deadline:
-                self._expiring.add(key)
-                task = asyncio.create_task(self._expire(lease.election, lease.token))
-                self._expiries.add(task)
-                task.add_done_callback(self._expiries.discard)
-            else:
-                due_in = min(due_in, deadline - now)
-        for key in set(self._deadlines) - live:
-            del self._deadlines[key]
-        return due_in
+        review = self._deadlines.review(self._machine.state.leases(), self._clock(), term=raft.term)
+        for lease in review.due:
+            task = asyncio.create_task(self._expire(lease.election, lease.token))
+            self._expiries.add(task)
+            task.add_done_callback(self._expiries.discard)
+        return review.next_due_s
 
     async def _expire(self, election: str, token: int) -> None:
-        key = (election, token)
+        committed = False
         command = Expire(
             election=election, token=token, proposed_at_unix_ms=int(time.time() * 1000)
         )
         try:
             _log.info("lease_expired", election=election, fencing_token=token)
             await self._node.submit(encode_command(command))
-            self._deadlines.pop(key, None)
+            committed = True
         except (NodeError, RaftError) as exc:
             # The deadline stays: the next pass tries again (or, if this node
             # lost leadership, the new leader starts a full TTL).
             _log.warning("expire_failed", election=election, fencing_token=token, error=str(exc))
         finally:
-            self._expiring.discard(key)
+            self._deadlines.expire_finished(election, token, committed=committed)

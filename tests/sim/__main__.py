@@ -1,6 +1,9 @@
 """``python -m tests.sim --seeds N --steps M``: a longer simulation campaign.
 
-``--seed S`` replays one seed and prints its trace on failure. ``--jobs J``
+``--seed S`` replays one seed and prints its trace on failure. ``--leases``
+runs the lease mode (workers, lease code and lease clocks on the swarm,
+``leases.py``); ``--lease-mutant NAME`` runs it with a planted lease bug
+(``mutants.LEASE_MUTANTS``). ``--jobs J``
 spreads the seeds over J worker processes (the default uses every core);
 each seed's run is the same whichever worker runs it. A campaign ends with
 the failing seeds and the command that replays each one.
@@ -13,7 +16,9 @@ import os
 import sys
 import time
 
-from tests.sim.runner import SeedFailure, run_campaign
+from tests.sim.leases import LeaseCode
+from tests.sim.mutants import LEASE_MUTANTS
+from tests.sim.runner import SeedFailure, replay_command, run_campaign
 
 
 def main() -> int:
@@ -35,7 +40,20 @@ def main() -> int:
         metavar="K",
         help="print a progress line to stderr every K seeds (0: never)",
     )
+    parser.add_argument("--leases", action="store_true", help="run the lease mode")
+    parser.add_argument(
+        "--lease-mutant",
+        choices=sorted(LEASE_MUTANTS),
+        help="lease mode with this planted bug (a negative control)",
+    )
     args = parser.parse_args()
+    leases = (
+        LEASE_MUTANTS[args.lease_mutant]
+        if args.lease_mutant
+        else LeaseCode()
+        if args.leases
+        else None
+    )
     seeds = (
         range(args.seed, args.seed + 1)
         if args.seed is not None
@@ -53,7 +71,7 @@ def main() -> int:
             )
 
     failures, seconds = run_campaign(
-        seeds, args.steps, jobs=min(args.jobs, len(seeds)), progress=progress
+        seeds, args.steps, leases=leases, jobs=min(args.jobs, len(seeds)), progress=progress
     )
     for f in failures:
         print(f.report, end="\n\n")
@@ -64,7 +82,7 @@ def main() -> int:
     )
     for f in failures:
         print(f"FAILED seed {f.seed}: {f.error}")
-        print(f"  replay: python -m tests.sim --seed {f.seed} --steps {f.steps}")
+        print(f"  replay: {replay_command(f.seed, f.steps, leases)}")
     return 1 if failures else 0
 
 

@@ -71,6 +71,9 @@ class Checkers:
         self.votes: dict[tuple[int, str], str] = {}  # (term, voter) -> candidate granted
         self.committed: list[Entry | None] = [None]  # committed[i] is the entry at index i
         self.digests: list[int] = [0]  # state-machine digest after applying index i
+        self.commit_terms: list[int] = [0]
+        """commit_terms[i]: the term of the node that first committed index i (the
+        committing leader's, or a follower's, which is no lower)."""
         self.entry_facts: dict[
             tuple[int, int], tuple[int, bytes]
         ] = {}  # (index, term) -> (prev term, data)
@@ -142,11 +145,16 @@ class Checkers:
                 f"not a majority of {sorted(voters)}"
             )
         # Leader Completeness: entries up to the leader's commit index were
-        # checked when it committed them; check the rest of what is committed.
+        # checked when it committed them; check the rest of what was committed
+        # in an earlier term (Figure 3). A candidate frozen by a stall may win
+        # its term with votes granted long ago, after a later term committed
+        # more: those entries are not its to hold.
         log = raft.log
         for i in range(max(log.commit, log.base.index) + 1, len(self.committed)):
             want = self.committed[i]
             assert want is not None
+            if self.commit_terms[i] >= term:
+                continue
             if log.term(i) != want.term:
                 raise SafetyViolation(
                     f"Leader Completeness: leader {node.id} of term {term} has term "
@@ -171,6 +179,7 @@ class Checkers:
             elif i == len(self.committed):
                 self._check_durable_on_majority(node, e)
                 self.committed.append(e)
+                self.commit_terms.append(raft.term)
                 self.digests.append(chain_digest(self.digests[-1], e))
             else:
                 raise SafetyViolation(

@@ -52,6 +52,7 @@ from sidecar.serverid import server_id
 from sidecar.storage.memory import MemoryStorage
 from tests.sim.amnesia import amnesia_guard_of, may_lose_disk, plan_admission
 from tests.sim.checkers import Checkers, SafetyViolation, chain_digest
+from tests.sim.leases import LeaseCode, LeaseLayer
 from tests.sim.swarm import TICK_UNITS, SwarmSettings
 from tests.sim.trace import TraceEvent
 
@@ -88,13 +89,19 @@ class SimNode:
         self.name = self.name or self.id
 
 
-def _encode_sm(index: int, digest: int) -> bytes:
-    return b"%d:%d" % (index, digest)
+def _encode_sm(index: int, digest: int, elections: bytes = b"") -> bytes:
+    """A snapshot: the digest state machine, and the elections state in lease mode."""
+    head = b"%d:%d" % (index, digest)
+    return head + b"|" + elections if elections else head
 
 
 def _decode_sm(data: bytes) -> tuple[int, int]:
-    index, digest = data.split(b":")
+    index, digest = data.split(b"|", 1)[0].split(b":")
     return int(index), int(digest)
+
+
+def _elections_of(data: bytes) -> bytes:
+    return data.split(b"|", 1)[1] if b"|" in data else b""
 
 
 @dataclass(order=True)
@@ -105,6 +112,8 @@ class _Event:
     node: str = field(compare=False)
     incarnation: int = field(compare=False, default=0)
     message: Message | None = field(compare=False, default=None)
+    payload: Callable[[], None] | None = field(compare=False, default=None)
+    """What a "lease" event runs (``leases.py``)."""
 
 
 class Simulation:
@@ -114,6 +123,7 @@ class Simulation:
         raft_factory: RaftFactory = Raft,
         settings: SwarmSettings | None = None,
         trace_length: int = 60,
+        leases: LeaseCode | None = None,
     ) -> None:
         self.seed = seed
         self.settings = settings or SwarmSettings.draw(seed)
@@ -141,6 +151,8 @@ class Simulation:
         self._proposal_counter = 0
         self._read_counter = 0
         self._reads: dict[int, int] = {}  # request id -> commit index required
+        self.leases: LeaseLayer | None = None
+        """Lease mode: workers, sidecars' lease code and lease clocks on top (``leases.py``)."""
         self.stats: dict[str, int] = {
             "elections": 0,
             "crashes": 0,
@@ -171,6 +183,8 @@ class Simulation:
             )
             skew = self.rng.uniform(1 - s.clock_skew, 1 + s.clock_skew)
             self.nodes[node_id] = SimNode(node_id, cfg, max(1, round(TICK_UNITS * skew)))
+        if leases is not None:
+            self.leases = LeaseLayer(self, leases)
         for node_id in ids:
             self.start(self.nodes[node_id])
 
@@ -183,13 +197,29 @@ class Simulation:
         self.liveness_phase()
 
     def step(self) -> None:
+        self._step()
+        if self.leases is not None:
+            self.leases.after_step()
+
+    def _step(self) -> None:
         if not self._events:  # every node is down: time passes until one restarts
             self.now += TICK_UNITS
             self._random_restart()
             return
         ev = heapq.heappop(self._events)
         self.now = ev.time
+        if ev.payload is not None:
+            ev.payload()
+            if not self._live():  # lease events keep time going while every node is down
+                self._random_restart()
+            return
         node = self.nodes[ev.node]
+        resume = 0 if self.leases is None else self.leases.stalled(node)
+        if resume and ev.kind in ("tick", "deliver"):
+            # A stalled loop takes nothing in until it resumes, in arrival order.
+            self._seq += 1
+            heapq.heappush(self._events, dataclasses.replace(ev, time=resume, seq=self._seq))
+            return
         if ev.kind in _NEMESIS:
             if self.faults_enabled and ev.incarnation == node.incarnation:
                 _NEMESIS[ev.kind](self, node)
@@ -201,6 +231,8 @@ class Simulation:
             node.raft.tick()
             if self.wiped_names and node.raft.role is Role.LEADER:
                 self._admit(node)
+            if self.leases is not None:
+                self.leases.on_tick(node)
             self.drain(node)
         else:
             m = ev.message
@@ -214,12 +246,24 @@ class Simulation:
             self._maybe_act()
 
     def _schedule(
-        self, delay: int, kind: str, node: str, incarnation: int = 0, message: Message | None = None
+        self,
+        delay: int,
+        kind: str,
+        node: str,
+        incarnation: int = 0,
+        *,
+        message: Message | None = None,
+        payload: Callable[[], None] | None = None,
     ) -> None:
         self._seq += 1
         heapq.heappush(
-            self._events, _Event(self.now + delay, self._seq, kind, node, incarnation, message)
+            self._events,
+            _Event(self.now + delay, self._seq, kind, node, incarnation, message, payload),
         )
+
+    def schedule_lease(self, delay: int, handler: Callable[[], None]) -> None:
+        """Run ``handler`` ``delay`` units from now (the lease layer's events)."""
+        self._schedule(delay, "lease", "", payload=handler)
 
     def _record(self, event: TraceEvent) -> None:
         self.trace.append((self.now, event))
@@ -318,14 +362,26 @@ class Simulation:
             index, digest = _decode_sm(rd.snapshot.data)
             self.check.on_restore(node.id, index, digest)
             node.sm_index, node.sm_digest = index, digest
+            if self.leases is not None:
+                self.leases.on_restore(node, _elections_of(rd.snapshot.data))
         for e in rd.committed_entries:
             self.check.on_apply(node, e)
             node.sm_index = e.index
             node.sm_digest = chain_digest(node.sm_digest, e)
+            if self.leases is not None:
+                self.leases.on_apply(node, e)
         for rs in rd.read_states:
+            if self.leases is not None and rs.request_id not in self._reads:
+                self.leases.on_read(node, rs)
+                continue
             self.check.on_read(node.id, rs.index, self._reads.pop(rs.request_id))
         for request_id in rd.failed_reads:
+            if self.leases is not None and request_id not in self._reads:
+                self.leases.on_failed_read(node, request_id)
+                continue
             self._reads.pop(request_id)
+        if self.leases is not None:
+            self.leases.after_apply(node)
 
     def _send(self, m: Message) -> None:
         if self.faults_enabled and self.rng.random() < self.loss:
@@ -352,6 +408,9 @@ class Simulation:
             self.check.on_restore(node.id, node.sm_index, node.sm_digest)
         else:
             node.sm_index, node.sm_digest = 0, 0
+        if self.leases is not None:
+            snapshot = node.disk.snapshot
+            self.leases.on_start(node, None if snapshot is None else _elections_of(snapshot.data))
         node.sm_commit_seen = node.raft.commit_index
         self._schedule(self.rng.randint(1, node.tick_interval), "tick", node.id, node.incarnation)
         self.drain(node)
@@ -362,6 +421,8 @@ class Simulation:
         node.raft = None
         node.incarnation += 1
         node.role = Role.FOLLOWER
+        if self.leases is not None:
+            self.leases.on_crash(node)
         # Its sockets close with it: each peer still connected to it sees the
         # loss at once, as sidecar.transport reports it (Raft.leader_unreachable).
         for other in self._live():
@@ -510,7 +571,8 @@ class Simulation:
         term = raft.log.term(index)
         assert term is not None
         meta = SnapshotMetadata(index, term, raft.log.membership_at(index))
-        snapshot = Snapshot(meta, _encode_sm(node.sm_index, node.sm_digest))
+        elections = b"" if self.leases is None else self.leases.snapshot(node)
+        snapshot = Snapshot(meta, _encode_sm(node.sm_index, node.sm_digest, elections))
         if node.sm_index != index:
             raise SafetyViolation(
                 f"{node.id}: state machine at {node.sm_index}, raft applied {index}"

@@ -1,13 +1,19 @@
-"""Classic Raft bugs, re-introduced one at a time into subclasses of the core.
+"""Classic Raft bugs, re-introduced one at a time into subclasses of the core,
+and lease bugs, planted into the lease code the simulator's lease mode runs.
 
-Each mutant overrides one small method of ``Raft`` with the buggy variant.
-``test_mutants.py`` shows that the default seed budget of the simulator turns
-red for every one of them: proof that the checkers can fail. The catalogue,
-with the seed that first catches each bug, is in docs/simulation.md.
+Each Raft mutant overrides one small method of ``Raft`` with the buggy
+variant; each lease mutant (``LEASE_MUTANTS``) swaps one piece of
+``leases.LeaseCode``. ``test_mutants.py`` shows that the default seed budget
+of the simulator turns red for every one of them: proof that the checkers
+can fail. The catalogue, with the seed that first catches each bug, is in
+docs/simulation.md.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from sidecar.lease_deadlines import LeaderDeadlines
 from sidecar.raft import (
     AppendRequest,
     ConfChange,
@@ -19,7 +25,9 @@ from sidecar.raft import (
     VoteResponse,
 )
 from sidecar.raft.quorum import committed_index
+from sidecar.safe_deadline import SafeDeadline
 from tests.sim.amnesia import AmnesiaGuardOff
+from tests.sim.leases import LeaseCode
 
 
 class CommitsEarlierTermByCounting(Raft):
@@ -112,3 +120,50 @@ MUTANTS: dict[str, type[Raft]] = {
     "learners counted toward commit": CountsLearnersTowardCommit,
     "amnesia guard off": RejoinsWithAmnesia,
 }
+
+
+# ---- lease mutants ---------------------------------------------------------------------
+
+
+class NoSafetyMargin(SafeDeadline):
+    """The client counts a full TTL from the send time: no margin for clock drift."""
+
+    __slots__ = ()
+
+    def initial(self, first_sent_at: float | None) -> float:
+        return float("-inf") if first_sent_at is None else first_sent_at + self.ttl_s
+
+    def acknowledged(
+        self, current: float, sent_at: float, ttl_ms: int, safety_margin_ms: int
+    ) -> float:
+        if ttl_ms == 0:
+            return current
+        return max(current, sent_at + min(self.ttl_s, ttl_ms / 1000))
+
+
+class RenewsWhileExpiring(LeaderDeadlines):
+    """The leader renews a lease whose Expire it already proposed (the runtime did
+    until the simulator found it): the worker is told a full TTL, the Expire
+    commits and grants the next candidate."""
+
+    def renew(self, election: str, token: int, ttl_ms: int, now_s: float, *, term: int) -> bool:
+        self._enter(term)
+        self._deadlines[(election, token)] = now_s + ttl_ms / 1000
+        return True
+
+
+def _planted(name: str, **pieces: Any) -> tuple[str, LeaseCode]:
+    return name, LeaseCode(mutant=name, **pieces)
+
+
+LEASE_MUTANTS: dict[str, LeaseCode] = dict(
+    [
+        _planted("no safety margin", safe_deadline=NoSafetyMargin),
+        _planted("renewal by a stale leader", confirm_renewals=False),
+        _planted("new leader counts from the grant", new_leader_counts_from_grant=True),
+        _planted("renewal while its Expire is in flight", leader_deadlines=RenewsWhileExpiring),
+        _planted("renewal ahead of an appended revoke", renew_after_appended=False),
+        _planted("resumed grant counted from the new campaign", resumed_grant_needs_ack=False),
+    ]
+)
+"""Lease bugs planted into the simulator's lease mode; each must turn it red."""

@@ -17,6 +17,9 @@ from functools import partial
 
 from sidecar.raft import Raft
 from tests.sim.cluster import RaftFactory, Simulation
+from tests.sim.leases import LeaseCode, calm
+from tests.sim.scenarios import calm_settings
+from tests.sim.swarm import SwarmSettings
 from tests.sim.trace import describe
 
 
@@ -28,15 +31,48 @@ class SeedFailure:
     report: str
 
 
-def run_seed(seed: int, steps: int, raft_factory: RaftFactory = Raft) -> SeedFailure | None:
-    sim = Simulation(seed, raft_factory=raft_factory)
+def replay_command(seed: int, steps: int, leases: LeaseCode | None = None) -> str:
+    mode = (
+        ""
+        if leases is None
+        else f" --lease-mutant '{leases.mutant}'"
+        if leases.mutant
+        else " --leases"
+    )
+    return f"python -m tests.sim{mode} --seed {seed} --steps {steps}"
+
+
+def simulation(
+    seed: int, raft_factory: RaftFactory = Raft, leases: LeaseCode | None = None
+) -> Simulation:
+    """The simulation a seed runs: in lease mode, some seeds on a calm swarm (``leases.calm``)."""
+    settings = (
+        calm_settings(
+            seed,
+            p_propose=0.05,
+            p_isolate_new_leader=0.3,
+            p_heal=0.002,
+            check_quorum=SwarmSettings.draw(seed).check_quorum,
+        )
+        if leases is not None and calm(seed)
+        else None
+    )
+    return Simulation(seed, raft_factory=raft_factory, settings=settings, leases=leases)
+
+
+def run_seed(
+    seed: int, steps: int, raft_factory: RaftFactory = Raft, leases: LeaseCode | None = None
+) -> SeedFailure | None:
+    """Run one seed; ``leases`` (lease mode) adds workers and the lease code under test."""
+    sim = simulation(seed, raft_factory, leases)
     try:
         sim.run(steps)
     except (AssertionError, Exception) as exc:  # any failure of the core is a finding
         lines = [
             f"seed {seed} FAILED after {steps} steps: {type(exc).__name__}: {exc}",
-            f"replay: python -m tests.sim --seed {seed} --steps {steps}",
+            f"replay: {replay_command(seed, steps, leases)}",
             f"settings: {sim.settings}",
+            *([] if sim.leases is None else sim.leases.report()),
             "last events (time: event):",
             *(f"  {t:>8}: {describe(event)}" for t, event in sim.trace),
         ]
@@ -52,6 +88,7 @@ def run_campaign(
     raft_factory: RaftFactory = Raft,
     stop_at_first: bool = False,
     *,
+    leases: LeaseCode | None = None,
     jobs: int = 1,
     progress: Callable[[int, list[SeedFailure]], None] | None = None,
 ) -> tuple[list[SeedFailure], float]:
@@ -63,7 +100,7 @@ def run_campaign(
     """
     failures: list[SeedFailure] = []
     started = time.perf_counter()
-    one = partial(run_seed, steps=steps, raft_factory=raft_factory)
+    one = partial(run_seed, steps=steps, raft_factory=raft_factory, leases=leases)
     if jobs <= 1:
         _collect(map(one, seeds), failures, stop_at_first, progress)
     else:
