@@ -57,12 +57,15 @@ def _stale_leader_renewal() -> None:
     from sidecar import leases  # noqa: PLC0415
 
     async def renew(self: Any, election: str, token: int) -> tuple[bool, int]:
-        # The real renew, minus ``await self._node.read_barrier()``.
+        # The real renew, minus ``await self._node.read_barrier()`` (and the
+        # wait for what the leader appended, which the barrier's round commits).
         grant = self._machine.state.holder(election)
         if grant is None or grant.token != token:
             return False, 0
-        self._deadlines[(election, token)] = self._clock() + grant.ttl_ms / 1000
-        return True, int(grant.ttl_ms)
+        renewed = self._deadlines.renew(
+            election, token, grant.ttl_ms, self._clock(), term=self._node.raft.term
+        )
+        return True, int(grant.ttl_ms) if renewed else 0
 
     leases.LeaseKeeper.renew = renew  # type: ignore[method-assign]
 

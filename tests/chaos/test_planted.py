@@ -65,7 +65,7 @@ DEADLINE = """
         token = worker_pb2.LeadershipToken(election="e", candidate_id="w", fencing_token=7)
         margin = client.default_margin_s(2.0)
         lease = client.Lease(token, lease_key="k", ttl_s=2.0, margin_s=margin,
-                             initial_deadline=0.0)
+                             first_sent_at=None)
         lease._sent_at[1] = 100.0
         lease._acknowledge(worker_pb2.KeepAliveResponse(
             election="e", sequence=1, ttl_ms=2000, safety_margin_ms=300))

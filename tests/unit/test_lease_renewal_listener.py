@@ -14,7 +14,7 @@ def test_a_listener_hears_every_extension_and_nothing_else() -> None:
 
     async def scenario() -> None:
         token = worker_pb2.LeadershipToken(election="e", candidate_id="w", fencing_token=3)
-        lease = Lease(token, lease_key="k", ttl_s=2.0, margin_s=0.2, initial_deadline=1e6)
+        lease = Lease(token, lease_key="k", ttl_s=2.0, margin_s=0.2, first_sent_at=None)
         lease._deadline = 0.0  # as if granted long ago: any renewal extends it
         lease.add_renewal_listener(lambda sent_at, deadline: heard.append((sent_at, deadline)))
         lease._sent_at.update({1: 1e9, 2: 1e9 + 1, 3: 1e9 + 2, 4: 1e9 - 5})
