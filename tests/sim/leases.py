@@ -46,7 +46,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sidecar.api.keepalive import safety_margin_ms
@@ -345,6 +345,32 @@ class LeaseLayer:
         lines.append("last lease events (time: event):")
         lines.extend(f"  {t:>8}: {note}" for t, note in self.notes)
         return lines
+
+    # ---- scripted scenarios (``lease_scenarios.py``) ----------------------------------
+
+    def script(self, ttl_units: int) -> None:
+        """Replace the drawn workload by a script: no worker, no lease fault, this TTL.
+
+        The drawn workers' timers are cancelled (their epochs bumped); the
+        clocks keep the seed's drift. A scenario then places its own workers
+        (``add_worker``) and campaigns (``campaign``) where its choreography
+        needs them, and the lease code and the checker run unchanged."""
+        for worker in self.workers:
+            worker.epoch += 1
+        self.workers = []
+        self.settings = replace(
+            self.settings, workers=0, ttl_units=ttl_units, p_stall=0.0, p_pause=0.0, p_resign=0.0
+        )
+        self.ttl_ms = round(ttl_units * UNIT_S * 1000)
+
+    def add_worker(self, name: str, election: str, home: str) -> SimWorker:
+        worker = SimWorker(name, election, home, self._new_clock(name), _key_digest(name, 0))
+        self.workers.append(worker)
+        return worker
+
+    def campaign(self, worker: SimWorker) -> None:
+        """The worker starts campaigning now (and retries, as the drawn workers do)."""
+        self._campaign_timer(worker)()
 
     # ---- node lives ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import pytest
 
 from sidecar.raft import Raft
 from tests.sim.checkers import SafetyViolation
+from tests.sim.lease_scenarios import renewal_by_a_stale_leader
 from tests.sim.leases import LeaseCode
 from tests.sim.mutants import LEASE_MUTANTS, MUTANTS, ChangesMembershipBeforeOwnTermCommit
 from tests.sim.runner import run_campaign
@@ -87,3 +88,25 @@ def test_the_real_lease_code_passes_the_seeds_that_catch_lease_mutants(seed: int
     failures, _ = run_campaign(range(seed, seed + 1), STEPS, leases=LeaseCode())
     if failures:
         pytest.fail(failures[0].report, pytrace=False)
+
+
+# Scripted lease scenarios (``lease_scenarios.py``): the lease mutants the
+# random seeds catch late or not at all, each pinned by its choreography.
+LEASE_SCENARIO_SEEDS = [1, 2, 3]
+LEASE_SCENARIOS = {
+    "renewal by a stale leader": renewal_by_a_stale_leader,
+}
+
+
+@pytest.mark.parametrize("seed", LEASE_SCENARIO_SEEDS)
+@pytest.mark.parametrize("name", sorted(LEASE_SCENARIOS))
+def test_lease_scenario_catches_its_mutant(name: str, seed: int) -> None:
+    with pytest.raises(SafetyViolation, match="Lease safety"):
+        LEASE_SCENARIOS[name](LEASE_MUTANTS[name], seed)
+
+
+@pytest.mark.parametrize("seed", LEASE_SCENARIO_SEEDS)
+@pytest.mark.parametrize("name", sorted(LEASE_SCENARIOS))
+def test_lease_scenario_holds_with_the_real_lease_code(name: str, seed: int) -> None:
+    outcome = LEASE_SCENARIOS[name](LeaseCode(), seed)
+    assert outcome.played_as_designed, outcome
