@@ -35,10 +35,16 @@ class LeaseScenarioOutcome:
     """The token the waiting worker was granted (0: never granted)."""
     holder_lost: str
     """Why the holder dropped its lease, from the lease events ('' if it did not)."""
+    timed_as_scripted: bool
+    """The race the scenario sets up happened in that order (for the races)."""
 
     @property
     def played_as_designed(self) -> bool:
-        return self.waiter_token > self.holder_token > 0 and bool(self.holder_lost)
+        return (
+            self.waiter_token > self.holder_token > 0
+            and bool(self.holder_lost)
+            and self.timed_as_scripted
+        )
 
 
 def _stage(code: LeaseCode, seed: int, **swarm: object) -> tuple[Simulation, LeaseLayer]:
@@ -57,11 +63,15 @@ def _run_for(sim: Simulation, units: int) -> None:
 
 
 def _outcome(
-    layer: LeaseLayer, holder: SimWorker, holder_token: int, waiter: SimWorker
+    layer: LeaseLayer,
+    holder: SimWorker,
+    holder_token: int,
+    waiter: SimWorker,
+    timed: bool = True,
 ) -> LeaseScenarioOutcome:
     lost = [note for _, note in layer.notes if note.startswith(f"{holder.name} loses")]
     granted = waiter.token if waiter.token != holder_token else 0
-    return LeaseScenarioOutcome(holder_token, granted, lost[0] if lost else "")
+    return LeaseScenarioOutcome(holder_token, granted, lost[0] if lost else "", timed)
 
 
 def renewal_by_a_stale_leader(code: LeaseCode, seed: int = 1) -> LeaseScenarioOutcome:
@@ -101,3 +111,99 @@ def renewal_by_a_stale_leader(code: LeaseCode, seed: int = 1) -> LeaseScenarioOu
     run_until(sim, lambda: waiter.believes(sim.now), limit=50_000)
     _run_for(sim, TTL_UNITS)  # both still judged: the holder renews on
     return _outcome(layer, holder, holder_token, waiter)
+
+
+NETWORK_DELAY_UNITS = 15
+"""A fixed one-way delay between sidecars, longer than a tick (at most 11
+units): a heartbeat round then outlasts the tick that proposes an Expire."""
+
+
+def _queued(layer: LeaseLayer, worker: SimWorker) -> bool:
+    """Every node has applied the worker's place in the queue."""
+    return all(
+        any(q.candidate == worker.candidate for q in leases.machine.queue(ELECTION))
+        for leases in layer.nodes.values()
+    )
+
+
+def renewal_while_its_expire_is_in_flight(code: LeaseCode, seed: int = 1) -> LeaseScenarioOutcome:
+    """A keep-alive whose ReadIndex round ends after the leader proposed Expire.
+
+    Leader L; the first holder P resigns while the next in the queue, H, sits
+    beside a follower F whose loop is stalled (a slow disk), and a waiter W is
+    queued behind H. L applies H's grant and times it a full TTL; F resumes
+    just before that deadline, so H learns of its grant late (no safe deadline
+    until a first acknowledgement) and its first keep-alive reaches L a few
+    units before the tick that proposes Expire. The ReadIndex round (a fixed
+    15-unit delay each way) confirms L's leadership after that tick and
+    before the Expire commits. Once H has the answer F stalls again, so H
+    does not learn from its own pod that the Expire committed. Real code:
+    ``LeaderDeadlines.renew`` refuses a lease whose Expire is in flight, so H
+    never gets a deadline. Mutant
+    (``RenewsWhileExpiring``): H is told a full TTL, the Expire commits, W is
+    granted, and both believe they hold the election.
+    """
+    delay = NETWORK_DELAY_UNITS
+    sim, layer = _stage(code, seed, delay_min=delay, delay_max=delay)
+    run_until(sim, lambda: leader(sim) is not None)
+    old = leader(sim)
+    assert old is not None
+    follower = sorted(set(sim.nodes) - {old.id})[0]
+    first = layer.add_worker("w0", ELECTION, old.name)
+    holder = layer.add_worker("w1", ELECTION, sim.nodes[follower].name)
+    waiter = layer.add_worker("w2", ELECTION, old.name)
+
+    layer.campaign(first)
+    run_until(sim, lambda: first.believes(sim.now))
+    layer.campaign(holder)
+    run_until(sim, lambda: _queued(layer, holder))
+    layer.campaign(waiter)
+    run_until(sim, lambda: _queued(layer, waiter))
+    home = sim.nodes[follower]
+    layer.stall(home, sim.now + 10 * TTL_UNITS)
+    layer.resign(first)
+
+    at_leader = layer.nodes[old.id]
+
+    def holder_token() -> int:
+        grant = at_leader.machine.holder(ELECTION)
+        return grant.token if grant is not None and grant.holder == holder.candidate else 0
+
+    def remaining_s() -> float | None:
+        token = holder_token()
+        clock = layer.node_clock(old).at(sim.now)
+        return at_leader.deadlines.remaining_s(ELECTION, token, clock) if token else None
+
+    run_until(sim, lambda: remaining_s() is not None)
+    left = remaining_s()
+    assert left is not None
+    due = sim.now + layer.node_clock(old).units_for(left)
+    # On resuming, F acknowledges the appends it missed (one delay), learns
+    # the commit from L's next heartbeat (within a tick, at most 11 units, and
+    # one delay), applies the grant; grant and keep-alive take 1-2 units each
+    # in the pod, then one delay to L. So the keep-alive lands 2 to 15 units
+    # before the due time: before the tick that proposes Expire (which comes
+    # within a tick of the due time) and less than a heartbeat round (30
+    # units) before it, so its round is confirmed after that tick.
+    layer.stall(home, due - 3 * delay - 17)
+    token = holder_token()
+
+    def keep_alive_waiting() -> int:
+        """The sequence of H's keep-alive waiting for its ReadIndex round at L (0: none)."""
+        return next((seq for _, w, _, seq in at_leader.reads.values() if w is holder), 0)
+
+    def expiring() -> bool:
+        return any(t == token for _, t, _ in at_leader.expiring.values())
+
+    run_until(sim, lambda: keep_alive_waiting() > 0)
+    sequence = keep_alive_waiting()
+    arrived_first = not expiring() and at_leader.machine.is_current(ELECTION, token)
+    run_until(sim, lambda: keep_alive_waiting() == 0)
+    confirmed_in_flight = expiring()
+    # Once H has its answer, F stalls again: H's next keep-alive waits there
+    # instead of learning from F that the Expire committed.
+    run_until(sim, lambda: sequence not in holder.sent_at)
+    layer.stall(home, sim.now + TTL_UNITS)
+    run_until(sim, lambda: waiter.believes(sim.now), limit=50_000)
+    _run_for(sim, TTL_UNITS)
+    return _outcome(layer, holder, token, waiter, arrived_first and confirmed_in_flight)

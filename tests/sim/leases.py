@@ -372,6 +372,15 @@ class LeaseLayer:
         """The worker starts campaigning now (and retries, as the drawn workers do)."""
         self._campaign_timer(worker)()
 
+    def resign(self, worker: SimWorker) -> None:
+        """The holding worker resigns now (its sidecar proposes Resign)."""
+        self._resign(worker)
+
+    def stall(self, node: SimNode, until: int) -> None:
+        """``node``'s loop takes nothing in until true time ``until`` (a slow disk)."""
+        self.stalled_until[node.id] = until
+        self._trace(f"stall {node.id} until {until} (scripted)")
+
     # ---- node lives ------------------------------------------------------------------
 
     def on_start(self, node: SimNode, snapshot_data: bytes | None) -> None:

@@ -20,7 +20,10 @@ import pytest
 
 from sidecar.raft import Raft
 from tests.sim.checkers import SafetyViolation
-from tests.sim.lease_scenarios import renewal_by_a_stale_leader
+from tests.sim.lease_scenarios import (
+    renewal_by_a_stale_leader,
+    renewal_while_its_expire_is_in_flight,
+)
 from tests.sim.leases import LeaseCode
 from tests.sim.mutants import LEASE_MUTANTS, MUTANTS, ChangesMembershipBeforeOwnTermCommit
 from tests.sim.runner import run_campaign
@@ -95,6 +98,7 @@ def test_the_real_lease_code_passes_the_seeds_that_catch_lease_mutants(seed: int
 LEASE_SCENARIO_SEEDS = [1, 2, 3]
 LEASE_SCENARIOS = {
     "renewal by a stale leader": renewal_by_a_stale_leader,
+    "renewal while its Expire is in flight": renewal_while_its_expire_is_in_flight,
 }
 
 
