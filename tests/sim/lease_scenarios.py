@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from tests.sim.cluster import Simulation
-from tests.sim.leases import LeaseCode, LeaseLayer, SimWorker
+from tests.sim.leases import LeaseCode, LeaseLayer, NodeLeases, SimWorker
 from tests.sim.scenarios import calm_settings, isolate_link, leader, run_until
 from tests.sim.swarm import TICK_UNITS
 
@@ -118,6 +118,11 @@ NETWORK_DELAY_UNITS = 15
 units): a heartbeat round then outlasts the tick that proposes an Expire."""
 
 
+def _waiting(at_leader: NodeLeases, worker: SimWorker) -> int:
+    """The sequence of the worker's keep-alive waiting for its ReadIndex round (0: none)."""
+    return next((seq for _, w, _, seq in at_leader.reads.values() if w is worker), 0)
+
+
 def _queued(layer: LeaseLayer, worker: SimWorker) -> bool:
     """Every node has applied the worker's place in the queue."""
     return all(
@@ -188,17 +193,13 @@ def renewal_while_its_expire_is_in_flight(code: LeaseCode, seed: int = 1) -> Lea
     layer.stall(home, due - 3 * delay - 17)
     token = holder_token()
 
-    def keep_alive_waiting() -> int:
-        """The sequence of H's keep-alive waiting for its ReadIndex round at L (0: none)."""
-        return next((seq for _, w, _, seq in at_leader.reads.values() if w is holder), 0)
-
     def expiring() -> bool:
         return any(t == token for _, t, _ in at_leader.expiring.values())
 
-    run_until(sim, lambda: keep_alive_waiting() > 0)
-    sequence = keep_alive_waiting()
+    run_until(sim, lambda: _waiting(at_leader, holder) > 0)
+    sequence = _waiting(at_leader, holder)
     arrived_first = not expiring() and at_leader.machine.is_current(ELECTION, token)
-    run_until(sim, lambda: keep_alive_waiting() == 0)
+    run_until(sim, lambda: _waiting(at_leader, holder) == 0)
     confirmed_in_flight = expiring()
     # Once H has its answer, F stalls again: H's next keep-alive waits there
     # instead of learning from F that the Expire committed.
@@ -207,3 +208,75 @@ def renewal_while_its_expire_is_in_flight(code: LeaseCode, seed: int = 1) -> Lea
     run_until(sim, lambda: waiter.believes(sim.now), limit=50_000)
     _run_for(sim, TTL_UNITS)
     return _outcome(layer, holder, token, waiter, arrived_first and confirmed_in_flight)
+
+
+REVOKE_NOTICED_AFTER_UNITS = 30
+"""How long the holder's sidecar takes to notice the broken stream and revoke."""
+FILLERS = 10
+"""Entries proposed between the Campaign and the Revoke. With one entry per
+append and one append in flight they commit about a tick apart, so the
+Revoke commits some ten ticks after the Campaign: after the ReadIndex round
+of H's first keep-alive (the scenario checks it)."""
+
+
+def renewal_ahead_of_an_appended_revoke(code: LeaseCode, seed: int = 1) -> LeaseScenarioOutcome:
+    """A keep-alive whose ReadIndex round ends before a Revoke appended ahead of it commits.
+
+    The holder H, beside a follower F, loses its stream but not its process:
+    it campaigns again at once with the same key and is answered with its
+    current grant (ALREADY_HOLDER), which it may use only after a first
+    acknowledgement. Its sidecar notices the broken stream later and
+    proposes Revoke, which L appends behind ten other entries; with one
+    entry per append and one append in flight (and a fixed 15-unit delay)
+    the Revoke stays uncommitted while H's first keep-alive arrives and its
+    ReadIndex round completes (the scenario checks that order). Then F
+    stalls so H does not learn of the Revoke from its own pod. Real code: the
+    renewal also waits until everything appended before it arrived is
+    applied, so H is told the lease ended. Mutant (the renewal waits for the
+    ReadIndex round only): H is told a full TTL, the Revoke commits and
+    grants a waiter W, and both believe they hold the election.
+    """
+    delay = NETWORK_DELAY_UNITS
+    sim, layer = _stage(
+        code,
+        seed,
+        delay_min=delay,
+        delay_max=delay,
+        max_entries_per_append=1,
+        max_inflight_appends=1,
+    )
+    run_until(sim, lambda: leader(sim) is not None)
+    old = leader(sim)
+    assert old is not None and old.raft is not None
+    raft = old.raft
+    follower = sorted(set(sim.nodes) - {old.id})[0]
+    holder = layer.add_worker("w0", ELECTION, sim.nodes[follower].name)
+    waiter = layer.add_worker("w1", ELECTION, old.name)
+
+    layer.campaign(holder)
+    run_until(sim, lambda: holder.believes(sim.now))
+    token = holder.token
+    layer.campaign(waiter)
+    run_until(sim, lambda: _queued(layer, waiter))
+    run_until(sim, lambda: raft.commit_index == raft.log.last_index)
+
+    at_leader = layer.nodes[old.id]
+    layer.drop(holder, revoke_after=REVOKE_NOTICED_AFTER_UNITS)
+    before = raft.log.last_index
+    layer.campaign(holder)
+    run_until(sim, lambda: raft.log.last_index > before)  # H's Campaign
+    raft.propose_batch([b"filler-%d" % i for i in range(FILLERS)])
+    sim.drain(old)
+    revoke_index = raft.log.last_index + 1
+    run_until(sim, lambda: raft.log.last_index >= revoke_index)
+
+    run_until(sim, lambda: _waiting(at_leader, holder) > 0)
+    sequence = _waiting(at_leader, holder)
+    arrived_behind = at_leader.machine.is_current(ELECTION, token)
+    run_until(sim, lambda: _waiting(at_leader, holder) == 0)
+    confirmed_before_commit = raft.commit_index < revoke_index
+    run_until(sim, lambda: sequence not in holder.sent_at)
+    layer.stall(sim.nodes[follower], sim.now + TTL_UNITS)
+    run_until(sim, lambda: waiter.believes(sim.now), limit=50_000)
+    _run_for(sim, TTL_UNITS)
+    return _outcome(layer, holder, token, waiter, arrived_behind and confirmed_before_commit)

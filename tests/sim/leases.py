@@ -376,6 +376,17 @@ class LeaseLayer:
         """The holding worker resigns now (its sidecar proposes Resign)."""
         self._resign(worker)
 
+    def drop(self, worker: SimWorker, revoke_after: int) -> None:
+        """The worker's stream breaks; its process lives on (same key), and its
+        sidecar notices only ``revoke_after`` units later and proposes Revoke."""
+        self._lose(
+            worker,
+            "its stream broke (scripted)",
+            revoke=True,
+            revoke_after=revoke_after,
+            restart=False,
+        )
+
     def stall(self, node: SimNode, until: int) -> None:
         """``node``'s loop takes nothing in until true time ``until`` (a slow disk)."""
         self.stalled_until[node.id] = until
@@ -713,8 +724,17 @@ class LeaseLayer:
         )
         worker.usable = worker.usable or worker.deadline > now_s
 
-    def _lose(self, worker: SimWorker, why: str, *, revoke: bool) -> None:
-        """The lease is gone for this worker; its stream closes (the sidecar revokes)."""
+    def _lose(
+        self,
+        worker: SimWorker,
+        why: str,
+        *,
+        revoke: bool,
+        revoke_after: int = 1,
+        restart: bool | None = None,
+    ) -> None:
+        """The lease is gone for this worker; its stream closes (the sidecar revokes,
+        ``revoke_after`` units later). ``restart`` None: the process restarts at random."""
         token = worker.token
         worker.state, worker.deadline, worker.epoch = "idle", float("-inf"), worker.epoch + 1
         self.sim.stats["lost_leases"] += 1
@@ -726,8 +746,10 @@ class LeaseLayer:
                 proposed_at_unix_ms=self._ms(),
                 reason="stream broke",
             )
-            self._at_node(1, worker.home, lambda home: self._forward(home, command))
-        if self.rng.random() < RESTART_AFTER_LOSS:
+            self._at_node(revoke_after, worker.home, lambda home: self._forward(home, command))
+        if restart is None:
+            restart = self.rng.random() < RESTART_AFTER_LOSS
+        if restart:
             # The worker's process restarts: a new client, so a new key and a
             # first campaign again (its old grant or queue place is left to
             # the revoke, or to expiry, or to the queue's turn).
