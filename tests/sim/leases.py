@@ -46,7 +46,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sidecar.api.keepalive import safety_margin_ms
@@ -345,6 +345,52 @@ class LeaseLayer:
         lines.append("last lease events (time: event):")
         lines.extend(f"  {t:>8}: {note}" for t, note in self.notes)
         return lines
+
+    # ---- scripted scenarios (``lease_scenarios.py``) ----------------------------------
+
+    def script(self, ttl_units: int) -> None:
+        """Replace the drawn workload by a script: no worker, no lease fault, this TTL.
+
+        The drawn workers' timers are cancelled (their epochs bumped); the
+        clocks keep the seed's drift. A scenario then places its own workers
+        (``add_worker``) and campaigns (``campaign``) where its choreography
+        needs them, and the lease code and the checker run unchanged."""
+        for worker in self.workers:
+            worker.epoch += 1
+        self.workers = []
+        self.settings = replace(
+            self.settings, workers=0, ttl_units=ttl_units, p_stall=0.0, p_pause=0.0, p_resign=0.0
+        )
+        self.ttl_ms = round(ttl_units * UNIT_S * 1000)
+
+    def add_worker(self, name: str, election: str, home: str) -> SimWorker:
+        worker = SimWorker(name, election, home, self._new_clock(name), _key_digest(name, 0))
+        self.workers.append(worker)
+        return worker
+
+    def campaign(self, worker: SimWorker) -> None:
+        """The worker starts campaigning now (and retries, as the drawn workers do)."""
+        self._campaign_timer(worker)()
+
+    def resign(self, worker: SimWorker) -> None:
+        """The holding worker resigns now (its sidecar proposes Resign)."""
+        self._resign(worker)
+
+    def drop(self, worker: SimWorker, revoke_after: int) -> None:
+        """The worker's stream breaks; its process lives on (same key), and its
+        sidecar notices only ``revoke_after`` units later and proposes Revoke."""
+        self._lose(
+            worker,
+            "its stream broke (scripted)",
+            revoke=True,
+            revoke_after=revoke_after,
+            restart=False,
+        )
+
+    def stall(self, node: SimNode, until: int) -> None:
+        """``node``'s loop takes nothing in until true time ``until`` (a slow disk)."""
+        self.stalled_until[node.id] = until
+        self._trace(f"stall {node.id} until {until} (scripted)")
 
     # ---- node lives ------------------------------------------------------------------
 
@@ -678,8 +724,17 @@ class LeaseLayer:
         )
         worker.usable = worker.usable or worker.deadline > now_s
 
-    def _lose(self, worker: SimWorker, why: str, *, revoke: bool) -> None:
-        """The lease is gone for this worker; its stream closes (the sidecar revokes)."""
+    def _lose(
+        self,
+        worker: SimWorker,
+        why: str,
+        *,
+        revoke: bool,
+        revoke_after: int = 1,
+        restart: bool | None = None,
+    ) -> None:
+        """The lease is gone for this worker; its stream closes (the sidecar revokes,
+        ``revoke_after`` units later). ``restart`` None: the process restarts at random."""
         token = worker.token
         worker.state, worker.deadline, worker.epoch = "idle", float("-inf"), worker.epoch + 1
         self.sim.stats["lost_leases"] += 1
@@ -691,8 +746,10 @@ class LeaseLayer:
                 proposed_at_unix_ms=self._ms(),
                 reason="stream broke",
             )
-            self._at_node(1, worker.home, lambda home: self._forward(home, command))
-        if self.rng.random() < RESTART_AFTER_LOSS:
+            self._at_node(revoke_after, worker.home, lambda home: self._forward(home, command))
+        if restart is None:
+            restart = self.rng.random() < RESTART_AFTER_LOSS
+        if restart:
             # The worker's process restarts: a new client, so a new key and a
             # first campaign again (its old grant or queue place is left to
             # the revoke, or to expiry, or to the queue's turn).
