@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo sim-demo test test-loop check sim sim-long bench proto clean chaos chaos-long
+.PHONY: demo sim-demo test test-loop check sim sim-long sim-mutants bench proto clean chaos chaos-long
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ check: $(STAMP)
 # Regenerate sidecar/pb/ from proto/ (commit the result).
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
+
+# The mutant searches from seed 0 (about 10 minutes of a core): the default
+# run replays each mutant's recorded first seed; run this after a change to
+# the core or the simulator to find where the first seeds moved.
+sim-mutants: $(STAMP)
+	RAFT_SIDECAR_LONG=1 $(BIN)/python -m pytest -n 2 -q tests/sim/test_mutants.py
 
 # 50,000 seeds outside the ranges CI (0-499) and the mutants (0-1,999) use, on
 # both cores, at low priority: about 30 minutes when both are free.
