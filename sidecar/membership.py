@@ -68,6 +68,7 @@ from typing import Any
 
 import structlog
 
+from sidecar.alarm import wait_event
 from sidecar.node import NodeError, RaftNode
 from sidecar.raft import ConfChange, ConfChangeKind, Membership, RaftError, Role
 from sidecar.serverid import node_name
@@ -556,14 +557,14 @@ class MembershipManager:
                 left = began + interval - self._clock()
                 if left <= 0:
                     break
-                await _wait_for(self._hello_wake, left)
+                await wait_event(self._hello_wake, left)
                 self._hello_wake.clear()
 
     async def _admit(self) -> None:
         while True:
             now = self._clock()
             wake_at = min(now + self._recheck_s, self._retry_at, self._next_gone_at())
-            await _wait_for(self._plan_wake, wake_at - now)
+            await wait_event(self._plan_wake, wake_at - now)
             self._plan_wake.clear()
             self._retry_at = math.inf
             try:
@@ -612,18 +613,3 @@ class MembershipManager:
                 index=index,
                 reason=planned.reason,
             )
-
-
-async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
-    """Wait until ``event`` is set or ``timeout_s`` passed (the caller clears it).
-
-    Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
-    races with the event, and stop() hangs.
-    """
-    if event.is_set():
-        return
-    alarm = asyncio.get_running_loop().call_later(max(0.0, timeout_s), event.set)
-    try:
-        await event.wait()
-    finally:
-        alarm.cancel()
