@@ -47,13 +47,13 @@ class LeaseKeeper:
         machine: ElectionsMachine,
         *,
         check_interval_s: float = 0.02,
-        idle_interval_s: float = 0.1,
+        retry_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._machine = machine
         self._interval = check_interval_s
-        self._idle_interval = idle_interval_s
+        self._retry_interval = retry_interval_s
         self._clock = clock
         self._wake = asyncio.Event()
         """Set by every applied entry (a new grant needs its deadline), by a
@@ -142,7 +142,7 @@ class LeaseKeeper:
     async def _run(self) -> None:
         """Check when there is something to do, at most every ``check_interval_s``:
         at the leader's earliest deadline, after an applied entry (a new grant),
-        after a turn that changed the role or term, and ``idle_interval_s``
+        after a turn that changed the role or term, and ``retry_interval_s``
         after an Expire that failed. Nothing else wakes it: a follower, or a
         leader without leases, has nothing to time (polling every 100 ms woke
         an idle sidecar ten times a second for nothing, every 20 ms fifty)."""
@@ -181,6 +181,6 @@ class LeaseKeeper:
             # The deadline stays: the next pass tries again (or, if this node
             # lost leadership, the new leader starts a full TTL).
             _log.warning("expire_failed", election=election, fencing_token=token, error=str(exc))
-            asyncio.get_running_loop().call_later(self._idle_interval, self._wake.set)
+            asyncio.get_running_loop().call_later(self._retry_interval, self._wake.set)
         finally:
             self._deadlines.expire_finished(election, token, committed=committed)
