@@ -90,13 +90,14 @@ where an idle member's time goes (profiled; docs/kubernetes.md, "Idle cost"):
   loop: each gRPC message wakes it about twice (grpc.aio's poller thread hands the
   completion over, then the waiting task resumes), each timer of a background task
   once, and each wake-up costs tens of microseconds of Python and a few syscalls.
-  etcd's Go threads wake as often (the wake-ups row), at a fraction of the cost.
+  etcd's Go threads wake more often (the wake-ups row), at a fraction of the cost.
   Idle follower at the chart's timings, event-loop callbacks per second: ~80 for
-  replication (10 heartbeats in, 10 answers out, 1 acknowledgement probe), ~40 for
-  the lease keeper's 100 ms idle check (sidecar/leases.py), ~40 for membership's
-  Hello to each peer every second and its 250 ms plan check (sidecar/membership.py),
-  1 for the metrics sampler. Health (it polled every 50 ms: ~40) and the Raft ticks
-  between heartbeats (~20) no longer wake it."""
+  replication (10 heartbeats in, 10 answers out, 1 acknowledgement probe), a few
+  for membership (Hello every 5 s once settled, its plan check on events and a 5 s
+  safety net: sidecar/membership.py), 1 for the metrics sampler. Health (it polled
+  every 50 ms: ~40), the Raft ticks between heartbeats (~20), the lease keeper's
+  100 ms idle check (~40) and membership's 1 s Hello and 250 ms plan check (~40)
+  no longer wake it."""
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,7 @@ async def serve(config: SidecarConfig) -> int:
         identity=(store, identity),
         on_removed=on_removed,
         auto=config.auto_membership,
+        recheck_s=config.membership_recheck_ms / 1000,
     )
     handlers.node, handlers.leases, handlers.membership = node, leases, membership
     try:

@@ -62,6 +62,9 @@ class SidecarConfig:
     auto_membership: bool = True
     """The Raft leader admits, promotes and removes on its own (docs/membership.md);
     False: only operators change the membership (``raft-sidecar members``)."""
+    membership_recheck_ms: int = 5000
+    """The membership tasks act on events; with none, they recheck this often
+    (a safety net, docs/membership.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,13 @@ SETTINGS: tuple[_Setting, ...] = (
         "true",
         _bool,
     ),
+    _Setting(
+        "membership-recheck-ms",
+        "the membership tasks act on events (a hello's news, a membership change); with "
+        "none, the leader's plan is rechecked this often",
+        "5000",
+        _int,
+    ),
     _Setting("tls-cert-file", "PEM certificate chain for peer mTLS (with key and CA)", "", str),
     _Setting("tls-key-file", "PEM private key for peer mTLS", "", str),
     _Setting("tls-ca-file", "PEM CA bundle that peers' certificates must chain to", "", str),
@@ -258,6 +268,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         insecure_api_listen=values["insecure-api-listen"],
         admin_socket=admin_socket_path(values["admin-socket"], values["data-dir"]),
         auto_membership=values["auto-membership"],
+        membership_recheck_ms=values["membership-recheck-ms"],
     )
 
 
@@ -367,6 +378,9 @@ def _check(v: Mapping[str, Any]) -> Sequence[str]:
         problems.append(f"--health-listen={health!r} is not host:port (or empty for none)")
     problems.extend(_check_tls(v))
     problems.extend(_check_admin_socket(v))
+    recheck = v.get("membership-recheck-ms")
+    if recheck is not None and recheck < 100:
+        problems.append(f"--membership-recheck-ms={recheck}: use 100 or more")
     api = v.get("api-listen")
     if (
         api is not None

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import structlog
 
+from sidecar.alarm import wait_event
 from sidecar.elections import Expire, encode_command
 from sidecar.lease_deadlines import LeaderDeadlines
 from sidecar.machine import ElectionsMachine
@@ -46,17 +47,21 @@ class LeaseKeeper:
         machine: ElectionsMachine,
         *,
         check_interval_s: float = 0.02,
-        idle_interval_s: float = 0.1,
+        retry_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._machine = machine
         self._interval = check_interval_s
-        self._idle_interval = idle_interval_s
+        self._retry_interval = retry_interval_s
         self._clock = clock
-        self._applied = asyncio.Event()
-        """Set by every applied entry: a new grant needs its deadline."""
-        machine.listeners.append(lambda _result: self._applied.set())
+        self._wake = asyncio.Event()
+        """Set by every applied entry (a new grant needs its deadline), by a
+        turn of the Raft loop that changed the role or term, and after a
+        failed Expire: the keeper checks again."""
+        machine.listeners.append(lambda _result: self._wake.set())
+        self._leading: tuple[Role, int] | None = None
+        """The role and term of the last turn seen (``_on_turn``)."""
         self._deadlines = LeaderDeadlines()
         self._task: asyncio.Task[None] | None = None
         self._expiries: set[asyncio.Task[None]] = set()
@@ -113,9 +118,21 @@ class LeaseKeeper:
         return None if remaining_s is None else int(remaining_s * 1000)
 
     def start(self) -> None:
+        self._node.turn_listeners.append(self._on_turn)
         self._task = asyncio.create_task(self._run(), name="lease-keeper")
 
+    def _on_turn(self) -> None:
+        """A turn listener (``RaftNode.turn_listeners``): a node that became leader
+        must time every lease at once, one that stepped down forget them."""
+        raft = self._node.raft
+        leading = (raft.role, raft.term)
+        if leading != self._leading:
+            self._leading = leading
+            self._wake.set()
+
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._node.turn_listeners.remove(self._on_turn)
         for task in [self._task, *self._expiries]:
             if task is not None:
                 task.cancel()
@@ -124,23 +141,16 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         """Check when there is something to do, at most every ``check_interval_s``:
-        at the earliest deadline, after an applied entry (a new grant), and
-        every ``idle_interval_s`` otherwise (a follower, which has no deadlines,
-        notices it became leader). Polling every 20 ms woke an idle sidecar 50
-        times a second for nothing."""
+        at the leader's earliest deadline, after an applied entry (a new grant),
+        after a turn that changed the role or term, and ``retry_interval_s``
+        after an Expire that failed. Nothing else wakes it: a follower, or a
+        leader without leases, has nothing to time (polling every 100 ms woke
+        an idle sidecar ten times a second for nothing, every 20 ms fifty)."""
         while True:
             due_in = self.check()
-            self._applied.clear()
+            self._wake.clear()
             await asyncio.sleep(self._interval)
-            wait_s = min(due_in, self._idle_interval) - self._interval
-            if wait_s > 0 and not self._applied.is_set():
-                # Not asyncio.wait_for: on Python 3.11 it can swallow a
-                # cancellation racing with the event, and stop() would hang.
-                alarm = asyncio.get_running_loop().call_later(wait_s, self._applied.set)
-                try:
-                    await self._applied.wait()
-                finally:
-                    alarm.cancel()
+            await wait_event(self._wake, due_in - self._interval)
 
     def check(self) -> float:
         """One pass: extend unknown leases, expire overdue ones (leader only).
@@ -171,5 +181,6 @@ class LeaseKeeper:
             # The deadline stays: the next pass tries again (or, if this node
             # lost leadership, the new leader starts a full TTL).
             _log.warning("expire_failed", election=election, fencing_token=token, error=str(exc))
+            asyncio.get_running_loop().call_later(self._retry_interval, self._wake.set)
         finally:
             self._deadlines.expire_finished(election, token, committed=committed)

@@ -21,8 +21,12 @@ cluster. Before it takes part in Raft it says hello to every peer of
 The decision is stored in the identity file before Raft starts, so a restart
 never decides differently.
 
-**Admitting.** Every node says hello to its peers every second, so the
-leader learns each name's current server id. A name whose current server is
+**Admitting.** Every node says hello to its peers, so the leader learns
+each name's current server id: every second while anything is unsettled
+(``unsettled``, pure: a name whose current server is unknown or not a
+member, a change pending, no leader known, this node not admitted, a peer
+that did not answer), every ``SETTLED_HELLO_INTERVAL_S`` otherwise, and at
+once when something it reads changes. A name whose current server is
 not a member is admitted one single-server change at a time
 (``plan_change``, pure): first the old incarnation is removed, but only
 while the voters that remain and answer still form a quorum of the new
@@ -42,12 +46,21 @@ and no longer holds it in its committed membership answers its hello with
 removed, from such an answer or from its own committed log, records it in
 its identity file and stops; it refuses to start on that directory again,
 so only a wiped directory (a new incarnation) comes back.
+
+**Waking.** Both tasks act on events, not on polling, so an idle node does
+not wake for them: the plan check and ``_watch_self`` run when a turn of
+the Raft loop changed what they read (``_Observed``: role, leader, the
+membership, the committed membership, a learner's progress on the leader),
+when a hello brings news (a new server under a name, a name heard again),
+at the next moment a member may be judged gone, and, as a safety net, every
+``recheck_s`` (``--membership-recheck-ms``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +68,7 @@ from typing import Any
 
 import structlog
 
+from sidecar.alarm import wait_event
 from sidecar.node import NodeError, RaftNode
 from sidecar.raft import ConfChange, ConfChangeKind, Membership, RaftError, Role
 from sidecar.serverid import node_name
@@ -67,15 +81,40 @@ from sidecar.transport.peer import HelloAnswer
 _log = structlog.get_logger("sidecar.membership")
 
 HELLO_INTERVAL_S = 1.0
-"""How often every node says hello to each peer."""
+"""How often a node says hello to each peer while the membership is unsettled."""
+SETTLED_HELLO_INTERVAL_S = 5.0
+"""How often it does once settled: well inside ``SEEN_FRESH_S``, so the
+leader's view of who is live never lapses between two hellos."""
 SEEN_FRESH_S = 10.0
 """A hello older than this no longer tells a node's current incarnation."""
-PLAN_INTERVAL_S = 0.25
+PLAN_RETRY_S = 0.25
+"""A change the node refused (another one pending, leadership moving) is
+planned again after this."""
+RECHECK_S = 5.0
+"""The plan check's safety net, with nothing changed (``--membership-recheck-ms``)."""
 GONE_AFTER_S = 30.0
 """A member not heard from this long, whose name is not in ``--peers``, was
 scaled away: the leader removes it (Consul autopilot's dead-server cleanup)."""
 MAX_ADDED_PEERS = 64
 """Names beyond ``--peers`` this node will learn addresses for (a bound)."""
+
+
+_LATE_S = 0.05
+"""A member is gone strictly after ``GONE_AFTER_S``: wake this much later."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Observed:
+    """What the membership tasks read from the Raft core, compared after
+    every turn: a difference wakes them."""
+
+    role: Role
+    leader: str | None
+    membership: Membership
+    committed: Membership
+    past_admission: bool
+    learners: tuple[tuple[str, int], ...]
+    commit_while_learning: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +136,42 @@ def was_removed(
     that has not committed that far cannot tell. Pure.
     """
     return 0 < admitted_index <= commit_index and caller not in committed_members
+
+
+def unsettled(
+    *,
+    me: str,
+    leader: str | None,
+    membership: Membership,
+    committed: Membership,
+    names: Iterable[str],
+    current: Mapping[str, str],
+    peer_silent: bool,
+) -> str:
+    """Why this node should keep saying hello every second; empty once the
+    cluster is settled and a slow hello will do.
+
+    ``membership`` is the node's latest membership, ``committed`` its
+    committed one; ``names`` the node names it greets; ``current`` maps a
+    name to the server that said hello under it recently; ``peer_silent``
+    whether a peer did not answer the last round. Pure.
+    """
+    if me not in committed.members:
+        return "this server is not a member of its committed membership"
+    if leader is None:
+        return "no leader known"
+    if peer_silent:
+        return "a peer did not answer"
+    if membership != committed or membership.learners:
+        return "a membership change is pending"
+    for name in sorted(set(names)):
+        server = current.get(name)
+        if server is None or server not in membership.members:
+            return f"{name} has no current server that is a member"
+    for member in sorted(membership.members - {me}):
+        if current.get(node_name(member)) != member:
+            return f"{member} is not its name's current server"
+    return ""
 
 
 def plan_change(
@@ -214,8 +289,9 @@ async def decide_entry(
 
 
 class MembershipManager:
-    """Says hello to every peer each second and, on the Raft leader, admits
-    the current incarnation of each name (``plan_change``).
+    """Says hello to every peer (each second while unsettled) and, on the
+    Raft leader, admits the current incarnation of each name
+    (``plan_change``), waking on events (module docstring, "Waking").
 
     ``on_hello`` is called for every hello this node receives; the answers
     to its own hellos count the same way.
@@ -232,6 +308,7 @@ class MembershipManager:
         identity: tuple[IdentityStore, Identity] | None = None,
         on_removed: Callable[[str], None] | None = None,
         auto: bool = True,
+        recheck_s: float = RECHECK_S,
     ) -> None:
         self._node = node
         self._identity = identity
@@ -257,10 +334,30 @@ class MembershipManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._adding: set[asyncio.Task[None]] = set()
         self.changes_proposed = 0
+        self._recheck_s = recheck_s
+        self._plan_wake = asyncio.Event()
+        """Set when the plan check (and ``_watch_self``) should run again."""
+        self._hello_wake = asyncio.Event()
+        """Set when the hello interval should be judged again (it may shrink)."""
+        self._observed: _Observed | None = None
+        self._peer_silent = True
+        """A peer did not answer the last round of hellos (True before the first)."""
+        self._retry_at = math.inf
 
     def on_hello(self, server: str, address: str = "", admitted_index: int = 0) -> None:
         name = node_name(server)
-        self._seen[name] = (server, self._clock(), admitted_index)
+        now = self._clock()
+        before = self._seen.get(name)
+        self._seen[name] = (server, now, admitted_index)
+        if (
+            before is None
+            or before[0] != server
+            or before[2] != admitted_index
+            or now - before[1] > SEEN_FRESH_S
+        ):
+            # News (a new server under a name, a name heard again): the plan
+            # may change, and the hellos may need to come faster.
+            self._wake()
         if address and len(self.addresses) < MAX_ADDED_PEERS + len(self._names):
             self.addresses[name] = address
         if (
@@ -275,6 +372,71 @@ class MembershipManager:
             task = asyncio.get_running_loop().create_task(self._add_peer(name, address))
             self._adding.add(task)
             task.add_done_callback(self._adding.discard)
+
+    def _wake(self) -> None:
+        self._plan_wake.set()
+        self._hello_wake.set()
+
+    def _observe(self) -> _Observed:
+        raft = self._node.raft
+        commit = raft.commit_index
+        admitted = self._identity[1].admitted_index if self._identity is not None else 0
+        learners: tuple[tuple[str, int], ...] = ()
+        if raft.role is Role.LEADER and raft.membership.learners:
+            learners = tuple(
+                (learner, raft.progress[learner].match if learner in raft.progress else 0)
+                for learner in sorted(raft.membership.learners)
+            )
+        return _Observed(
+            role=raft.role,
+            leader=raft.leader_id,
+            membership=raft.membership,
+            committed=raft.log.membership_at(commit),
+            past_admission=commit >= admitted,
+            learners=learners,
+            commit_while_learning=commit if learners else 0,
+        )
+
+    def _on_turn(self) -> None:
+        """A turn listener (``RaftNode.turn_listeners``): wakes both tasks when
+        the turn changed what they read; an idle turn changes nothing."""
+        observed = self._observe()
+        if observed != self._observed:
+            self._observed = observed
+            self._wake()
+
+    def unsettled(self) -> str:
+        """Why hellos should come every second now (``unsettled``); empty: settled."""
+        raft = self._node.raft
+        me = raft.id
+        return unsettled(
+            me=me,
+            leader=raft.leader_id,
+            membership=raft.membership,
+            committed=raft.log.membership_at(raft.commit_index),
+            names=(self._names | self._added) - {node_name(me)},
+            current=self.current(),
+            peer_silent=self._peer_silent,
+        )
+
+    def _next_gone_at(self) -> float:
+        """When the leader may next judge a member gone (``_gone``); inf if never
+        without news (a follower, manual membership, only configured members)."""
+        raft = self._node.raft
+        if raft.role is not Role.LEADER or not self.auto:
+            return math.inf
+        now = self._clock()
+        soonest = math.inf
+        for member in sorted(raft.membership.members - {raft.id}):
+            if node_name(member) in self._names:
+                continue
+            at = self._started_at + GONE_AFTER_S
+            seen = self._seen.get(node_name(member))
+            if seen is not None and seen[0] == member:
+                at = max(at, seen[1] + GONE_AFTER_S)
+            if at > now:
+                soonest = min(soonest, at + _LATE_S)
+        return soonest
 
     def _gone(self, members: Iterable[str]) -> frozenset[str]:
         """Members not heard from for ``GONE_AFTER_S`` (judged only once this
@@ -358,12 +520,15 @@ class MembershipManager:
                 self._on_removed(why)
 
     def start(self) -> None:
+        self._node.turn_listeners.append(self._on_turn)
         self._tasks = [
             asyncio.create_task(self._greet(), name="membership-hello"),
             asyncio.create_task(self._admit(), name="membership-admit"),
         ]
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._node.turn_listeners.remove(self._on_turn)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -372,20 +537,36 @@ class MembershipManager:
     async def _greet(self) -> None:
         me = self._node.id
         while True:
+            began = self._clock()
             others = sorted((self._names | self._added) - {node_name(me)})
             answers = await asyncio.gather(
                 *(self._forwarder.hello(name) for name in others), return_exceptions=True
             )
+            silent = False
             for answer in answers:
                 if isinstance(answer, HelloAnswer):
                     self.on_hello(answer.server_id, admitted_index=answer.admitted_index)
                     if answer.caller_removed:
                         self.learned_removed(f"{answer.server_id} no longer holds it a member")
-            await asyncio.sleep(HELLO_INTERVAL_S)
+                else:
+                    silent = True
+            self._peer_silent = silent
+            while True:
+                settled = not self.unsettled()
+                interval = SETTLED_HELLO_INTERVAL_S if settled else HELLO_INTERVAL_S
+                left = began + interval - self._clock()
+                if left <= 0:
+                    break
+                await wait_event(self._hello_wake, left)
+                self._hello_wake.clear()
 
     async def _admit(self) -> None:
         while True:
-            await asyncio.sleep(PLAN_INTERVAL_S)
+            now = self._clock()
+            wake_at = min(now + self._recheck_s, self._retry_at, self._next_gone_at())
+            await wait_event(self._plan_wake, wake_at - now)
+            self._plan_wake.clear()
+            self._retry_at = math.inf
             try:
                 self._watch_self()
             except StorageError as exc:
@@ -393,6 +574,8 @@ class MembershipManager:
             raft = self._node.raft
             if raft.role is not Role.LEADER or not self.auto or self.removed:
                 continue
+            if raft.membership != raft.log.membership_at(raft.commit_index):
+                continue  # a change is pending: its commit is a turn that wakes this
             me = self._node.id
             current = self.current()
             members = raft.membership.members
@@ -420,6 +603,7 @@ class MembershipManager:
                     server=planned.change.node_id,
                     error=str(exc),
                 )
+                self._retry_at = self._clock() + PLAN_RETRY_S
                 continue
             self.changes_proposed += 1
             _log.warning(

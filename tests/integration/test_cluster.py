@@ -331,6 +331,32 @@ def test_lease_without_keep_alive_expires_on_the_leaders_clock(cluster: Cluster)
     assert ended_after_ms >= 1000, "never before the TTL"
 
 
+def test_a_new_leader_times_the_leases_it_inherits_with_nothing_written(
+    cluster: Cluster,
+) -> None:
+    """The lease keeper of a follower sleeps (it has nothing to time); when it
+    becomes the Raft leader, the turn that made it leader wakes it, so a lease
+    nobody keeps alive still expires, though no entry is applied after the
+    election (a new leader's no-op reaches no state machine)."""
+    leader = cluster.leader()
+    home = next(n for n in cluster.nodes if n is not leader)
+    token = campaign(home.stub(), "silent-worker", ttl_ms=5000)
+    cluster.kill(leader, signal.SIGKILL)
+    survivors = [n for n in cluster.nodes if n.process is not None]
+    new_leader = cluster.leader(survivors)
+    request = worker_pb2.ListGrantsRequest(election=ELECTION)
+
+    def ended() -> Any:
+        with contextlib.suppress(grpc.RpcError):  # an election still going on
+            for grant in new_leader.stub().ListGrants(request, timeout=5).grants:
+                if grant.fencing_token == token.fencing_token and grant.ended_at_index:
+                    return grant
+        return None
+
+    grant = eventually(ended, "the unkept lease expired on the new leader", seconds=60)
+    assert grant.end_reason == worker_pb2.GRANT_END_REASON_EXPIRED
+
+
 def test_raft_leader_loss_does_not_end_a_kept_lease(cluster: Cluster) -> None:
     leader = cluster.leader()
     home = next(n for n in cluster.nodes if n is not leader)

@@ -139,6 +139,21 @@ def test_admin_socket_is_0600_and_the_service_is_on_no_port(cluster: Cluster) ->
 
 
 def test_a_removed_follower_stays_out_until_its_directory_is_wiped(cluster: Cluster) -> None:
+    remove_a_follower_then_wipe_it(cluster)
+
+
+def test_membership_acts_on_events_without_its_safety_net(tmp_path: Path) -> None:
+    """The same story with the plan's periodic recheck an hour apart: the
+    removed member learns it from its hellos (fast again once it lost its
+    leader), and the wiped node's admission goes step by step on events (its
+    hello's news, then each committed change, then the learner's progress),
+    never on a timer."""
+    hour = ["--membership-recheck-ms", str(3_600_000)]
+    for cluster in running(tmp_path, tick_ms=25, extra_args=lambda _node: hour):
+        remove_a_follower_then_wipe_it(cluster)
+
+
+def remove_a_follower_then_wipe_it(cluster: Cluster) -> None:
     leader = cluster.leader()
     gone, other = followers(cluster)
     old = gone.server_id()

@@ -1,8 +1,9 @@
-"""The leader's plan for admitting new incarnations (sidecar.membership.plan_change)."""
+"""The leader's plan for admitting new incarnations (sidecar.membership.plan_change),
+and when hellos may slow down (sidecar.membership.unsettled)."""
 
 from __future__ import annotations
 
-from sidecar.membership import plan_change
+from sidecar.membership import plan_change, unsettled
 from sidecar.raft import ConfChangeKind, Membership
 
 A, B, C = "a~" + "a" * 16, "b~" + "b" * 16, "c~" + "c" * 16
@@ -118,3 +119,54 @@ def test_a_gone_member_outside_the_contact_list_is_removed_a_configured_one_stay
     assert removal({d, e}, {A, B, C}) == (ConfChangeKind.REMOVE_NODE, d)
     assert removal({B}, {A, C, d, e}) is None, "b is in --peers: it comes back"
     assert removal({d}, {A}) is None, "the rest would lack a quorum"
+
+
+def settle(
+    membership: Membership = THREE,
+    current: dict[str, str] | None = None,
+    *,
+    committed: Membership | None = None,
+    leader: str | None = B,
+    peer_silent: bool = False,
+    me: str = A,
+) -> str:
+    """Why node ``me`` keeps its hellos fast (sidecar.membership.unsettled)."""
+    return unsettled(
+        me=me,
+        leader=leader,
+        membership=membership,
+        committed=membership if committed is None else committed,
+        names=["b", "c"],
+        current={"b": B, "c": C} if current is None else current,
+        peer_silent=peer_silent,
+    )
+
+
+def test_a_cluster_whose_every_name_is_its_current_member_is_settled() -> None:
+    assert settle() == ""
+
+
+def test_hellos_stay_fast_while_anything_is_unsettled() -> None:
+    # A name came back as a new incarnation (a wiped disk): the leader must
+    # hear it promptly to admit it.
+    assert "c" in settle(current={"b": B, "c": C2})
+    # A name not heard from (recently).
+    assert "c" in settle(current={"b": B})
+    # This server is not (yet) in its committed membership: a joining node,
+    # or one the others removed.
+    assert "not a member" in settle(membership=Membership(frozenset({B, C})))
+    # No leader known: a removed member no longer hears one, and must ask.
+    assert "no leader" in settle(leader=None)
+    assert "did not answer" in settle(peer_silent=True)
+    # A change pending: appended and not committed, or a learner not promoted.
+    assert "pending" in settle(
+        membership=Membership(frozenset({A, B})), committed=THREE, current={"b": B, "c": C}
+    )
+    assert "pending" in settle(
+        membership=Membership(frozenset({A, B, C}), frozenset({C2})),
+        current={"b": B, "c": C},
+    )
+    # A member beyond the names greeted that is not heard (scaled away: the
+    # leader removes it once gone).
+    d = "d~" + "d" * 16
+    assert d in settle(membership=Membership(frozenset({A, B, C, d})))
