@@ -82,7 +82,9 @@ def test_the_real_core_passes_the_seeds_that_catch_mutants(seed: int) -> None:
 # A search costs up to the CPU time of its first catching seed's predecessors
 # (about 65 ms a seed); under load a test gets a fraction of a core, so give
 # it room. A campaign is deterministic: only the timeout could fail it.
-@pytest.mark.skipif(not SEARCH, reason="the full search runs with RAFT_SIDECAR_LONG=1 (make sim-mutants)")
+@pytest.mark.skipif(
+    not SEARCH, reason="the full search runs with RAFT_SIDECAR_LONG=1 (make sim-mutants)"
+)
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", RANDOM_CAMPAIGN_MUTANTS)
 def test_default_seed_budget_catches_first_at_the_recorded_seed(name: str) -> None:
@@ -129,7 +131,9 @@ def test_the_recorded_first_seed_catches_lease_mutant(name: str) -> None:
     assert "Lease" in failures[0].error, failures[0].report
 
 
-@pytest.mark.skipif(not SEARCH, reason="the full search runs with RAFT_SIDECAR_LONG=1 (make sim-mutants)")
+@pytest.mark.skipif(
+    not SEARCH, reason="the full search runs with RAFT_SIDECAR_LONG=1 (make sim-mutants)"
+)
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", sorted(LEASE_FIRST_SEEDS))
 def test_default_seed_budget_catches_lease_mutant(name: str) -> None:
