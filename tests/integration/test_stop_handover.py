@@ -97,8 +97,16 @@ def test_the_worker_stops_believing_before_the_next_candidate_is_granted(
             assert isinstance(granted_at, float)
             assert lost_at[0] < granted_at, "two workers believed they held the election at once"
             assert lease.lost_reason is not None and "sidecar is stopping" in lease.lost_reason
+            # REVOKED when the client's end of the stream reached the sidecar
+            # within its 2 s bound (the usual case; the contract test pins it
+            # with stubs); EXPIRED when a loaded machine delayed it past the
+            # bound, which is the safe fallback. Never ended twice, never
+            # ended before the worker stopped believing (asserted above).
             record = _grant_record(other, lease.fencing_token)
-            assert record.end_reason == worker_pb2.GRANT_END_REASON_REVOKED, record
+            assert record.end_reason in (
+                worker_pb2.GRANT_END_REASON_REVOKED,
+                worker_pb2.GRANT_END_REASON_EXPIRED,
+            ), record
 
     asyncio.run(main())
 
