@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.client import SidecarClient
+from sidecar.client import Lease, SidecarClient
 from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.integration.cluster import Cluster, Sidecar, eventually
 from tests.integration.worker_api import Granted, campaign, resign, unary_retrying
@@ -85,28 +85,15 @@ def test_the_worker_stops_believing_before_the_next_candidate_is_granted(
             assert await asyncio.to_thread(queued.wait, 20), "worker-b never queued"
 
             assert await asyncio.to_thread(cluster.kill, home, signal.SIGTERM) == 0
-            thread = second["thread"]
-            assert isinstance(thread, threading.Thread)
-            await asyncio.to_thread(thread.join, 30)
-            await asyncio.wait_for(lease.lost.wait(), 10)
-
+            await _await_handover(second, lease)
             grant = second["grant"]
             assert isinstance(grant, Granted)
             assert grant.fencing_token > lease.fencing_token
-            granted_at = second["granted_at"]
-            assert isinstance(granted_at, float)
-            assert lost_at[0] < granted_at, "two workers believed they held the election at once"
-            assert lease.lost_reason is not None and "sidecar is stopping" in lease.lost_reason
             # REVOKED when the client's end of the stream reached the sidecar
             # within its 2 s bound (the usual case; the contract test pins it
             # with stubs); EXPIRED when a loaded machine delayed it past the
-            # bound, which is the safe fallback. Never ended twice, never
-            # ended before the worker stopped believing (asserted above).
-            record = _grant_record(other, lease.fencing_token)
-            assert record.end_reason in (
-                worker_pb2.GRANT_END_REASON_REVOKED,
-                worker_pb2.GRANT_END_REASON_EXPIRED,
-            ), record
+            # bound, which is the safe fallback.
+            _assert_told_first_and_ended(other, lease, lost_at, second)
 
     asyncio.run(main())
 
@@ -203,22 +190,35 @@ def test_a_removed_members_stop_tells_its_worker_first(cluster: Cluster) -> None
             assert home.process is not None
             assert await asyncio.to_thread(home.process.wait, 60) == 1
             home.process = None
-            thread = second["thread"]
-            assert isinstance(thread, threading.Thread)
-            await asyncio.to_thread(thread.join, 30)
-            await asyncio.wait_for(lease.lost.wait(), 10)
-
-            granted_at = second["granted_at"]
-            assert isinstance(granted_at, float)
-            assert lost_at[0] < granted_at, "two workers believed they held the election at once"
-            assert lease.lost_reason is not None and "sidecar is stopping" in lease.lost_reason
+            await _await_handover(second, lease)
             # A removed server knows no leader to carry its Revoke, so the
             # grant usually runs out on the leader's clock instead: later,
             # never sooner, than the worker was told.
-            record = _grant_record(other, lease.fencing_token)
-            assert record.end_reason in (
-                worker_pb2.GRANT_END_REASON_REVOKED,
-                worker_pb2.GRANT_END_REASON_EXPIRED,
-            ), record
+            _assert_told_first_and_ended(other, lease, lost_at, second)
 
     asyncio.run(main())
+
+
+async def _await_handover(second: dict[str, object], lease: Lease) -> None:
+    """Wait for the second candidate's Campaign thread and for the first lease's loss."""
+    thread = second["thread"]
+    assert isinstance(thread, threading.Thread)
+    await asyncio.to_thread(thread.join, 30)
+    await asyncio.wait_for(lease.lost.wait(), 10)
+
+
+def _assert_told_first_and_ended(
+    other: Sidecar, lease: Lease, lost_at: list[float], second: dict[str, object]
+) -> None:
+    """The stopped sidecar's worker stopped believing before the next grant, because
+    the sidecar told it so, and its grant then ended (REVOKED or EXPIRED): never
+    two believers at once."""
+    granted_at = second["granted_at"]
+    assert isinstance(granted_at, float)
+    assert lost_at[0] < granted_at, "two workers believed they held the election at once"
+    assert lease.lost_reason is not None and "sidecar is stopping" in lease.lost_reason
+    record = _grant_record(other, lease.fencing_token)
+    assert record.end_reason in (
+        worker_pb2.GRANT_END_REASON_REVOKED,
+        worker_pb2.GRANT_END_REASON_EXPIRED,
+    ), record
