@@ -719,8 +719,13 @@ def test_a_peer_without_the_stream_is_served_by_unary_deliver() -> None:
                 await asyncio.sleep(0)
             await eventually(lambda: len(inbox) == 30, "delivered by Deliver calls")
             # The server hands the batch over before its answer reaches the
-            # client, so the client marks the peer reachable a little later.
-            await eventually(lambda: a.stats()["b"].reachable, "peer marked reachable")
+            # client, so the client records the answer a little later. A refused
+            # stream (UNIMPLEMENTED) never marked the peer unreachable, so wait
+            # for the round trip of an answered Deliver, not for reachable.
+            await eventually(
+                lambda: a.stats()["b"].reachable and a.stats()["b"].last_rtt_s is not None,
+                "a Deliver answer recorded",
+            )
         assert read_seqs(inbox.drain()) == list(range(1, 31))
         assert [e["event"] for e in logs].count("peer_stream_unsupported") == 1
         stats = a.stats()["b"]
