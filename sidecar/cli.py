@@ -16,6 +16,7 @@ from typing import Any
 
 from sidecar.admin.cli import add_members_parser
 from sidecar.config import add_arguments
+from sidecar.grpc_engine import prefer_posix_poller
 
 DISTRIBUTION = "raft-sidecar"
 
@@ -35,6 +36,7 @@ def _cmd_version(_args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Exit status 2 for invalid settings, 1 when the node stopped on an error."""
+    prefer_posix_poller()  # before the runtime imports grpc (sidecar/grpc_engine.py)
     from sidecar.app import run  # noqa: PLC0415 - keep `version` light
     from sidecar.config import ConfigError, load  # noqa: PLC0415
 
