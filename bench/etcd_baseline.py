@@ -85,19 +85,18 @@ VALUES = REPO_ROOT / "helm" / "raft-sidecar" / "values.yaml"
 
 WHERE_IDLE_TIME_GOES = """
 where an idle member's time goes (profiled; docs/kubernetes.md, "Idle cost"):
-  The Raft work itself is small: per heartbeat the leader encodes one message per
-  follower and steps one answer from each. The cost is wake-ups of the asyncio
-  loop: each gRPC message wakes it about twice (grpc.aio's poller thread hands the
-  completion over, then the waiting task resumes), each timer of a background task
-  once, and each wake-up costs tens of microseconds of Python and a few syscalls.
-  etcd's Go threads wake more often (the wake-ups row), at a fraction of the cost.
-  Idle follower at the chart's timings, event-loop callbacks per second: ~80 for
-  replication (10 heartbeats in, 10 answers out, 1 acknowledgement probe), a few
-  for membership (Hello every 5 s once settled, its plan check on events and a 5 s
-  safety net: sidecar/membership.py), 1 for the metrics sampler. Health (it polled
-  every 50 ms: ~40), the Raft ticks between heartbeats (~20), the lease keeper's
-  100 ms idle check (~40) and membership's 1 s Hello and 250 ms plan check (~40)
-  no longer wake it."""
+  The Raft work itself is small. The cost is per gRPC message: grpc.aio's poller
+  thread hands each completion to the asyncio loop, the waiting task resumes, and
+  each wake-up costs tens of microseconds of Python and a few syscalls. Idle
+  follower at the chart's timings, per second: 10 heartbeats in, about 3 answers
+  out (a heartbeat carries answer_optional unless the leader needs the answer:
+  docs/raft-core.md, "heartbeat answers"; it answered all 10 before), one
+  acknowledgement probe each way per stream, membership's Hello every 5 s and the
+  metrics sampler. The leader sends every heartbeat to every follower, so it costs
+  about 1.5 times a follower. gRPC runs on its posix poller, not EventEngine
+  (sidecar/grpc_engine.py): EventEngine woke a pool of threads for every message,
+  half of all wake-ups. Health, the Raft ticks between heartbeats, the lease
+  keeper and membership's plan check act on events, not timers."""
 
 
 @dataclass(frozen=True)
