@@ -39,6 +39,13 @@ from sidecar.raft import RaftError, Role
 
 _log = structlog.get_logger("sidecar.leases")
 
+RENEW_TIMEOUT_S = 5.0
+"""How long a renewal may wait for its ReadIndex round and the apply after it."""
+
+
+class RenewalTimedOut(NodeError):
+    """The leader could not confirm its leadership for a renewal in time."""
+
 
 class LeaseKeeper:
     def __init__(
@@ -48,9 +55,11 @@ class LeaseKeeper:
         *,
         check_interval_s: float = 0.02,
         retry_interval_s: float = 0.1,
+        renew_timeout_s: float = RENEW_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
+        self._renew_timeout_s = renew_timeout_s
         self._machine = machine
         self._interval = check_interval_s
         self._retry_interval = retry_interval_s
@@ -72,7 +81,12 @@ class LeaseKeeper:
         Returns (still current, renewed ms: 0 when the lease's Expire is
         already proposed). Raises NotLeader on a node
         that is not, or is no longer, the leader, and NodeError when the
-        node cannot confirm it in time.
+        node cannot confirm it in time: RenewalTimedOut after
+        ``renew_timeout_s`` (5 s, the deadline of a renewal a follower
+        forwards). Without that bound a leader that lost its term between
+        the round and the apply waited until the new leader's log grew past
+        the index, which on an idle cluster may be never, and the worker's
+        keep-alive stream, answered in order, waited with it.
 
         The renewal waits for a ReadIndex round first: a quorum must answer
         a heartbeat of this term sent after the keep-alive arrived. A
@@ -94,8 +108,14 @@ class LeaseKeeper:
         docs/simulation.md).
         """
         appended = self._node.raft.log.last_index
-        await self._node.read_barrier()
-        await self._node.wait_applied(appended)
+        try:
+            async with asyncio.timeout(self._renew_timeout_s):
+                await self._node.read_barrier()
+                await self._node.wait_applied(appended)
+        except TimeoutError:
+            raise RenewalTimedOut(
+                f"leadership not confirmed within {self._renew_timeout_s:g} s"
+            ) from None
         grant = self._machine.state.holder(election)
         if grant is None or grant.token != token:
             # Everything appended before the keep-alive arrived is applied,

@@ -649,9 +649,10 @@ class RaftNode:
         applied = self._raft.applied_index
         still: list[tuple[int, asyncio.Future[None]]] = []
         for index, fut in self._applied_waiters:
+            if fut.done():  # its waiter gave up (a renewal's deadline): forget it
+                continue
             if index <= applied:
-                if not fut.done():
-                    fut.set_result(None)
+                fut.set_result(None)
             else:
                 still.append((index, fut))
         self._applied_waiters = still

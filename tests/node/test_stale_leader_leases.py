@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sidecar.elections import ApplyResult, Campaign, encode_command
-from sidecar.leases import LeaseKeeper
+from sidecar.leases import LeaseKeeper, RenewalTimedOut
 from sidecar.machine import ElectionsMachine
 from sidecar.node import NodeSettings, RaftNode
 from sidecar.raft import Membership, NotLeader, RaftConfig, Role
@@ -54,48 +54,57 @@ class GatedDisk(DiskStorage):
         super().persist(hard_state, snapshot, entries)
 
 
+async def _three_nodes(
+    tmp_path: Path,
+) -> tuple[Wiring, dict[str, GatedDisk], dict[str, ElectionsMachine]]:
+    """Three started in-process nodes on gated real disks, once one leads."""
+    wiring = Wiring()
+    disks: dict[str, GatedDisk] = {}
+    machines: dict[str, ElectionsMachine] = {}
+    for node_id in IDS:
+        disks[node_id] = GatedDisk(str(tmp_path / node_id))
+        machines[node_id] = ElectionsMachine()
+        config = RaftConfig(
+            node_id, Membership(frozenset(IDS)), election_timeout_ticks=ELECTION_TIMEOUT_TICKS
+        )
+        node = RaftNode(
+            config, disks[node_id], wiring.outbox(), machines[node_id], settings=SETTINGS
+        )
+        wiring.nodes[node_id] = node
+        node.start()
+    await until(lambda: leader_of(wiring) is not None)
+    return wiring, disks, machines
+
+
+def _campaign(election: str) -> Campaign:
+    return Campaign(
+        election=election,
+        candidate="w1",
+        ttl_ms=5000,
+        key_digest=KEY_DIGEST,
+        proposed_at_unix_ms=0,
+    )
+
+
+async def _grant(leader: RaftNode) -> int:
+    """Grant settlement-eur to w1 through ``leader``; its token."""
+    _, result = await leader.propose(encode_command(_campaign("settlement-eur")))
+    assert isinstance(result, ApplyResult) and result.granted is not None
+    return result.granted.token
+
+
 def test_a_stalled_leader_does_not_renew_after_a_new_leader_is_elected(tmp_path: Path) -> None:
     async def main() -> None:
-        wiring = Wiring()
-        disks: dict[str, GatedDisk] = {}
-        machines: dict[str, ElectionsMachine] = {}
-        for node_id in IDS:
-            disks[node_id] = GatedDisk(str(tmp_path / node_id))
-            machines[node_id] = ElectionsMachine()
-            config = RaftConfig(
-                node_id, Membership(frozenset(IDS)), election_timeout_ticks=ELECTION_TIMEOUT_TICKS
-            )
-            node = RaftNode(
-                config, disks[node_id], wiring.outbox(), machines[node_id], settings=SETTINGS
-            )
-            wiring.nodes[node_id] = node
-            node.start()
-        await until(lambda: leader_of(wiring) is not None)
+        wiring, disks, machines = await _three_nodes(tmp_path)
         old = leader_of(wiring)
         assert old is not None
         leases = LeaseKeeper(old, machines[old.id])
-        command = Campaign(
-            election="settlement-eur",
-            candidate="w1",
-            ttl_ms=5000,
-            key_digest=KEY_DIGEST,
-            proposed_at_unix_ms=0,
-        )
-        _, result = await old.propose(encode_command(command))
-        assert isinstance(result, ApplyResult) and result.granted is not None
-        token = result.granted.token
+        token = await _grant(old)
         assert await leases.renew("settlement-eur", token) == (True, 5000)
 
         # Stall the leader's loop inside a write, then let the others move on.
         disks[old.id].gate.clear()
-        other = Campaign(
-            election="settlement-usd",
-            candidate="w2",
-            ttl_ms=5000,
-            key_digest=KEY_DIGEST,
-            proposed_at_unix_ms=0,
-        )
-        stalled = asyncio.ensure_future(old.propose(encode_command(other)))
+        stalled = asyncio.ensure_future(old.propose(encode_command(_campaign("settlement-usd"))))
         stalled.add_done_callback(lambda f: f.cancelled() or f.exception())
         await until(disks[old.id].held.is_set)
         others = [n for n in wiring.nodes.values() if n is not old]
@@ -112,6 +121,32 @@ def test_a_stalled_leader_does_not_renew_after_a_new_leader_is_elected(tmp_path:
             await asyncio.wait_for(renewal, 20)
         with pytest.raises(NotLeader):
             await leases.renew("settlement-eur", token)
+        for node in list(wiring.nodes.values()):
+            await node.stop()
+
+    run(main)
+
+
+def test_a_renewal_the_leader_cannot_confirm_gives_up_after_its_deadline(tmp_path: Path) -> None:
+    """The leader's loop is held in a write: its renewal neither acknowledges
+    nor waits for ever; the worker's keep-alive stream, answered in order,
+    goes on to its next request."""
+
+    async def main() -> None:
+        wiring, disks, machines = await _three_nodes(tmp_path)
+        leader = leader_of(wiring)
+        assert leader is not None
+        leases = LeaseKeeper(leader, machines[leader.id], renew_timeout_s=0.5)
+        token = await _grant(leader)
+
+        disks[leader.id].gate.clear()
+        stalled = asyncio.ensure_future(leader.propose(encode_command(_campaign("settlement-usd"))))
+        stalled.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await until(disks[leader.id].held.is_set)
+        with pytest.raises(RenewalTimedOut, match=r"not confirmed within 0\.5 s"):
+            await asyncio.wait_for(leases.renew("settlement-eur", token), 10)
+
+        disks[leader.id].gate.set()
         for node in list(wiring.nodes.values()):
             await node.stop()
 
