@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -106,6 +107,13 @@ def test_close_removes_every_namespace_and_link() -> None:
     assert lab._root_prefix not in links()
 
 
+def _pids_in(namespace: str) -> list[str]:
+    listed = subprocess.run(
+        ["ip", "netns", "pids", namespace], check=True, capture_output=True, text=True
+    )
+    return listed.stdout.split()
+
+
 def test_leftovers_of_a_crashed_run_are_removed_with_what_runs_inside() -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
                           capture_output=True, text=True)  # fmt: skip
@@ -113,6 +121,12 @@ def test_leftovers_of_a_crashed_run_are_removed_with_what_runs_inside() -> None:
     subprocess.run(["ip", "netns", "add", leftover], check=True)
     orphan = subprocess.Popen(["ip", "netns", "exec", leftover, "sleep", "600"])
     try:
+        # `ip netns exec` enters the namespace after Popen returns: clean only
+        # once the orphan runs inside, or it would escape into a deleted one.
+        deadline = time.monotonic() + 10
+        while str(orphan.pid) not in _pids_in(leftover):
+            assert time.monotonic() < deadline, "the orphan never entered its namespace"
+            time.sleep(0.01)
         assert leftover in netlab.clean_leftovers()
         assert orphan.wait(timeout=10) != 0, "what ran inside was killed"
         assert leftover not in namespaces()
