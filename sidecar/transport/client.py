@@ -14,8 +14,9 @@ Outbound (``PeerClient``, one per remote peer):
   deque and writes them as one batch, then the next, without waiting for the
   peer to process them (pipelined; HTTP/2 flow control bounds what is in
   flight). One stream carries batches in order.
-* About once per ``ack_interval_s`` a batch (an empty one on an idle stream)
-  asks for an acknowledgement: its round trip is the peer's RTT, its arrival
+* About once per ``ack_interval_s`` a batch asks for an acknowledgement (on
+  a stream with nothing to send, an empty batch once per
+  ``idle_ack_interval_s``): its round trip is the peer's RTT, its arrival
   marks the peer reachable, and its absence after ``rpc_timeout_s`` cancels
   the stream as stalled. So does a write that HTTP/2 flow control holds for
   ``rpc_timeout_s`` (the peer reads nothing: without this deadline the
@@ -149,6 +150,7 @@ class _Stream:
     __slots__ = (
         "acked",
         "call",
+        "idle_probe_at",
         "next_probe_at",
         "probe_alarm",
         "probe_sent_at",
@@ -167,6 +169,9 @@ class _Stream:
         self.probe_sequence = 0
         self.probe_sent_at = 0.0
         self.next_probe_at = 0.0  # the first batch of a stream asks at once
+        self.idle_probe_at = 0.0
+        """When an empty batch asks, with nothing to send (>= next_probe_at);
+        the first one at once, so that a new stream is acknowledged."""
         self.acked = False
         self.stalled = ""
         """Why the stream was cancelled as stalled ("" while it was not)."""
@@ -179,7 +184,7 @@ class _Stream:
         way; re-armed by the next write only once it fired. One timer per
         ``rpc_timeout_s`` instead of one armed and cancelled per write."""
         self.probe_alarm: asyncio.TimerHandle | None = None
-        """Wakes the writer at ``next_probe_at``; kept across waits, not
+        """Wakes the writer at ``idle_probe_at``; kept across waits, not
         re-armed each time the writer waits for work."""
 
     def cancel_timers(self) -> None:
@@ -468,7 +473,7 @@ class PeerClient:
             # No probe before the core has addressed a message to this peer:
             # only then is its current server id (incarnation) known.
             probe = stream.probe_sequence == 0 and now >= stream.next_probe_at and self.target_known
-            if not self._queue and not probe:
+            if not self._queue and not (probe and now >= stream.idle_probe_at):
                 # Wait for work, the next probe or the end of the stream (the
                 # reader sets _has_work when the call ends).
                 self._has_work.clear()
@@ -541,6 +546,9 @@ class PeerClient:
                 stream.unconfirmed.clear()
                 stream.probe_sequence = 0
                 stream.next_probe_at = now + self._cfg.ack_interval_s
+                stream.idle_probe_at = now + max(
+                    self._cfg.ack_interval_s, self._cfg.idle_ack_interval_s
+                )
                 if stream.watchdog is not None:
                     stream.watchdog.cancel()
                     stream.watchdog = None
@@ -556,14 +564,14 @@ class PeerClient:
             self._stall(stream, f"no acknowledgement within {self._cfg.rpc_timeout_s} s")
 
     def _arm_probe_alarm(self, stream: _Stream, loop: asyncio.AbstractEventLoop) -> None:
-        """Have the writer woken at ``next_probe_at`` (both in monotonic time,
+        """Have the writer woken at ``idle_probe_at`` (both in monotonic time,
         which the loop's clock is), keeping an alarm already set for it."""
         alarm = stream.probe_alarm
-        if alarm is not None and not alarm.cancelled() and alarm.when() == stream.next_probe_at:
+        if alarm is not None and not alarm.cancelled() and alarm.when() == stream.idle_probe_at:
             return
         if alarm is not None:
             alarm.cancel()
-        stream.probe_alarm = loop.call_at(stream.next_probe_at, self._on_probe_alarm, stream)
+        stream.probe_alarm = loop.call_at(stream.idle_probe_at, self._on_probe_alarm, stream)
 
     def _on_probe_alarm(self, stream: _Stream) -> None:
         stream.probe_alarm = None

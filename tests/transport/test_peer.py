@@ -521,7 +521,7 @@ def test_batches_are_pipelined_while_the_peer_still_processes_the_first() -> Non
 
 def test_an_idle_stream_keeps_measuring_the_round_trip() -> None:
     async def main() -> None:
-        config = TransportConfig(ack_interval_s=0.05)
+        config = TransportConfig(ack_interval_s=0.05, idle_ack_interval_s=0.1)
         async with pair(config) as (a, _, inbox):
             client = a.clients["b"]
             # No message is sent at all: empty probe batches ask for acks.
@@ -532,6 +532,53 @@ def test_an_idle_stream_keeps_measuring_the_round_trip() -> None:
             assert stats.last_rtt_s is not None and 0 < stats.last_rtt_s < 1
             assert stats.reachable and stats.sent == stats.failed_rpcs == 0
             assert len(inbox) == 0
+
+    run(main)
+
+
+class _RecordingServicer(PeerServicer):
+    """Records (messages, ack_requested) of every stream batch it reads."""
+
+    batches: list[tuple[int, bool]]
+
+    async def DeliverStream(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: AsyncIterator[peer_pb2.DeliverStreamRequest], context: object
+    ) -> AsyncIterator[peer_pb2.DeliverStreamResponse]:
+        async def recorded() -> AsyncIterator[peer_pb2.DeliverStreamRequest]:
+            async for request in request_iterator:
+                self.batches.append((len(request.messages), request.ack_requested))
+                yield request
+
+        async for response in super().DeliverStream(recorded(), context):
+            yield response
+
+
+def test_probes_ride_on_traffic_and_an_idle_stream_asks_alone_only_at_the_idle_interval() -> None:
+    async def main() -> None:
+        config = TransportConfig(rpc_timeout_s=5.0, ack_interval_s=0.02, idle_ack_interval_s=60.0)
+        inbox = Inbox()
+        servicer = _RecordingServicer(
+            node_id="b", cluster_id=CLUSTER, deliver=inbox.deliver, config=config
+        )
+        servicer.batches = []
+        server = PeerServer(servicer, "127.0.0.1:0", config=config)
+        a = sender_to(await server.start(), config)
+        await a.start()
+        client = a.clients["b"]
+        try:
+            await eventually(lambda: client.last_rtt_s is not None, "the first probe answered")
+            await asyncio.sleep(0.3)  # fifteen ack intervals with nothing to send
+            assert servicer.batches == [(0, True)], "an idle stream asked again, alone"
+            for i in range(1, 41):
+                a.send([heartbeat(i)])
+                await asyncio.sleep(0.01)
+            await eventually(lambda: len(inbox) == 40, "delivered")
+            asked = [messages for messages, ack in servicer.batches[1:] if ack]
+            assert asked, "traffic asked for no acknowledgement"
+            assert all(asked), f"an empty batch asked while there was traffic: {asked}"
+        finally:
+            await a.stop()
+            await server.stop(0)
 
     run(main)
 
