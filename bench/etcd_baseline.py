@@ -95,7 +95,8 @@ where an idle member's time goes (profiled; docs/kubernetes.md, "Idle cost"):
   metrics sampler. The leader sends every heartbeat to every follower, so it costs
   about 1.5 times a follower. gRPC runs on its posix poller, not EventEngine
   (sidecar/grpc_engine.py): EventEngine woke a pool of threads for every message,
-  half of all wake-ups. Health, the Raft ticks between heartbeats, the lease
+  half of all wake-ups; the loop is uvloop's, a few % cheaper per callback than
+  asyncio's. Health, the Raft ticks between heartbeats, the lease
   keeper and membership's plan check act on events, not timers."""
 
 

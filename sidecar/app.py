@@ -272,6 +272,7 @@ async def serve(config: SidecarConfig) -> int:
         peer_listen=config.peer_listen,
         api_listen=config.api_listen,
         peer_tls=tls is not None,
+        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     node_ended = asyncio.create_task(node.wait())
     stop_requested = asyncio.create_task(stop.wait())
@@ -479,5 +480,10 @@ async def _hand_over_leadership(node: RaftNode) -> None:
 def run(config: SidecarConfig) -> int:
     sidecar_logging.configure(config.node_id, config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
+        if config.event_loop == "uvloop":
+            # Imported only here: the asyncio fallback must not load it at all.
+            import uvloop  # noqa: PLC0415
+
+            return uvloop.run(serve(config))
         return asyncio.run(serve(config))
     return 0

@@ -196,3 +196,10 @@ def test_the_worker_api_stays_on_loopback_unless_asked_otherwise() -> None:
     assert config.insecure_api_listen and config.api_listen == "0.0.0.0:7401"
     env = {"RAFT_SIDECAR_INSECURE_API_LISTEN": "true", "RAFT_SIDECAR_API_LISTEN": "0.0.0.0:1"}
     assert load(parse(*PLAIN), env).insecure_api_listen
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    assert load(parse(*PLAIN), {}).event_loop == "uvloop"
+    assert load(parse(*PLAIN), {"RAFT_SIDECAR_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="--event-loop='trio': use uvloop or asyncio"):
+        load(parse(*PLAIN, "--event-loop", "trio"), {})
