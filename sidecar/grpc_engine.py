@@ -13,8 +13,13 @@ less CPU; failover times unchanged within noise.
 gRPC reads ``GRPC_EXPERIMENTS`` once, when ``grpc`` is first imported, so
 ``prefer_posix_poller`` must run before that: ``raft-sidecar serve`` calls it
 before importing the runtime (importing ``sidecar.cli`` imports no gRPC,
-which a test checks), and ``tests/conftest.py`` calls it so that in-process
-transport tests run on the engine production uses. An operator's own
+which a test checks). Only ``serve`` does, whose gRPC is all grpc.aio. The
+synchronous stack did worse on the posix poller: with the test process's
+stubs on it, the harness took about 10 s instead of 3 to see a new cluster
+answer, and a real-process test timed out. So the other commands, worker
+processes and the test process keep EventEngine; the real-process tests
+run every sidecar on the posix poller.
+An operator's own
 ``GRPC_EXPERIMENTS`` is left alone, and a gRPC release without these
 experiments logs "Unknown experiment" and keeps EventEngine: slower, not
 wrong. This module imports nothing of gRPC.
