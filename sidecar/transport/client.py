@@ -150,6 +150,7 @@ class _Stream:
     __slots__ = (
         "acked",
         "call",
+        "first_write",
         "idle_probe_at",
         "next_probe_at",
         "probe_alarm",
@@ -186,6 +187,12 @@ class _Stream:
         self.probe_alarm: asyncio.TimerHandle | None = None
         """Wakes the writer at ``idle_probe_at``; kept across waits, not
         re-armed each time the writer waits for work."""
+        self.first_write: asyncio.Future[None] | None = None
+        """The stream's first write while it is under way. It waits until
+        gRPC has sent the call's headers, which needs a connection, and
+        grpc.aio (1.85) never releases that wait once the call is cancelled:
+        a stall declared while the connection is still being made cancels
+        this future too, or the writer would wait for good."""
 
     def cancel_timers(self) -> None:
         for timer in (self.watchdog, self.write_watch, self.probe_alarm):
@@ -503,19 +510,23 @@ class PeerClient:
                     self._on_write_watch,
                     stream,
                 )
+            request = peer_pb2.DeliverStreamRequest(
+                cluster_id=cluster_id,
+                from_node=from_node,
+                to_node=batch[0].recipient if batch else self.target,
+                messages=[q.pb for q in batch],
+                sequence=stream.sequence,
+                ack_requested=probe,
+            )
             try:
-                await call.write(
-                    peer_pb2.DeliverStreamRequest(
-                        cluster_id=cluster_id,
-                        from_node=from_node,
-                        to_node=batch[0].recipient if batch else self.target,
-                        messages=[q.pb for q in batch],
-                        sequence=stream.sequence,
-                        ack_requested=probe,
-                    )
-                )
+                if stream.sequence > 1:
+                    await call.write(request)
+                else:
+                    stream.first_write = asyncio.ensure_future(call.write(request))
+                    await stream.first_write
             finally:
                 stream.write_started = None
+                stream.first_write = None
             self.sent += len(batch)
             if not stream.acked:
                 stream.unconfirmed.extend(batch)
@@ -597,6 +608,8 @@ class PeerClient:
         if not stream.call.done() and not stream.stalled:
             stream.stalled = why
             stream.call.cancel()
+            if stream.first_write is not None:
+                stream.first_write.cancel()
             self._has_work.set()
 
     async def _stream_outcome(

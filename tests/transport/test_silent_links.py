@@ -185,3 +185,48 @@ def test_an_election_timeout_that_is_not_positive_is_refused(bad: float) -> None
 def test_a_keepalive_the_peer_server_would_refuse_is_refused() -> None:
     with pytest.raises(TransportUsageError, match="keepalive_time_s must be >= 1"):
         TransportConfig(keepalive_time_s=0.5)
+
+
+def test_a_stream_stalled_before_its_connection_is_made_is_dialled_again() -> None:
+    """The first write of a stream waits until gRPC has sent the call's
+    headers, which needs a connection. A stall declared before that (a
+    connection still being made across a silent link) cancels the call, and
+    grpc.aio never releases a write waiting for headers of a cancelled call:
+    the sender used to hang there for good, and the peer stayed unreachable
+    after the link came back (found by test_link_heal.py's blackhole cases)."""
+
+    async def main() -> None:
+        # The stall deadline (20 ms) comes well before gRPC gives up on a
+        # connection that never says hello (its connect timeout, 100 ms).
+        config = TransportConfig(
+            rpc_timeout_s=0.02, ack_interval_s=60.0, backoff_multiplier_s=0.02, backoff_max_s=0.1
+        )
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # accepted, never answered: no HTTP/2 settings
+
+        silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        a = sender_to(port, config)
+        client = a.clients["b"]
+        await a.start()
+        a.send([HeartbeatRequest(term=1, leader_commit=0, read_seq=0, sender="a", recipient="b")])
+        # Each attempt stalls, ends and is followed by the next one.
+        await eventually(lambda: client.failed_rpcs >= 5, "attempts after the first stall", 10.0)
+        assert client._link is not None and client._link.resets >= 5
+
+        # The peer comes back on the same address: the sender reaches it.
+        silent.close()
+        for writer in held:
+            writer.close()
+        await silent.wait_closed()
+        inbox = Inbox()
+        servicer = PeerServicer(node_id="b", cluster_id=CLUSTER, deliver=inbox.deliver)
+        server = PeerServer(servicer, f"127.0.0.1:{port}", config=TransportConfig())
+        await server.start()
+        await eventually(lambda: servicer.delivered_messages >= 1, "the heartbeat delivered", 10.0)
+        await a.stop()
+        await server.stop(0)
+
+    run(main)
