@@ -139,8 +139,9 @@ class Raft:
 
         self._read_seq = 0
         self._read_round_seq = 0
-        """The read_seq of the last heartbeat round; reads registered while it is
-        unconfirmed wait for it instead of starting a round each (0: none)."""
+        """The read_seq of the last heartbeat round sent while reads waited; reads
+        registered while it is unconfirmed wait for it instead of starting a
+        round each (0: none in flight)."""
         self._read_acks: dict[NodeId, int] = {}
         self._pending_reads: list[tuple[int, int, int]] = []  # (request id, index, seq)
         self._reads_awaiting_commit: list[int] = []
@@ -674,6 +675,8 @@ class Raft:
         self._announced_commit = max(self._announced_commit, m.cluster_commit)
         if m.leader_commit > self.log.commit:
             self.log.commit_to(min(m.leader_commit, self.log.last_index))
+        if m.answer_optional:
+            return
         self._send(
             HeartbeatResponse(
                 term=self.term, sender=self.id, recipient=m.sender, read_seq=m.read_seq
@@ -899,7 +902,9 @@ class Raft:
         return True
 
     def _broadcast_heartbeat(self) -> None:
-        self._read_round_seq = self._read_seq
+        # A round sent while no read waits asks for no answers (below), so it
+        # must not hold back the round a read registered after it needs.
+        self._read_round_seq = self._read_seq if self._pending_reads else 0
         for node in sorted(self.progress):
             pr = self.progress[node]
             self._send(
@@ -910,8 +915,29 @@ class Raft:
                     leader_commit=min(pr.match, self.log.commit),
                     read_seq=self._read_seq,
                     cluster_commit=self.log.commit,
+                    answer_optional=not self._heartbeat_answer_needed(pr),
                 )
             )
+
+    def _heartbeat_answer_needed(self, pr: Progress) -> bool:
+        """Whether the leader would learn anything from this follower's answer.
+
+        An answer confirms a read round, reopens a paused or probing window,
+        prompts the append a lagging follower still needs, or keeps the
+        follower in the set CheckQuorum counts. An idle, caught-up follower
+        answers only once a third of an election timeout has passed since it
+        was last heard (then every heartbeat until one gets through), so
+        two-thirds of the window remain for lost answers. On an idle cluster
+        this removes most answers, which are most of its messages' cost.
+        """
+        if self._pending_reads or self.lead_transferee is not None:
+            return True
+        if pr.state is not ProgressState.REPLICATE or pr.is_paused():
+            return True
+        if pr.match < self.log.last_index:
+            return True
+        quiet_ticks = max(self.cfg.heartbeat_ticks, self.cfg.election_timeout_ticks // 3)
+        return self._ticks - pr.last_heard_tick >= quiet_ticks
 
     # ---- reads -------------------------------------------------------------------
 

@@ -79,11 +79,14 @@ class HeartbeatRequest(_Envelope):
     may commit it; ``cluster_commit`` is the leader's own commit index, which
     the follower only *learns*: it tells a replica how far behind the cluster
     it is even when its acknowledgements never reach the leader (health).
+    ``answer_optional``: the leader has nothing to learn from an answer, so
+    the follower sends none (see ``Raft._heartbeat_answer_needed``).
     """
 
     leader_commit: int
     read_seq: int
     cluster_commit: int = 0
+    answer_optional: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -115,6 +115,7 @@ def to_wire(msg: Message) -> peer_pb2.RaftMessage:
                     leader_commit=msg.leader_commit,
                     read_seq=msg.read_seq,
                     cluster_commit=msg.cluster_commit,
+                    answer_optional=msg.answer_optional,
                 )
             )
         case HeartbeatResponse():
@@ -223,6 +224,7 @@ def from_wire(pb: peer_pb2.RaftMessage, sender: NodeId, recipient: NodeId) -> Me
             leader_commit=hb.leader_commit,
             read_seq=hb.read_seq,
             cluster_commit=hb.cluster_commit,
+            answer_optional=hb.answer_optional,
         )
     if kind == "heartbeat_response":
         hbr = pb.heartbeat_response

@@ -51,7 +51,7 @@ class TransportConfig:
     after the last answer (never sooner than ``ack_interval_s``). An idle stream has
     nothing in flight for a silent link to hold, and its first batch after a
     pause asks at once; the empty probes of idle streams (follower to
-    follower) were about a sixth of an idle follower's messages."""
+    follower) were about a fifth of an idle follower's messages."""
     unary_fallback_s: float = 60.0
     """After a peer answers UNIMPLEMENTED to DeliverStream (an older version
     during a rolling upgrade), batches go by unary Deliver for this long

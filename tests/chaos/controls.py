@@ -16,14 +16,18 @@ the checkers say which property broke.
   and the one that forgot its promises votes. The new leader hands out tokens
   that go backwards (the same scenario with the guard on waits for a node that
   has the log: ``test_disk_loss.py``).
-* ``stale-leader-renewal`` (sidecars): the holder's own sidecar is the Raft
-  leader and is the last to notice a lost quorum (``SLOW`` runs a longer
-  election timeout); it is cut off (blackhole) while its worker keeps
-  renewing through it; the others elect a leader that expires the lease and
-  grants it to another worker, while the old leader, without the read
-  barrier, still acknowledges keep-alives with a full TTL. (A SIGSTOP stall
-  does not show it: the tick loop catches up at SIGCONT and CheckQuorum
-  steps the leader down before it answers anything.)
+* ``stale-leader-renewal`` (sidecars, with the ``disk-hold`` fault): the
+  holder's own sidecar is the Raft leader; its disk stops answering a write
+  of log entries (a proposal made through it to start one), so its Raft loop
+  stalls while its API, on the event loop, still serves keep-alives. The
+  others hear no heartbeat, elect a leader that expires the lease and grants
+  it to another worker, while the stalled leader, without the read barrier,
+  still acknowledges its worker's keep-alives with a full TTL: it never
+  learns it lost the leadership, so no timing of the followers' answers
+  hides it. (A SIGSTOP stall does not show it: the tick loop catches up at
+  SIGCONT and CheckQuorum steps the leader down before it answers anything.
+  Nor, once followers answer heartbeats only when asked, does cutting the
+  leader off: it steps down before the others grant anew.)
 * ``no-margin`` (workers through ``tests.chaos.planted``; sidecars with
   ``fast-lease-clock``, the fault, not the defect): the lease keeper's clock
   runs 8% fast, so the leader expires a lease 8% early; the holder's node is
@@ -33,20 +37,28 @@ the checkers say which property broke.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc  # type: ignore[import-untyped]
+
+from sidecar.pb.raftsidecar.worker.v1 import worker_pb2
 from tests.chaos.faults import Nemesis, poll
 from tests.chaos.harness import Timings
 from tests.chaos.nemesis import Step
+from tests.chaos.planted import HOLD_FILE
+from tests.integration import worker_api
 from tests.integration.cluster import Sidecar
 
-SLOW = "s2"
-"""The node that notices the loss of its quorum last (``stale-leader-renewal``):
-the highest name, since a leader stopped by SIGTERM hands over to the
-caught-up peer with the highest id, which is how the scenario makes it lead."""
+STALLED = "s2"
+"""The leader whose disk stops answering (``stale-leader-renewal``): the
+highest name, since a leader stopped by SIGTERM hands over to the caught-up
+peer with the highest id, which is how the scenario makes it lead."""
+STALL_PROBE_ELECTION = "chaos-disk-hold"
+"""The election of the proposal that starts the held write (no worker's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +76,7 @@ CONTROLS: dict[str, Control] = {
     "amnesia-guard-off": Control("amnesia-guard-off", wrap_sidecars=("amnesia-guard-off",)),
     "stale-leader-renewal": Control(
         "stale-leader-renewal",
-        wrap_sidecars=("stale-leader-renewal",),
-        node_flags={SLOW: ("--election-timeout-ticks", "100", "--ttl-min-ms", "4000")},
+        wrap_sidecars=("stale-leader-renewal", "disk-hold"),
         timings=Timings(ttl_ms=4000),
     ),
     "no-margin": Control(
@@ -125,23 +136,41 @@ def _holder_where(nemesis: Nemesis, wanted: Callable[[Sidecar, Sidecar], bool]) 
 
 def _stale_leader(nemesis: Nemesis, until: float) -> None:
     system, ttl = nemesis.system, _ttl_s(nemesis)
-    lab = system.lab
-    assert lab is not None
-    slow = next(n for n in system.nodes if n.node_id == SLOW)
+    stalled = next(n for n in system.nodes if n.node_id == STALLED)
+    hold = stalled.data_dir / HOLD_FILE
     for _ in range(ROUNDS):
         if time.monotonic() >= until:
             return
-        if not _leading(nemesis, slow, until):
+        if not _leading(nemesis, stalled, until):
             continue
-        node = _holder_where(nemesis, lambda holder, leader: holder is slow)
-        if node is None or system.raft_leader() is not slow:
+        node = _holder_where(nemesis, lambda holder, leader: holder is stalled)
+        if node is None or system.raft_leader() is not stalled:
             continue
-        nemesis.start("partition", [SLOW], "isolate blackhole: the leader and the holder's node")
-        lab.isolate(SLOW, "blackhole")
-        time.sleep(ttl + 2.0)  # the majority's leader expires the lease and grants it
-        lab.heal()
-        nemesis.end("partition", [SLOW], "healed")
+        nemesis.start(
+            "disk_stall", [STALLED], "log writes hang: the Raft loop stalls, the API serves"
+        )
+        hold.touch()
+        try:
+            _propose_through(stalled)  # the write that hangs
+            time.sleep(ttl + 2.0)  # the others elect, expire the lease and grant it
+        finally:
+            hold.unlink(missing_ok=True)
+        nemesis.end("disk_stall", [STALLED], "the disk answers again")
         time.sleep(1.0)
+
+
+def _propose_through(node: Sidecar) -> None:
+    """A Campaign through ``node`` that appends an entry; its answer does not
+    matter (it waits for the held write, so it runs out of time)."""
+    request = worker_pb2.CampaignRequest(
+        election=STALL_PROBE_ELECTION,
+        candidate_id="nemesis",
+        ttl_ms=1000,
+        lease_key=worker_api.new_key(),
+    )
+    with contextlib.suppress(grpc.RpcError):
+        for _ in node.stub().Campaign(request, timeout=0.5):
+            pass
 
 
 def _leading(nemesis: Nemesis, node: Sidecar, until: float) -> bool:

@@ -24,6 +24,12 @@ Defects (``DEFECTS``) and what each patch does:
   ``no-margin`` observable: the lease keeper's clock runs ``DRIFT`` fast
   (a clock-rate drift between the Raft leader and the worker, within the
   tenth of a TTL the default margin is there to absorb).
+* ``disk-hold`` (sidecar) is no defect either but the fault that makes
+  ``stale-leader-renewal`` observable: while a file named ``HOLD_FILE``
+  exists in the node's data directory, a write of log entries waits for it
+  to go (a disk that stops answering, as a network volume can). The leader's
+  Raft loop stalls in that write; its API and transport, on the event loop,
+  still answer.
 
 ``fencing off`` needs no wrapper: the worker's ``--fencing false`` exists.
 """
@@ -36,6 +42,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+HOLD_FILE = "chaos-disk-hold"
+"""Its presence in a data directory holds that node's writes of log entries (``disk-hold``)."""
+HOLD_POLL_S = 0.02
 DRIFT = 0.08
 """How much faster than real time ``fast-lease-clock`` runs the leader's lease clock."""
 CONSTANT_INCARNATION = "0" * 16
@@ -107,11 +116,32 @@ def _fast_lease_clock() -> None:
     leases.LeaseKeeper.__init__ = with_fast_clock  # type: ignore[method-assign]
 
 
+def _disk_hold() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from sidecar.storage import disk  # noqa: PLC0415
+
+    init, persist = disk.DiskStorage.__init__, disk.DiskStorage.persist
+
+    def remembering_the_directory(self: Any, path: str, *args: Any, **kwargs: Any) -> None:
+        init(self, path, *args, **kwargs)
+        self.chaos_hold = Path(path) / HOLD_FILE
+
+    def held_while_the_file_exists(self: Any, hard_state: Any, snapshot: Any, entries: Any) -> None:
+        while entries and self.chaos_hold.exists():
+            time.sleep(HOLD_POLL_S)  # the disk thread's write, not the event loop
+        persist(self, hard_state, snapshot, entries)
+
+    disk.DiskStorage.__init__ = remembering_the_directory  # type: ignore[method-assign]
+    disk.DiskStorage.persist = held_while_the_file_exists  # type: ignore[method-assign]
+
+
 DEFECTS: dict[str, Callable[[], None]] = {
     "amnesia-guard-off": _amnesia_guard_off,
     "stale-leader-renewal": _stale_leader_renewal,
     "no-margin": _no_margin,
     "fast-lease-clock": _fast_lease_clock,
+    "disk-hold": _disk_hold,
 }
 
 

@@ -56,6 +56,33 @@ def test_stale_leader_renewal_drops_the_read_barrier_from_renew() -> None:
     assert run_python(RENEW_NAMES, plant=None) == "True"
 
 
+HELD_WRITE = """
+    import tempfile, threading, time
+    from pathlib import Path
+    from sidecar.raft.types import Entry, HardState
+    from sidecar.storage.disk import DiskStorage
+    with tempfile.TemporaryDirectory() as d:
+        disk = DiskStorage(d)
+        disk.recover()
+        (Path(d) / "chaos-disk-hold").touch()
+        entry = Entry(term=1, index=1, data=b"x")
+        writer = threading.Thread(target=disk.persist, args=(HardState(1, None, 0), None, [entry]))
+        writer.start()
+        writer.join(0.5)
+        held = writer.is_alive()
+        disk.persist(HardState(2, None, 0), None, [])  # no entries: never held
+        (Path(d) / "chaos-disk-hold").unlink(missing_ok=True)
+        writer.join(10)
+        disk.close()
+        print(held, writer.is_alive(), len(DiskStorage(d).recover().entries))
+"""
+
+
+def test_disk_hold_holds_writes_of_entries_while_the_file_exists() -> None:
+    assert run_python(HELD_WRITE, plant="disk-hold") == "True False 1"
+    assert run_python(HELD_WRITE, plant=None) == "False False 1"
+
+
 DEADLINE = """
     import asyncio
     from sidecar import client
@@ -149,4 +176,4 @@ def test_the_wrapper_runs_the_real_cli_with_the_defect_planted() -> None:
 
 def test_every_defect_has_a_patch() -> None:
     assert set(DEFECTS) == {"amnesia-guard-off", "stale-leader-renewal", "no-margin",
-                            "fast-lease-clock"}  # fmt: skip
+                            "fast-lease-clock", "disk-hold"}  # fmt: skip

@@ -44,7 +44,8 @@ def describe(event: TraceEvent) -> str:
             f"{head} AppendRejected index={m.index} hint={m.reject_hint_index}/{m.reject_hint_term}"
         )
     if isinstance(m, HeartbeatRequest):
-        return f"{head} Heartbeat commit={m.leader_commit} read_seq={m.read_seq}"
+        quiet = " answer_optional" if m.answer_optional else ""
+        return f"{head} Heartbeat commit={m.leader_commit} read_seq={m.read_seq}{quiet}"
     if isinstance(m, HeartbeatResponse):
         return f"{head} HeartbeatOk read_seq={m.read_seq}"
     if isinstance(m, SnapshotRequest):

@@ -64,7 +64,9 @@ EXAMPLES: list[Message] = [
     AppendResponse(term=4, success=True, index=12, **ENV),
     AppendResponse(term=4, success=False, index=12, reject_hint_index=8, reject_hint_term=2, **ENV),
     HeartbeatRequest(term=4, leader_commit=11, read_seq=0, cluster_commit=12, **ENV),
-    HeartbeatRequest(term=U64, leader_commit=U64, read_seq=U64, cluster_commit=U64, **ENV),
+    HeartbeatRequest(
+        term=U64, leader_commit=U64, read_seq=U64, cluster_commit=U64, answer_optional=True, **ENV
+    ),
     HeartbeatResponse(term=4, read_seq=17, **ENV),
     TimeoutNowRequest(term=4, **ENV),
 ]
@@ -162,7 +164,11 @@ def messages(draw: st.DrawFn) -> Message:
         )
     if kind == 4:
         return HeartbeatRequest(
-            leader_commit=draw(u64), read_seq=draw(u64), cluster_commit=draw(u64), **env
+            leader_commit=draw(u64),
+            read_seq=draw(u64),
+            cluster_commit=draw(u64),
+            answer_optional=draw(st.booleans()),
+            **env,
         )
     if kind == 5:
         return HeartbeatResponse(read_seq=draw(u64), **env)

@@ -278,6 +278,10 @@ def test_restart_from_persistent_state_restores_term_vote_commit_and_reapplies()
     before = (b.term, b.voted_for, b.commit_index, b.log.last_index)
     assert before == (1, "a", 4, 4)
     applied_before = list(c.applied["b"])
+    # A batch that only raises the commit index is staged, not synced; the
+    # next write carries it. Idle heartbeats ask for no answer, so none came.
+    assert c.disks["b"].has_staged
+    c.disks["b"].sync()
 
     restarted = c.restart("b")
     assert (

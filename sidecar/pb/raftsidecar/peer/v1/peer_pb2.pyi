@@ -839,6 +839,7 @@ class Heartbeat(_message.Message):
     LEADER_COMMIT_FIELD_NUMBER: _builtins.int
     READ_SEQ_FIELD_NUMBER: _builtins.int
     CLUSTER_COMMIT_FIELD_NUMBER: _builtins.int
+    ANSWER_OPTIONAL_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     """term is the leader's term."""
     leader_commit: _builtins.int
@@ -855,6 +856,14 @@ class Heartbeat(_message.Message):
     when its answers do not reach the leader (a one-way link), so that its
     health can say so.
     """
+    answer_optional: _builtins.bool
+    """answer_optional is set by a leader that has nothing to learn from an
+    answer: no read is waiting, the follower holds everything the leader
+    sent and was heard from within a third of an election timeout. The
+    follower then does not answer. An idle cluster exchanges about a third
+    as many answers; a follower that ignores the field (an older version)
+    answers every heartbeat, which stays correct.
+    """
     def __init__(
         self,
         *,
@@ -862,10 +871,11 @@ class Heartbeat(_message.Message):
         leader_commit: _builtins.int = ...,
         read_seq: _builtins.int = ...,
         cluster_commit: _builtins.int = ...,
+        answer_optional: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_commit", b"cluster_commit", "leader_commit", b"leader_commit", "read_seq", b"read_seq", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_optional", b"answer_optional", "cluster_commit", b"cluster_commit", "leader_commit", b"leader_commit", "read_seq", b"read_seq", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
