@@ -90,10 +90,11 @@ where an idle member's time goes (profiled; docs/kubernetes.md, "Idle cost"):
   each wake-up costs tens of microseconds of Python and a few syscalls. Idle
   follower at the chart's timings, per second: 10 heartbeats in, about 3 answers
   out (a heartbeat carries answer_optional unless the leader needs the answer:
-  docs/raft-core.md, "heartbeat answers"; it answered all 10 before), one
-  acknowledgement probe each way per stream, membership's Hello every 5 s and the
-  metrics sampler. The leader sends every heartbeat to every follower, so it costs
-  about 1.5 times a follower. gRPC runs on its posix poller, not EventEngine
+  docs/raft-core.md, "heartbeat answers"; it answered all 10 before), an
+  acknowledgement probe each way per stream that carries traffic (every 5 s on an
+  idle one), membership's Hello every 5 s and the metrics sampler. The leader
+  sends every heartbeat to every follower, so it costs about 1.7 times a
+  follower. gRPC runs on its posix poller, not EventEngine
   (sidecar/grpc_engine.py): EventEngine woke a pool of threads for every message,
   half of all wake-ups; the loop is uvloop's, a few % cheaper per callback than
   asyncio's. Health, the Raft ticks between heartbeats, the lease
